@@ -1,0 +1,125 @@
+"""What a plugin registers: one small spec object per plugin kind.
+
+These are the contracts the training engine and the CLI rely on; the engine never names a
+concrete architecture, loss or split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is heavy; plugins importing facekit.api should stay cheap
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std in [0, 1] pixel units: ``x = (pixel / 255 - mean) / std``."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Sequence[float]]) -> "Normalization":
+        return cls(tuple(map(float, data["mean"])), tuple(map(float, data["std"])))
+
+
+IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class ArchOptions:
+    """What ``facekit train`` asks of an architecture's builder."""
+
+    num_classes: int
+    input_size: int = 224
+    finetune: bool = False  # pretrained backbones: train every layer, not just the new head
+    weights: Path | None = None  # an explicit weights file (pretrained backbones)
+    trust_weights: bool = False  # accept a weights file whose sha256 is not the published one
+    pretrained: bool = True  # False builds the same network randomly initialised (tests)
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """A model: ``build(options) -> nn.Module`` returning logits of shape (N, num_classes).
+
+    ``normalization`` None means "per-channel statistics of the training split"; a pretrained
+    backbone declares the statistics it was trained with. Frozen parameters have
+    ``requires_grad=False``; the engine optimises only the others.
+    """
+
+    name: str
+    build: Callable[[ArchOptions], "nn.Module"]
+    description: str = ""
+    input_size: int = 224
+    normalization: Normalization | None = None
+    pretrained: bool = False  # needs weights that may have to be found or downloaded
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss strategy: ``build(class_counts) -> nn.Module`` called as ``loss(logits, targets)``.
+
+    ``class_counts[c]`` is the number of training images of class ``c``.
+    """
+
+    name: str
+    build: Callable[[Sequence[int]], "nn.Module"]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """Sizes and seed that a split strategy honours (fractions of the whole data set)."""
+
+    seed: int = 0
+    test_size: float = 0.2
+    val_size: float = 0.1
+    folds: int = 5
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One model's training and validation indices into the data set's file list."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """A fixed test split and one or more folds over the rest (one model is trained per fold)."""
+
+    test: np.ndarray
+    folds: list[Fold]
+    notes: list[str] = field(default_factory=list)  # documented rules applied, e.g. tiny classes
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A split strategy: ``split(labels, options) -> SplitPlan``, deterministic for a seed."""
+
+    name: str
+    split: Callable[[np.ndarray, SplitOptions], SplitPlan]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ReporterSpec:
+    """A reporter: ``render(context)`` prints or writes one view of a run's test results.
+
+    ``context`` is a :class:`facekit.report.ReportContext`. Reporters with ``default=True``
+    run on a plain ``facekit report``; others run when named with ``--reporter``.
+    """
+
+    name: str
+    render: Callable[[Any], Any]
+    description: str = ""
+    default: bool = True

@@ -1,0 +1,1 @@
+"""facekit's own features, written as ordinary plugins and registered through entry points."""

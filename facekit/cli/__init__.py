@@ -1,0 +1,225 @@
+"""The ``facekit`` command: each command parses, calls a library function, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+import facekit
+from facekit.errors import FacekitError, UsageError
+
+
+class FacekitGroup(TyperGroup):
+    """Turns a FacekitError raised by any command, plugins' included, into one line and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FacekitError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("Interrupted.", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=FacekitGroup,
+    help="Train face-identity classifiers over many imbalanced classes and judge them per class.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"facekit {facekit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    strict: bool = typer.Option(False, "--strict", help="A plugin that fails to load is an error (or FACEKIT_STRICT_PLUGINS=1)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """facekit: per-class honest face-identity classification."""
+
+
+# ----------------------------------------------------------------------------- train
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder with one sub-folder of images per identity."),
+    arch: str = typer.Option("baseline", "--arch", help="Architecture (see `facekit plugins --all`)."),
+    loss: str = typer.Option("plain", "--loss", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
+    split: str = typer.Option("holdout", "--split", help="Split strategy: holdout or kfold, or a plugin's."),
+    folds: int = typer.Option(5, "--folds", help="K for --split kfold."),
+    test_size: float = typer.Option(0.2, "--test-size", help="Share of each class held out for the test split."),
+    val_size: float = typer.Option(0.1, "--val-size", help="Share of each class used for validation (holdout)."),
+    epochs: int = typer.Option(10, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
+    weight_decay: float = typer.Option(5e-3, "--weight-decay", help="Adam weight decay."),
+    patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better validation loss (0: never)."),
+    seed: int = typer.Option(0, "--seed"),
+    rotate: float = typer.Option(15.0, "--rotate", help="Random rotation range in degrees for training images (0: off)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input size (default: the architecture's, 224)."),
+    finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train every layer, not just the head."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Pretrained weights file (sha256 checked)."),
+    trust_weights: bool = typer.Option(False, "--trust-weights", help="Accept a --weights file whose sha256 is not the published one."),
+    loader: str = typer.Option("auto", "--loader", help="Data loader: auto (DALI where it works), dali or torch."),
+    cache: bool = typer.Option(False, "--cache/--no-cache", help="Keep decoded images in memory after the first epoch."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Loader worker processes / threads."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (implies --quiet)."),
+) -> None:
+    """Train a model; the run folder holds everything `facekit report` reads."""
+    from facekit.cli.progress import ConsoleProgress
+    from facekit.engine import Trainer, TrainConfig
+
+    progress = ConsoleProgress(err_console if as_json else console, quiet=quiet or as_json)
+    if resume is not None:
+        run_dir = Trainer.resume(resume, progress)
+    elif data is None:
+        raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
+    else:
+        config = TrainConfig(
+            data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
+            rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
+            loader=loader, cache=cache, workers=workers, device=device, out=out, force=force,
+        )  # fmt: skip
+        run_dir = Trainer(config, progress).train()
+    _print_result(run_dir, as_json)
+
+
+def _print_result(run_dir: Path, as_json: bool) -> None:
+    from facekit.runs import Run
+
+    run = Run(run_dir)
+    summary: dict[str, Any] = {"run": str(run_dir), "folds": run.folds}
+    if run.has_predictions:
+        from facekit.metrics import per_class_metrics
+
+        predictions = run.predictions()
+        metrics = per_class_metrics(predictions["y_true"], predictions["y_pred"], len(run.classes))
+        summary |= {"test_accuracy": metrics.accuracy, "balanced_accuracy": metrics.balanced_accuracy}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    line = f"[bold]run[/bold] {run_dir}"
+    if "test_accuracy" in summary:
+        line += f"  test accuracy {summary['test_accuracy']:.3f}  balanced accuracy {summary['balanced_accuracy']:.3f}"
+    console.print(line, highlight=False)
+    console.print(f"next: facekit report {run_dir}", style="dim", highlight=False)
+
+
+# --------------------------------------------------------------------------- predict
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run folder made by `facekit train`."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Top-k identities with probabilities for each image."""
+    from facekit.predict import predict as predict_images
+
+    results = predict_images(run, images, top_k=top_k, device=device)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for result in results:
+        table = Table(title=str(result["file"]), title_justify="left", show_edge=False)
+        table.add_column("rank", justify="right")
+        table.add_column("identity")
+        table.add_column("id", justify="right")
+        table.add_column("probability", justify="right")
+        for rank, guess in enumerate(result["top"], 1):
+            table.add_row(str(rank), guess["name"], str(guess["id"]), f"{guess['probability']:.3f}")
+        console.print(table)
+
+
+# ------------------------------------------------------------------------------ demo
+@app.command()
+def demo(
+    data: Optional[Path] = typer.Option(None, "--data", help="Your own data set (default: a synthetic one made now)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-baseline-plain)."),
+    epochs: int = typer.Option(4, "--epochs"),
+) -> None:
+    """Train the baseline briefly, print its report and write a kernel map: facekit in a few minutes."""
+    from facekit.demo import run_demo
+
+    run_demo(data=data, out=out, epochs=epochs, console=console)
+
+
+# --------------------------------------------------------------------------- plugins
+@app.command()
+def plugins(
+    all_: bool = typer.Option(False, "--all", help="Include facekit's built-in plugins."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List installed plugins: package, version and what each registers."""
+    from facekit.plugins import get_plugins
+
+    infos = [p for p in get_plugins().plugins if all_ or not p.builtin]
+    rows = [info.to_dict() for info in infos]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("No third-party plugins installed (`facekit plugins --all` shows the built-ins).")
+        return
+    table = Table("plugin", "package", "version", "registers")
+    for row in rows:
+        registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
+        if "register_commands" in row["hooks"]:
+            registers = "; ".join(filter(None, [registers, "commands"]))
+        table.add_row(row["name"], row["package"] + (" (built-in)" if row["builtin"] else ""), row["version"], registers)
+    console.print(table)
+
+
+def _mount_subcommands() -> None:
+    from facekit.cli import data_cmd, report_cmd
+
+    app.add_typer(data_cmd.app, name="data")
+    app.command("report")(report_cmd.report)
+    app.command("kernels")(report_cmd.kernels)
+
+
+_mount_subcommands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: load plugins (and their commands), then run."""
+    from facekit.plugins import PluginSet, reset_plugins, strict_from_env
+
+    warnings.showwarning = _one_line_warning
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        plugin_set = PluginSet(strict=("--strict" in argv) or strict_from_env())
+    except FacekitError as exc:
+        err_console.print(f"Error: {exc}", highlight=False)
+        raise SystemExit(1) from None
+    reset_plugins(plugin_set)
+    plugin_set.add_commands(app)
+    app(args=argv, prog_name="facekit")

@@ -1,0 +1,66 @@
+"""How training shows itself: Rich bars on a terminal, plain lines in a log, nothing with --quiet."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class ConsoleProgress:
+    """A bar per epoch (loss and images/s) on a terminal, then a one-line epoch summary."""
+
+    def __init__(self, console: Console, quiet: bool = False):
+        self.console = console
+        self.quiet = quiet
+        self.bar: Progress | None = None
+        self.task = None
+        self.loss_sum = 0.0
+        self.images = 0
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]{text}[/dim]", highlight=False)
+
+    def epoch_start(self, fold: int, epoch: int, epochs: int, batches: int) -> None:
+        self.loss_sum, self.images = 0.0, 0
+        if self.quiet or not self.console.is_terminal:
+            return
+        self.bar = Progress(
+            TextColumn(f"fold {fold} epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  {task.fields[rate]} img/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.bar.add_task("train", total=batches, loss="-", rate="-")
+        self.bar.start()
+
+    def batch_end(self, loss: float, images: int) -> None:
+        if self.bar is None:
+            return
+        if not math.isnan(loss):
+            self.loss_sum += loss * images
+        self.images += images
+        elapsed = self.bar.tasks[0].elapsed or 0.0
+        shown_loss = f"{self.loss_sum / self.images:.3f}" if self.loss_sum else "-"
+        rate = f"{self.images / elapsed:.0f}" if elapsed > 0 else "-"
+        self.bar.update(self.task, advance=1, loss=shown_loss, rate=rate)
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        if self.quiet:
+            return
+        best = "  [green]* best[/green]" if row.get("best") else ""
+        self.console.print(
+            f"fold {row['fold']} epoch {row['epoch']:>3}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}"
+            f"  val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f}  {row['images_per_s']:.0f} img/s"
+            f"  {row['seconds']:.1f}s{best}",
+            highlight=False,
+        )

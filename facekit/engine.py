@@ -1,0 +1,591 @@
+"""The training engine: one model per fold of a split plan, the best kept, judged on the test split.
+
+It knows architectures, losses and splits only through their spec contracts (facekit.api).
+Everything a run produces goes into its run folder (facekit.runs); checkpoints are written
+through a temporary file and a rename, so an interruption never loses more than one epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+import facekit
+from facekit.api import ArchOptions, Normalization, SplitOptions, SplitPlan
+from facekit.errors import FacekitError, UsageError
+from facekit.runs import CHECKPOINTS, RUNS_DIR, Run, load_checkpoint, save_checkpoint, write_json
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; saved as the run's config.json."""
+
+    data: Path
+    arch: str = "baseline"
+    loss: str = "plain"
+    split: str = "holdout"
+    folds: int = 5
+    test_size: float = 0.2
+    val_size: float = 0.1
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 5e-3
+    patience: int = 0  # early stopping after this many epochs without a better validation loss; 0 = off
+    seed: int = 0
+    rotate: float = 15.0
+    input_size: int | None = None  # None: the architecture's own
+    finetune: bool = False
+    weights: Path | None = None
+    trust_weights: bool = False
+    loader: str = "auto"
+    cache: bool = False
+    workers: int | None = None
+    device: str = "auto"
+    amp: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA
+    out: Path | None = None
+    force: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("data", "weights", "out"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        return cls(**values)
+
+
+class Progress(Protocol):
+    """What the engine tells its caller; the CLI draws bars, tests and --json stay quiet."""
+
+    def message(self, text: str) -> None: ...
+    def epoch_start(self, fold: int, epoch: int, epochs: int, batches: int) -> None: ...
+    def batch_end(self, loss: float, images: int) -> None: ...
+    def epoch_end(self, row: dict[str, Any]) -> None: ...
+
+
+class SilentProgress:
+    def message(self, text: str) -> None:
+        pass
+
+    def epoch_start(self, fold: int, epoch: int, epochs: int, batches: int) -> None:
+        pass
+
+    def batch_end(self, loss: float, images: int) -> None:
+        pass
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class Distributed:
+    """This process's place in a (future) data-parallel job; a single process is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> "Distributed":
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        return cls()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states in types that ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
+    """A frozen layer stays frozen: batch norms with no trainable parameter keep their running statistics."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RUNS_DIR / f"{stamp}-{config.arch}-{config.loss}"
+
+
+def prepare_run_dir(path: Path, force: bool) -> None:
+    """Never overwrite a run silently: an existing non-empty folder needs --force."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise UsageError(
+                f"run folder {path} already exists: choose another --out, continue it with "
+                f"`facekit train --resume {path}`, or pass --force to replace it"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+class Trainer:
+    """Trains one run; ``train()`` starts it, ``Trainer.resume(run)`` continues it."""
+
+    def __init__(self, config: TrainConfig, progress: Progress | None = None, run_dir: Path | None = None):
+        from facekit.plugins import architectures, losses, splits
+
+        self.config = config
+        self.progress = progress or SilentProgress()
+        self.dist = Distributed.current()
+        # Look every name up first: a typo fails in a second, not after indexing the data.
+        self.arch = architectures().get(config.arch)
+        self.loss_spec = losses().get(config.loss)
+        self.split_spec = splits().get(config.split)
+        if config.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1 (got {config.epochs})")
+        if config.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {config.batch_size})")
+        if not 0 <= config.rotate <= 180:
+            raise UsageError(f"--rotate must be between 0 and 180 degrees (got {config.rotate})")
+        self.input_size = config.input_size or self.arch.input_size
+        if self.input_size < 32:
+            raise UsageError(f"--input-size must be at least 32 pixels (got {self.input_size})")
+        self.device = resolve_device(config.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp = on_cuda if config.amp is None else (config.amp and on_cuda)
+        self.channels_last = on_cuda if config.channels_last is None else config.channels_last
+        self.run_dir = Path(run_dir or config.out or default_run_dir(config))
+
+    # ------------------------------------------------------------------ setup
+    def _index(self):
+        from facekit.data.index import index_dataset
+
+        self.progress.message(f"indexing {self.config.data}")
+        index = index_dataset(self.config.data)
+        for bad in index.bad:
+            self.progress.message(f"skipping {bad.path}: {bad.reason}")
+        return index
+
+    def _plan(self, labels: np.ndarray) -> SplitPlan:
+        options = SplitOptions(
+            seed=self.config.seed, test_size=self.config.test_size, val_size=self.config.val_size, folds=self.config.folds
+        )
+        return self.split_spec.split(labels, options)
+
+    def _normalizations(self, paths: list[str], plan: SplitPlan) -> dict[str, Any]:
+        if self.arch.normalization is not None:
+            norm = self.arch.normalization.to_dict()
+            return {"source": f"architecture {self.arch.name}", "folds": [norm for _ in plan.folds]}
+        sums = cached_channel_sums(paths, self.input_size, self.progress)
+        pixels = self.input_size * self.input_size
+        from facekit.data.stats import normalization_from_sums
+
+        folds = [normalization_from_sums(sums, fold.train, pixels).to_dict() for fold in plan.folds]
+        return {"source": "training split", "folds": folds}
+
+    def _write_setup(self) -> None:
+        index = self._index()
+        plan = self._plan(index.labels)
+        for note in plan.notes:
+            self.progress.message(note)
+        paths = index.paths()
+        normalization = self._normalizations(paths, plan)
+        config = self.config.to_dict() | {
+            "input_size": self.input_size,
+            "device": str(self.device),
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "facekit_version": facekit.__version__,
+            "torch_version": torch.__version__,
+            "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        split = {
+            "strategy": self.split_spec.name,
+            "root": str(Path(self.config.data).resolve()),
+            "files": list(index.files),
+            "labels": [int(v) for v in index.labels],
+            "test": [int(v) for v in plan.test],
+            "folds": [{"train": [int(v) for v in f.train], "val": [int(v) for v in f.val]} for f in plan.folds],
+            "notes": list(plan.notes),
+        }
+        write_json(self.run_dir / "config.json", config)
+        write_json(self.run_dir / "classes.json", list(index.classes))
+        write_json(self.run_dir / "split.json", split)
+        write_json(self.run_dir / "normalization.json", normalization)
+
+    # ---------------------------------------------------------------- helpers
+    def _build_model(self, num_classes: int) -> nn.Module:
+        options = ArchOptions(
+            num_classes=num_classes,
+            input_size=self.input_size,
+            finetune=self.config.finetune,
+            weights=self.config.weights,
+            trust_weights=self.config.trust_weights,
+        )
+        model = self.arch.build(options).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _loader(self, files: list[str], labels: np.ndarray, norm: Normalization, *, train: bool, seed: int):
+        from facekit.data.loaders import make_loader
+
+        return make_loader(
+            files,
+            labels,
+            batch_size=self.config.batch_size,
+            input_size=self.input_size,
+            normalization=norm,
+            train=train,
+            rotate=self.config.rotate if train else 0.0,
+            seed=seed,
+            device=self.device,
+            backend=self.config.loader,
+            cache=self.config.cache,
+            num_workers=self.config.workers,
+            shard_id=self.dist.rank,
+            num_shards=self.dist.world_size,
+        )
+
+    def _autocast(self):
+        if not self.amp:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def _prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True).long()
+
+    def _train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> tuple[float, float, float, int]:
+        model.train()
+        keep_frozen_batchnorm_in_eval(model)
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        start = time.perf_counter()
+        for images, labels in loader:
+            images, labels = self._prepare_batch(images, labels)
+            with self._autocast():
+                logits = model(images)
+                loss = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            # Accumulate on the device: a .item() per batch would stall the GPU every step.
+            total_loss += loss.detach() * labels.shape[0]
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.shape[0]
+            self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss), labels.shape[0])
+        elapsed = time.perf_counter() - start
+        seen = max(seen, 1)
+        return float(total_loss) / seen, float(correct) / seen, elapsed, seen
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, loss_fn) -> tuple[float, float, np.ndarray]:
+        """Mean loss, accuracy and the softmax probabilities of every image, in loader order."""
+        model.eval()
+        total_loss, correct, seen, probs = 0.0, 0, 0, []
+        for images, labels in loader:
+            images, labels = self._prepare_batch(images, labels)
+            with self._autocast():
+                logits = model(images).float()
+            total_loss += float(loss_fn(logits, labels)) * labels.shape[0]
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += labels.shape[0]
+            probs.append(torch.softmax(logits, 1).cpu())
+        seen = max(seen, 1)
+        stacked = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
+        return total_loss / seen, correct / seen, stacked
+
+    # ----------------------------------------------------------------- running
+    def train(self) -> Path:
+        """Start a new run and train it to the end."""
+        if self.dist.is_main:
+            prepare_run_dir(self.run_dir, self.config.force)
+            self._write_setup()
+        self.progress.message(f"run folder: {self.run_dir}")
+        return self._run(resume_state=None)
+
+    @classmethod
+    def resume(cls, run_dir: Path, progress: Progress | None = None, **overrides: Any) -> Path:
+        """Continue an interrupted run from its last checkpoint, with its saved configuration."""
+        run = Run.open(run_dir)
+        config = TrainConfig.from_dict(run.config | overrides)
+        trainer = cls(config, progress, run_dir=Path(run_dir))
+        trainer.input_size = int(run.config["input_size"])
+        state = latest_state(Path(run_dir))
+        if state is None:
+            trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
+        return trainer._run(resume_state=state)
+
+    def _run(self, resume_state: dict[str, Any] | None) -> Path:
+        run = Run(self.run_dir)
+        classes, split = run.classes, run.split
+        files = [str(Path(split["root"]) / f) for f in split["files"]]
+        labels = np.asarray(split["labels"], dtype=np.int64)
+        norms = [Normalization.from_dict(n) for n in run.normalization["folds"]]
+        history: list[dict[str, Any]] = list(resume_state["history"]) if resume_state else []
+        fold_results: list[dict[str, Any]] = list(resume_state["fold_results"]) if resume_state else []
+        first_fold = resume_state["fold"] if resume_state else 0
+
+        for fold_index in range(first_fold, len(split["folds"])):
+            # A resume state without weights means "that fold finished; start the next one fresh".
+            resuming = resume_state is not None and fold_index == first_fold and "model" in resume_state
+            state = resume_state if resuming else None
+            result = self._train_fold(fold_index, split, files, labels, norms[fold_index], len(classes), history, fold_results, state)
+            fold_results.append(result)
+
+        if self.dist.is_main:
+            self._finish(run, files, labels, norms, fold_results, history)
+        return self.run_dir
+
+    def _train_fold(self, fold_index, split, files, labels, norm, num_classes, history, fold_results, state):
+        fold = split["folds"][fold_index]
+        train_idx = np.asarray(fold["train"], dtype=int)
+        val_idx = np.asarray(fold["val"], dtype=int)
+        seed = self.config.seed + 1000 * fold_index
+        seed_everything(seed)
+        model = self._build_model(num_classes)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise FacekitError(f"architecture {self.arch.name!r} has no trainable parameter")
+        optimizer = torch.optim.Adam(trainable, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
+        counts = np.bincount(labels[train_idx], minlength=num_classes)
+        loss_fn = self.loss_spec.build(counts.tolist()).to(self.device)
+        # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
+        val_loss_fn = nn.CrossEntropyLoss().to(self.device)
+
+        start_epoch, best_loss, best_epoch, stale = 1, float("inf"), 0, 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            restore_rng_state(state["rng"])
+            start_epoch = int(state["epoch"]) + 1
+            best_loss, best_epoch, stale = float(state["best_val_loss"]), int(state["best_epoch"]), int(state["stale"])
+            self.progress.message(f"resuming fold {fold_index} after epoch {state['epoch']}")
+
+        train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
+        val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
+        checkpoints = self.run_dir / CHECKPOINTS
+        try:
+            for epoch in range(start_epoch, self.config.epochs + 1):
+                if self.config.patience and stale >= self.config.patience:
+                    break
+                train_loader.set_epoch(epoch)
+                self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
+                train_loss, train_acc, seconds, seen = self._train_epoch(model, train_loader, loss_fn, optimizer, scaler)
+                val_loss, val_acc, _ = self.evaluate(model, val_loader, val_loss_fn)
+                row = {
+                    "fold": fold_index,
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "train_acc": train_acc,
+                    "val_acc": val_acc,
+                    "images_per_s": seen / seconds if seconds > 0 else 0.0,
+                    "seconds": seconds,
+                }
+                history.append(row)
+                improved = val_loss < best_loss
+                if improved:
+                    best_loss, best_epoch, stale = val_loss, epoch, 0
+                else:
+                    stale += 1
+                self.progress.epoch_end(row | {"best": improved})
+                if self.dist.is_main:
+                    payload = {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "fold": fold_index,
+                        "rng": rng_state(),
+                        "config": self.config.to_dict(),
+                        "classes": Run(self.run_dir).classes,
+                        "history": history,
+                        "fold_results": fold_results,
+                        "best_val_loss": best_loss,
+                        "best_epoch": best_epoch,
+                        "stale": stale,
+                        "fold_done": False,
+                    }
+                    if improved:
+                        save_checkpoint(checkpoints / f"fold-{fold_index}-best.pt", payload)
+                    save_checkpoint(checkpoints / f"fold-{fold_index}-last.pt", payload)
+                    write_json(self.run_dir / "history.json", history)
+        finally:
+            train_loader.close()
+            val_loader.close()
+        result = {"fold": fold_index, "best_epoch": best_epoch, "val_loss": best_loss, "val_acc": _val_acc(history, fold_index, best_epoch)}
+        if self.dist.is_main:  # mark the fold finished so a resume skips it
+            last = checkpoints / f"fold-{fold_index}-last.pt"
+            payload = load_checkpoint(last)
+            payload.update(fold_done=True, fold_results=fold_results + [result], history=history)
+            save_checkpoint(last, payload)
+        return result
+
+    def _finish(self, run: Run, files, labels, norms, fold_results, history) -> None:
+        val_losses = np.array([r["val_loss"] for r in fold_results])
+        val_accs = np.array([r["val_acc"] for r in fold_results])
+        kept = int(fold_results[int(np.argmin(val_losses))]["fold"])
+        write_json(
+            self.run_dir / "folds.json",
+            {
+                "kept": kept,
+                "folds": fold_results,
+                "val_loss_mean": float(val_losses.mean()),
+                "val_loss_std": float(val_losses.std()),
+                "val_acc_mean": float(val_accs.mean()),
+                "val_acc_std": float(val_accs.std()),
+            },
+        )
+        checkpoints = self.run_dir / CHECKPOINTS
+        shutil.copyfile(checkpoints / f"fold-{kept}-best.pt", checkpoints / ".best.pt.tmp")
+        os.replace(checkpoints / ".best.pt.tmp", checkpoints / "best.pt")
+
+        model = self._build_model(len(run.classes))
+        model.load_state_dict(load_checkpoint(checkpoints / "best.pt")["model"])
+        test_idx = np.asarray(run.split["test"], dtype=int)
+        loader = self._loader([files[i] for i in test_idx], labels[test_idx], norms[kept], train=False, seed=self.config.seed)
+        try:
+            test_loss, test_acc, probs = self.evaluate(model, loader, nn.CrossEntropyLoss().to(self.device))
+        finally:
+            loader.close()
+        write_predictions(self.run_dir, run, test_idx, labels[test_idx], probs)
+        self.progress.message(
+            f"kept fold {kept} (val loss {val_losses.min():.3f}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}"
+        )
+
+
+def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:
+    for row in history:
+        if row["fold"] == fold and row["epoch"] == epoch:
+            return float(row["val_acc"])
+    return float("nan")
+
+
+def write_predictions(run_dir: Path, run: Run, index: np.ndarray, y_true: np.ndarray, probs: np.ndarray) -> None:
+    import io
+
+    from facekit.runs import atomic_write_bytes
+
+    y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, index=index, y_true=y_true, y_pred=y_pred, probs=probs.astype(np.float32))
+    atomic_write_bytes(run_dir / "predictions.npz", buffer.getvalue())
+    classes, files = run.classes, run.split["files"]
+    lines = ["file,true_id,true_name,pred_id,pred_name,confidence"]
+    for i, t, p, row in zip(index, y_true, y_pred, probs):
+        lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{row[p]:.4f}")
+    atomic_write_bytes(run_dir / "predictions.csv", ("\n".join(lines) + "\n").encode())
+
+
+def _csv(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def latest_state(run_dir: Path) -> dict[str, Any] | None:
+    """The newest fold's last checkpoint, or None if the run never finished an epoch."""
+    checkpoints = sorted((run_dir / CHECKPOINTS).glob("fold-*-last.pt"), key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
+        return None
+    state = load_checkpoint(checkpoints[-1])
+    if state.get("fold_done"):  # that fold finished: resume with the next one
+        state = {"fold": int(state["fold"]) + 1, "history": state["history"], "fold_results": state["fold_results"]}
+    return state
+
+
+def cached_channel_sums(paths: list[str], input_size: int, progress: Progress) -> np.ndarray:
+    """Per-image channel sums, decoded once per data set and input size and kept in the user cache."""
+    from facekit.data.stats import channel_sums
+
+    key = hashlib.sha256()
+    key.update(str(input_size).encode())
+    for path in paths:
+        stat = os.stat(path)
+        key.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    cache = cache_dir() / "stats" / f"{key.hexdigest()[:32]}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    progress.message(f"computing normalization statistics over {len(paths)} images")
+    sums = channel_sums(paths, input_size)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, sums)
+    os.replace(tmp, cache)
+    return sums
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FACEKIT_CACHE_DIR", Path.home() / ".cache" / "facekit"))
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> Path:
+    """Train a new run; returns its folder."""
+    return Trainer(config, progress).train()

@@ -1,0 +1,142 @@
+"""The study's networks (../SPEC.md, "Architectures"), and the ResNet18 transfer model."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facekit.errors import FacekitError
+
+
+def _flatten_width(features: nn.Module, input_size: int) -> int:
+    """The flatten width for this input size, computed instead of hard-coded (the report's 1210 was wrong)."""
+    with torch.no_grad():
+        return int(features(torch.zeros(1, 3, input_size, input_size)).flatten(1).shape[1])
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride, padding), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class BaselineNet(nn.Module):
+    """The study's 4-conv "Nnet" (report Table 1), logits out (no ReLU or softmax on the last layer)."""
+
+    def __init__(self, num_classes: int, input_size: int = 224):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 21, 3, 2), nn.ReLU(inplace=True),
+            *_conv_bn_relu(21, 20, 3, 2),
+            *_conv_bn_relu(20, 15, 3, 2, 1),
+            *_conv_bn_relu(15, 7, 5, 2, 1),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(_flatten_width(self.features, input_size), 300), nn.ReLU(inplace=True),
+            nn.Linear(300, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class TronNet(nn.Module):
+    """The study's 7-conv "TronNet" (report Table 2) with Xavier (Glorot) initialisation."""
+
+    def __init__(self, num_classes: int, input_size: int = 224):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 21, 3, 1), nn.ReLU(inplace=True),
+            *_conv_bn_relu(21, 30, 3, 1, 1), nn.MaxPool2d(3),
+            *_conv_bn_relu(30, 35, 3, 1, 1),
+            *_conv_bn_relu(35, 25, 3, 1, 1), nn.MaxPool2d(3),
+            *_conv_bn_relu(25, 20, 3, 1, 1),
+            *_conv_bn_relu(20, 15, 3, 1, 1),
+            *_conv_bn_relu(15, 10, 5, 1, 1),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(_flatten_width(self.features, input_size), 300), nn.ReLU(inplace=True),
+            nn.Linear(300, num_classes),
+        )  # fmt: skip
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def freeze_all_but(model: nn.Module, trainable: nn.Module) -> nn.Module:
+    """Freeze every parameter of ``model`` except those of ``trainable`` (the new head)."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in trainable.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def published_hash_prefix(url: str) -> str:
+    """torch.hub's convention: ``name-<first hex digits of the sha256>.pth``."""
+    match = re.search(r"-([a-f0-9]+)\.", Path(url).name)
+    if not match:
+        raise ValueError(f"no hash in weights file name {url}")
+    return match.group(1)
+
+
+def verify_weights_file(path: Path, url: str, *, trust: bool) -> None:
+    """Refuse a weights file whose sha256 is not the published one, unless the user vouches for it."""
+    if not path.is_file():
+        raise FacekitError(f"--weights {path}: no such file")
+    expected = published_hash_prefix(url)
+    actual = file_sha256(path)
+    if not actual.startswith(expected) and not trust:
+        raise FacekitError(
+            f"--weights {path}: sha256 {actual[:16]}... does not match the published {Path(url).name} "
+            f"(sha256 {expected}...); pass --trust-weights to use a file of your own"
+        )
+
+
+def load_torchvision_weights(weights_enum, explicit: Path | None, *, trust: bool) -> dict:
+    """A torchvision weights entry's state dict: ``explicit`` file, else the TORCH_HOME cache, else a download."""
+    url = weights_enum.url
+    if explicit is not None:
+        verify_weights_file(Path(explicit), url, trust=trust)
+        return torch.load(explicit, map_location="cpu", weights_only=True)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if cached.is_file():
+        verify_weights_file(cached, url, trust=trust)
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    try:  # torchvision's weights API: downloads into the same cache, checking the hash
+        return weights_enum.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # offline: URLError, socket errors, ...
+        raise FacekitError(
+            f"pretrained weights {Path(url).name} are not in the cache and could not be downloaded "
+            f"({exc.__class__.__name__}): put the file at {cached} (set TORCH_HOME to move the cache) "
+            f"or pass --weights FILE"
+        ) from exc
+
+
+def resnet18_transfer(num_classes: int, *, pretrained: bool, finetune: bool, weights: Path | None, trust: bool) -> nn.Module:
+    """torchvision's ResNet18 with ImageNet weights and a new ``Linear(512, C)`` head."""
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    model = resnet18(weights=None)
+    if pretrained:
+        model.load_state_dict(load_torchvision_weights(ResNet18_Weights.IMAGENET1K_V1, weights, trust=trust))
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if not finetune:
+        freeze_all_but(model, model.fc)
+    return model
