@@ -1,0 +1,166 @@
+"""dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1``) in PyTorch.
+
+The network (5,614,592 parameters, 29 convolutions) maps a 150x150 RGB face chip to a 128-d
+descriptor (same person when the euclidean distance is below 0.6):
+
+- stem: 7x7 stride-2 conv (32, no padding), affine, ReLU, 3x3 stride-2 max pool;
+- body: 3 x res(32); down(64) + 3 x res(64); down(128) + 2 x res(128); down(256) + 2 x res(256);
+  down(256). A residual block is conv3x3 + affine + ReLU, conv3x3 + affine, add, ReLU. A down
+  block's first conv has stride 2 and no padding, its shortcut is a 2x2 stride-2 average pool,
+  and the add zero-pads both branches to the larger channels / height / width (dlib add_prev_);
+- head: global average pool, Linear(256 -> 128, no bias).
+
+dlib's ``affine_`` layers are batch norm frozen into ``y = gamma * x + beta``: they are kept as
+buffers here, so they stay fixed even when the rest of the network is fine-tuned.
+
+Inputs are normalised the dlib way, ``(pixel - mean) / 256``; facekit's loader does that from
+the architecture's declared :class:`~facekit.api.Normalization`, so the module takes normalised
+tensors. The module works at any input size from 32 pixels up (global average pooling).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DLIB_MEAN = (122.782, 117.001, 104.298)  # pixel units, from the .dat's input layer
+DLIB_SCALE = 256.0
+DESCRIPTOR_DIM = 128
+
+# (in channels, out channels, down) for every residual block, input side first
+PLAN: list[tuple[int, int, bool]] = (
+    [(32, 32, False)] * 3
+    + [(32, 64, True)] + [(64, 64, False)] * 3
+    + [(64, 128, True)] + [(128, 128, False)] * 2
+    + [(128, 256, True)] + [(256, 256, False)] * 2
+    + [(256, 256, True)]
+)
+
+
+class FrozenAffine(nn.Module):
+    """dlib ``affine_``: a batch norm frozen into ``y = weight * x + bias`` (buffers, never trained)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(channels))
+        self.register_buffer("bias", torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias[None, :, None, None], x, self.weight[None, :, None, None])
+
+
+class ConvAffine(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int):
+        super().__init__()
+        pad = k // 2 if stride == 1 else 0  # dlib: no padding for the strided convs
+        self.conv = nn.Conv2d(cin, cout, k, stride, pad)
+        self.affine = FrozenAffine(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv.stride[0] > 1:  # tiny inputs: a strided 3x3 needs at least 3x3
+            k = self.conv.kernel_size[0]
+            if x.shape[-1] < k or x.shape[-2] < k:
+                x = F.pad(x, (0, max(0, k - x.shape[-1]), 0, max(0, k - x.shape[-2])))
+        return self.affine(self.conv(x))
+
+
+def add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """dlib ``add_prev_``: the sum has the larger of each dimension; missing entries are zero."""
+    if a.shape == b.shape:
+        return a + b
+    c = max(a.shape[1], b.shape[1])
+    h = max(a.shape[2], b.shape[2])
+    w = max(a.shape[3], b.shape[3])
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1]))
+
+    return pad(a) + pad(b)
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, down: bool):
+        super().__init__()
+        self.down = down
+        self.c1 = ConvAffine(cin, cout, 3, 2 if down else 1)
+        self.c2 = ConvAffine(cout, cout, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c2(F.relu(self.c1(x)))
+        if self.down:
+            sc = F.avg_pool2d(x, 2, 2) if min(x.shape[-2:]) >= 2 else x
+        else:
+            sc = x
+        return F.relu(add_padded(y, sc))
+
+
+class DlibResNet(nn.Module):
+    """The backbone: normalised (N, 3, H, W) -> (N, 128) face descriptor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ConvAffine(3, 32, 7, 2)
+        self.blocks = nn.Sequential(*[Block(a, b, d) for a, b, d in PLAN])
+        self.fc = nn.Linear(256, DESCRIPTOR_DIM, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        if min(x.shape[-2:]) >= 3:
+            x = F.max_pool2d(x, 3, 2)
+        x = self.blocks(x)
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class CosineHead(nn.Module):
+    """logits = scale * cos(descriptor, class weight); the scale is learned (init ``scale``)."""
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = 16.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+        return self.log_scale.exp() * cos
+
+
+class DlibFaceClassifier(nn.Module):
+    """dlib's ResNet backbone + a new head for C identities; ``forward`` returns logits.
+
+    With ``finetune=False`` the backbone is frozen (``requires_grad=False``) and stays in eval
+    mode whatever ``train()`` says; only the head is trained. The frozen-BN affine layers are
+    buffers, so they are fixed in both cases.
+    """
+
+    def __init__(self, num_classes: int, head: str = "cosine", finetune: bool = False):
+        super().__init__()
+        self.backbone = DlibResNet()
+        if head == "cosine":
+            self.head: nn.Module = CosineHead(DESCRIPTOR_DIM, num_classes)
+        elif head == "linear":
+            self.head = nn.Linear(DESCRIPTOR_DIM, num_classes)
+        else:
+            raise ValueError(f"unknown head {head!r} (cosine, linear)")
+        self.head_kind = head
+        self.finetune = finetune
+        self.backbone.requires_grad_(finetune)
+
+    def train(self, mode: bool = True) -> "DlibFaceClassifier":
+        super().train(mode)
+        if not self.finetune:
+            self.backbone.eval()
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128-d dlib face descriptor of normalised chips."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))

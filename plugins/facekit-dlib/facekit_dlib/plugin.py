@@ -1,0 +1,83 @@
+"""The facekit plugin module (entry point ``facekit: dlib = facekit_dlib.plugin``).
+
+Importing it stays cheap: torch and dlib are imported only when a model is built or a command
+runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from facekit import hookimpl
+from facekit.api import ArchitectureSpec, ArchOptions, Normalization
+from facekit.errors import FacekitError
+
+DLIB_NORMALIZATION = Normalization(
+    mean=(122.782 / 255, 117.001 / 255, 104.298 / 255), std=(256 / 255,) * 3
+)
+
+
+def build_dlib_resnet(options: ArchOptions, head: str = "cosine"):
+    """dlib's face ResNet (pretrained from the installed .dat unless ``pretrained=False``)."""
+    from facekit_dlib.model import DlibFaceClassifier  # noqa: PLC0415
+    from facekit_dlib.weights import load_backbone  # noqa: PLC0415
+
+    model = DlibFaceClassifier(options.num_classes, head=head, finetune=options.finetune)
+    if options.pretrained:
+        load_backbone(model.backbone, options.weights, options.trust_weights)
+    return model
+
+
+def build_dlib_resnet_linear(options: ArchOptions):
+    return build_dlib_resnet(options, head="linear")
+
+
+_DESC = (
+    "dlib's face-recognition ResNet (29 convs, 5.6M params, pretrained on ~3M faces; "
+    "weights from the installed face-recognition-models package) + a new {head} head on its "
+    "128-d descriptor. Expects 150x150 chips from `facekit align`. Backbone frozen unless "
+    "--finetune; its frozen-BN affine layers never train."
+)
+
+
+@hookimpl
+def register_architectures(register):
+    register(ArchitectureSpec(
+        name="dlib-resnet", build=build_dlib_resnet,
+        description=_DESC.format(head="cosine (normalised, learned scale)"),
+        input_size=150, normalization=DLIB_NORMALIZATION, pretrained=True,
+    ))
+    register(ArchitectureSpec(
+        name="dlib-resnet-linear", build=build_dlib_resnet_linear,
+        description=_DESC.format(head="plain linear"),
+        input_size=150, normalization=DLIB_NORMALIZATION, pretrained=True,
+    ))
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("align")
+    def align(
+        src: Path = typer.Argument(..., help="Dataset folder: one sub-folder of images per identity."),
+        out: Path = typer.Argument(..., help="Output folder for the aligned chips (same layout)."),
+        workers: int = typer.Option(2, "--workers", "-j", min=1, help="Worker processes."),
+        size: int = typer.Option(150, help="Chip size in pixels (dlib's ResNet wants 150)."),
+        padding: float = typer.Option(0.25, help="dlib.get_face_chip padding around the face."),
+        upsample: int = typer.Option(1, min=0, max=3, help="HOG detector upsampling passes."),
+        fmt: str = typer.Option("jpg", "--format", help="Chip format: jpg (quality 95) or png."),
+        shape_predictor: Optional[Path] = typer.Option(
+            None, help="An explicit shape_predictor_5_face_landmarks.dat."),
+        trust_weights: bool = typer.Option(
+            False, help="Accept a landmark model whose sha256 is not the published one."),
+    ):
+        """Detect, landmark and align every face into 150x150 chips (dlib HOG + 5 points)."""
+        from facekit_dlib.cli import align_command  # noqa: PLC0415
+
+        align_command(src, out, workers=workers, size=size, padding=padding, upsample=upsample,
+                      fmt=fmt, shape_predictor=shape_predictor, trust_weights=trust_weights)
+
+
+__all__ = ["build_dlib_resnet", "register_architectures", "register_commands", "FacekitError"]
