@@ -1,0 +1,57 @@
+"""facekit's own reporters, registered through the ``facekit`` entry-point group like any plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from facekit import hookimpl
+from facekit.api import ReporterSpec
+from facekit.report import ReportContext, rich_table
+
+
+def render_tables(context: ReportContext) -> None:
+    """Top-k and worst-k classes, averages, summary, confusions and (k-fold) the folds."""
+    report = context.report
+    context.console.print(f"[bold]{report.heading()}[/bold]")
+    for table in report.tables():
+        context.console.print()
+        context.console.print(rich_table(table))
+        if table.caption:
+            context.console.print(f"[dim]{table.caption}[/dim]")
+
+
+def render_plots(context: ReportContext) -> list[Path]:
+    """Loss curves, the confusion matrix of the most confused classes, score vs training images."""
+    from facekit import plots  # matplotlib is slow to import; only this reporter needs it
+
+    report, run, out = context.report, context.run, context.out_dir
+    written = []
+    if run.history:
+        best_epochs = {int(f["fold"]): int(f["best_epoch"]) for f in run.folds.get("folds", []) if "best_epoch" in f}
+        written.append(plots.plot_loss_curves(
+            run.history, out / "loss_curves.png", kept_fold=run.kept_fold, best_epochs=best_epochs,
+            title=f"Loss curves: {report.name} ({run.config.get('arch')})",
+        ))
+    written.append(plots.plot_confusion_matrix(
+        report.metrics, report.classes, out / "confusion_matrix.png",
+        n=max(len(report.confusions), 10),  # at least enough classes to show a pattern
+        title=f"Most confused classes: {report.name}",
+    ))
+    written.append(plots.plot_score_vs_training_images(
+        report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
+        title=f"Aggregated score vs training images: {report.name}",
+    ))
+    context.written.extend(written)
+    context.console.print()
+    context.console.print("[bold]Plots[/bold]")
+    for path in written:
+        context.console.print(f"  {path}")
+    return written
+
+
+@hookimpl
+def register_reporters(register):
+    register(ReporterSpec("table", render_tables, "Per-class tables, averages and confusions.", default=True))
+    register(ReporterSpec(
+        "plots", render_plots, "Loss curves, confusion matrix, score vs training images (PNG).", default=True,
+    ))

@@ -1,0 +1,119 @@
+"""``facekit report`` and ``facekit kernels``: read a run folder, print tables, write files.
+
+Both are thin: the work lives in facekit.report, facekit.builtins.reporters and facekit.kernels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from facekit.errors import UsageError
+from facekit.report import (
+    REPORT_DIR,
+    ReportContext,
+    build_report,
+    check_format,
+    compare_runs,
+    rich_table,
+    write_comparison,
+    write_report,
+)
+from facekit.runs import RUNS_DIR, Run
+
+
+def report(
+    run: Optional[Path] = typer.Argument(None, help="Run folder; default: the latest under --runs-dir."),
+    top: int = typer.Option(5, "--top", help="Show the K best classes by aggregated score."),
+    worst: int = typer.Option(5, "--worst", help="Show the K worst classes by aggregated score."),
+    confusions: int = typer.Option(10, "--confusions", help="Show the K most common confusions."),
+    format: Optional[str] = typer.Option(
+        None, "--format", help="Also write report.md / report.json / report.csv: markdown, json or csv."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for files (default: RUN/report/)."),
+    compare: Optional[list[Path]] = typer.Option(
+        None, "--compare", help="Another run to put side by side (repeat the option); with RUN, RUN is the first."
+    ),
+    reporter: Optional[list[str]] = typer.Option(
+        None, "--reporter", help="Run only these reporters (repeat the option; default: all default reporters)."
+    ),
+    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", help="Where to look for the latest run."),
+) -> None:
+    """Per-class metrics of a run's test predictions: top and worst classes, averages,
+    confusions, folds, and plots. Never retrains: it reads RUN/predictions.npz."""
+    fmt = check_format(format)
+    console = Console()
+    if compare:
+        _compare(([run] if run else []) + list(compare), fmt, out, console)
+        return
+
+    opened = Run.open(run, runs_dir)
+    selected = _selected_reporters(reporter)  # fail on a bad name before any work
+    context = ReportContext(
+        run=opened,
+        report=build_report(opened, top=top, worst=worst, confusions=confusions),
+        console=console,
+        out_dir=out or opened.path / REPORT_DIR,
+        format=fmt,
+    )
+    for spec in selected:
+        spec.render(context)
+    if fmt:
+        path = write_report(context.report, fmt, context.out_dir)
+        console.print(f"\nWrote {fmt} report to [bold]{path}[/bold]")
+
+
+def _selected_reporters(names: Optional[list[str]]) -> list:
+    from facekit.plugins import reporters
+
+    registry = reporters()
+    if names:
+        return [registry.get(name) for name in names]
+    return [spec for spec in registry.values() if spec.default]
+
+
+def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console) -> None:
+    comparison = compare_runs([Run.open(path) for path in paths])
+    console.print(rich_table(comparison.table()))
+    if fmt:
+        path = write_comparison(comparison, fmt, out or Path("."))
+        console.print(f"\nWrote {fmt} comparison to [bold]{path}[/bold]")
+
+
+def kernels(
+    run: Optional[Path] = typer.Argument(None, help="Run folder; default: the latest under --runs-dir."),
+    layer: int = typer.Option(1, "--layer", help="Which conv layer to draw, 1-based (see --list)."),
+    list_: bool = typer.Option(False, "--list", help="List the model's conv layers and exit."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default: RUN/report/)."),
+    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", help="Where to look for the latest run."),
+) -> None:
+    """Draw a conv layer's kernels (intensity = weight; RGB too for a 3-channel first layer)."""
+    from facekit.kernels import conv_layers, write_kernel_maps
+
+    opened = Run.open(run, runs_dir)
+    model = opened.load_model()
+    console = Console()
+    if list_:
+        console.print(conv_layer_table(conv_layers(model), opened))
+        return
+    written = write_kernel_maps(model, layer, out or opened.path / REPORT_DIR)
+    for path in written:
+        console.print(f"Wrote {path}")
+
+
+def conv_layer_table(layers: list, run: Run) -> Table:
+    if not layers:
+        raise UsageError(f"the model of {run.path} has no Conv2d layers")
+    table = Table(title=f"Conv layers of {run.path.name} ({run.config.get('arch')})", title_justify="left")
+    for header in ("Layer", "Name", "In", "Out", "Kernel", "Stride", "Groups"):
+        table.add_column(header, justify="left" if header == "Name" else "right")
+    for index, name, module in layers:
+        table.add_row(
+            str(index), name, str(module.in_channels), str(module.out_channels),
+            "x".join(map(str, module.kernel_size)), "x".join(map(str, module.stride)), str(module.groups),
+        )
+    return table

@@ -1,0 +1,141 @@
+"""The report's figures (PNG): loss curves, the most confused classes, score vs training images.
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot: no global state, no
+GUI backend, nothing to close, safe to call from tests and threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from facekit.metrics import ClassMetrics, spearman
+
+DPI = 110
+
+
+def readable(name: str) -> str:
+    """Folder names use underscores for spaces (``George_W_Bush``); figures read better without."""
+    return name.replace("_", " ")
+
+
+def save(figure: Figure, out_path: Path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_path, dpi=DPI, bbox_inches="tight")
+    return out_path
+
+
+def plot_loss_curves(
+    history: Sequence[dict[str, Any]], out_path: Path, *, kept_fold: int = 0,
+    best_epochs: dict[int, int] | None = None, title: str = "Loss curves",
+) -> Path:
+    """Training (dashed) and validation (solid) loss per epoch for every fold's model, with
+    accuracy beside it; the kept model is drawn bold, the others faint, its best epoch marked."""
+    folds = sorted({int(row["fold"]) for row in history})
+    with_accuracy = all("val_acc" in row and "train_acc" in row for row in history)
+    figure = Figure(figsize=(11 if with_accuracy else 6.5, 4.2), layout="constrained")
+    panels = figure.subplots(1, 2 if with_accuracy else 1, squeeze=False)[0]
+    metrics = [("loss", "Cross-entropy loss")] + ([("acc", "Accuracy")] if with_accuracy else [])
+    for axis, (metric, label) in zip(panels, metrics):
+        for position, fold in enumerate(folds):
+            rows = sorted((r for r in history if int(r["fold"]) == fold), key=lambda r: r["epoch"])
+            epochs = [r["epoch"] for r in rows]
+            kept = fold == kept_fold
+            style = {"color": f"C{position % 10}", "linewidth": 2.2 if kept else 1.0, "alpha": 1.0 if kept else 0.4}
+            name = f"fold {fold}" + (" (kept)" if kept else "") if len(folds) > 1 else "model"
+            axis.plot(epochs, [r[f"train_{metric}"] for r in rows], linestyle="--", label=f"{name} train", **style)
+            axis.plot(epochs, [r[f"val_{metric}"] for r in rows], linestyle="-", label=f"{name} validation", **style)
+            best = (best_epochs or {}).get(fold)
+            if kept and best is not None:
+                value = next((r[f"val_{metric}"] for r in rows if r["epoch"] == best), None)
+                if value is not None:
+                    axis.plot([best], [value], marker="o", markersize=8, color=style["color"],
+                              markeredgecolor="black", linestyle="none", label=f"best epoch ({best})")
+        axis.set_xlabel("Epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    panels[0].legend(fontsize=8, ncol=2 if len(folds) > 2 else 1, frameon=False)
+    figure.suptitle(title)
+    return save(figure, out_path)
+
+
+def plot_confusion_matrix(
+    metrics: ClassMetrics, classes: Sequence[str], out_path: Path, *, n: int = 10,
+    title: str = "Most confused classes",
+) -> Path:
+    """Confusion counts among the ``n`` classes involved in the most mistakes; the colour is the
+    share of the true class (row), so small and large classes read alike."""
+    chosen = metrics.most_confused_classes(n) or metrics.top_k(n)  # a perfect model has no mistakes
+    chosen = sorted(chosen)
+    counts = metrics.confusion[np.ix_(chosen, chosen)]
+    support = metrics.support[chosen][:, None]
+    shares = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
+    labels = [f"{readable(classes[i])} ({i})" for i in chosen]
+
+    size = 1.6 + 0.55 * len(chosen)
+    figure = Figure(figsize=(size + 1.8, size), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), count in np.ndenumerate(counts):
+        if count:
+            axis.text(col, row, str(count), ha="center", va="center", fontsize=8,
+                      color="white" if shares[row, col] > 0.55 else "black")
+    axis.set_xticks(range(len(chosen)), labels, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(len(chosen)), labels, fontsize=8)
+    axis.set_xlabel("Predicted class")
+    axis.set_ylabel("True class")
+    others = metrics.num_classes - len(chosen)
+    subtitle = f"{len(chosen)} of {metrics.num_classes} classes" + (" (rows may not sum to 1: mistakes into other classes)" if others else "")
+    axis.set_title(f"{title}\n{subtitle}", fontsize=10)
+    figure.colorbar(image, ax=axis, shrink=0.8, label="Share of the true class (numbers: counts)")
+    return save(figure, out_path)
+
+
+def plot_score_vs_training_images(
+    metrics: ClassMetrics, classes: Sequence[str], train_counts: np.ndarray, out_path: Path, *,
+    annotate: int = 5, title: str = "Does imbalance explain failure?",
+) -> Path:
+    """Each measured class's aggregated score against its training images (log scale), marker
+    area proportional to its test samples; the ``annotate`` worst and best classes are named."""
+    ids = np.flatnonzero(metrics.measured)
+    counts = np.asarray(train_counts)[ids]
+    scores = metrics.aggregated[ids]
+    rho = spearman(counts, scores)
+
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    axis = figure.subplots()
+    sizes = 25 + 120 * metrics.support[ids] / max(int(metrics.support.max()), 1)
+    axis.scatter(counts, scores, s=sizes, c=scores, cmap="RdYlGn", vmin=0, vmax=1,
+                 edgecolors="black", linewidths=0.5, alpha=0.85)
+    named = set(metrics.worst_k(annotate)) | set(metrics.top_k(annotate))
+    for class_id, x, y in zip(ids, counts, scores):
+        if class_id in named:
+            axis.annotate(readable(classes[class_id]), (x, y), xytext=(5, 3), textcoords="offset points", fontsize=7)
+    axis.axhline(metrics.macro("aggregated"), color="grey", linestyle="--", linewidth=1,
+                 label=f"macro average {metrics.macro('aggregated'):.3f}")
+    axis.legend(loc="lower right", fontsize=8, frameon=False)
+    # symlog keeps a class with no training images on the axis; log otherwise.
+    if counts.size and counts.min() < 1:
+        axis.set_xscale("symlog", linthresh=1)
+    else:
+        axis.set_xscale("log")
+    # Image counts read best as plain numbers (5, 10, 20), not powers of ten; within about one
+    # decade every integer gets a tick.
+    narrow = counts.size and counts.max() <= 30 * max(counts.min(), 1)
+    axis.xaxis.set_major_locator(LogLocator(subs="all" if narrow else (1.0, 2.0, 5.0)))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.set_ylim(-0.05, 1.05)
+    axis.margins(x=0.08)  # room for the names of the outermost classes
+    axis.set_xlabel("Training images of the class (log scale)")
+    axis.set_ylabel("Aggregated score on the test split")
+    axis.grid(alpha=0.3, which="both")
+    axis.set_title(f"{title}\nSpearman rank correlation {rho:+.2f} over {ids.size} classes"
+                   " (marker area: test images)", fontsize=10)
+    return save(figure, out_path)

@@ -1,0 +1,424 @@
+"""A run's test report: per-class tables, averages, confusions, folds; and runs side by side.
+
+A report reads the run folder (``predictions.npz`` and the JSON files) through
+:class:`facekit.runs.Run`; it never retrains or re-infers. The tables follow the study's layout
+(Tables 3-5: top-k and worst-k classes with their id, then averages over classes) and are built
+once as plain :class:`TableData`, then rendered to Rich, Markdown, JSON or CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from facekit.errors import UsageError
+from facekit.metrics import METRIC_LABELS, METRICS, STUDY_METRICS, ClassMetrics, Confusion, per_class_metrics
+from facekit.runs import Run, atomic_write_bytes
+
+REPORT_DIR = "report"
+FORMATS = ("markdown", "json", "csv")
+FORMAT_SUFFIX = {"markdown": ".md", "json": ".json", "csv": ".csv"}
+
+
+def number(value: float | None) -> str:
+    """Three decimals, or ``-`` for a value that is not defined (e.g. a class with no test samples)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}"
+
+
+def _defined(value: float) -> float | None:
+    """NaN (not defined) becomes None, so JSON gets ``null`` rather than an invalid ``NaN``."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class TableData:
+    """One table, renderer-neutral: cells are already formatted strings."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    numeric: tuple[bool, ...]  # right-aligned columns
+    caption: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Report:
+    """Everything a report shows about one run's test predictions."""
+
+    run: Run
+    metrics: ClassMetrics
+    train_counts: np.ndarray  # training images per class (the kept model's fold)
+    top: list[int]  # class ids, best aggregated score first
+    worst: list[int]  # class ids, worst aggregated score first
+    confusions: list[Confusion]
+
+    @property
+    def name(self) -> str:
+        return self.run.path.name
+
+    @property
+    def classes(self) -> list[str]:
+        return self.run.classes
+
+    def class_row(self, class_id: int) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "id": class_id,
+            "class": self.classes[class_id],
+            "support": int(m.support[class_id]),
+            "predicted": int(m.predicted[class_id]),
+            "train_images": int(self.train_counts[class_id]),
+            **{name: _defined(m.metric(name)[class_id]) for name in METRICS},
+        }
+
+    def averages(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "macro": {name: m.macro(name) for name in METRICS},
+            "weighted": {name: m.weighted(name) for name in METRICS},
+            "overall_accuracy": m.overall_accuracy,
+            "balanced_accuracy": m.balanced_accuracy,
+            "macro_f1": m.macro("f1"),
+        }
+
+    @property
+    def kept_fold(self) -> dict[str, Any] | None:
+        """The kept model's best validation figures from folds.json, if recorded."""
+        for fold in self.run.folds.get("folds", []):
+            if int(fold["fold"]) == self.run.kept_fold:
+                return fold
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        config = self.run.config
+        return {
+            "run": str(self.run.path),
+            "arch": config.get("arch"),
+            "loss": config.get("loss"),
+            "split": config.get("split"),
+            "test_images": self.metrics.total,
+            "classes": self.metrics.num_classes,
+            "unmeasured_classes": [self.classes[i] for i in self.metrics.unmeasured],
+            "never_predicted_classes": [self.classes[i] for i in self.metrics.never_predicted],
+            "averages": self.averages(),
+            "top": [self.class_row(i) for i in self.top],
+            "worst": [self.class_row(i) for i in self.worst],
+            "confusions": [self._confusion_row(c) for c in self.confusions],
+            "folds": self.run.folds,
+            "per_class": [self.class_row(i) for i in range(self.metrics.num_classes)],
+        }
+
+    def _confusion_row(self, confusion: Confusion) -> dict[str, Any]:
+        return {
+            "true_id": confusion.true,
+            "true": self.classes[confusion.true],
+            "predicted_id": confusion.predicted,
+            "predicted": self.classes[confusion.predicted],
+            "count": confusion.count,
+            "share": confusion.share,
+        }
+
+    # Tables --------------------------------------------------------------------------------
+
+    def ranking_table(self, title: str, class_ids: Sequence[int]) -> TableData:
+        """The study's Tables 3 and 4: class, id, support and the five per-class metrics."""
+        columns = ("#", "Class", "Id", "Support", *(METRIC_LABELS[n] for n in STUDY_METRICS))
+        rows = []
+        for rank, class_id in enumerate(class_ids, start=1):
+            row = self.class_row(class_id)
+            rows.append(
+                (str(rank), row["class"], str(class_id), str(row["support"]),
+                 *(number(row[n]) for n in STUDY_METRICS))
+            )
+        return TableData(title, columns, rows, (True, False, True, True, *[True] * len(STUDY_METRICS)))
+
+    def averages_table(self) -> TableData:
+        """The study's Table 5: every metric averaged over classes, plain and support-weighted."""
+        averages = self.averages()
+        rows = [
+            (METRIC_LABELS[name], number(averages["macro"][name]), number(averages["weighted"][name]))
+            for name in METRICS
+        ]
+        return TableData(
+            "Averages over classes",
+            ("Metric", "Macro", "Weighted"),
+            rows,
+            (False, True, True),
+            caption="Accuracy per class = recall (the study's definition), so macro accuracy = balanced accuracy.",
+        )
+
+    def summary_table(self) -> TableData:
+        m = self.metrics
+        rows = [
+            ("Test images", str(m.total)),
+            ("Classes measured", f"{int(m.measured.sum())} of {m.num_classes}"),
+            ("Overall accuracy", number(m.overall_accuracy)),
+            ("Balanced accuracy", number(m.balanced_accuracy)),
+            ("Macro F1", number(m.macro("f1"))),
+        ]
+        kept = self.kept_fold
+        if kept is not None:
+            rows.append(("Validation loss (kept model)", number(kept.get("val_loss"))))
+        if m.never_predicted.size:
+            rows.append(("Never predicted", self._names(m.never_predicted)))
+        if m.unmeasured.size:
+            rows.append(("No test images (shown as -)", self._names(m.unmeasured)))
+        return TableData("Summary", ("", "Value"), rows, (False, True))
+
+    def _names(self, class_ids: np.ndarray, limit: int = 8) -> str:
+        names = [self.classes[i] for i in class_ids[:limit]]
+        more = f" and {class_ids.size - limit} more" if class_ids.size > limit else ""
+        return ", ".join(names) + more
+
+    def confusions_table(self) -> TableData:
+        rows = [
+            (f"{self.classes[c.true]} ({c.true})", f"{self.classes[c.predicted]} ({c.predicted})",
+             str(c.count), number(c.share))
+            for c in self.confusions
+        ]
+        return TableData(
+            f"Most common confusions (top {len(self.confusions)})",
+            ("True class (id)", "Predicted as (id)", "Count", "Share of true class"),
+            rows,
+            (False, False, True, True),
+        )
+
+    def folds_table(self) -> TableData | None:
+        """Every fold's best validation figures and their mean ± std (k-fold runs only)."""
+        folds = self.run.folds
+        if len(folds.get("folds", [])) < 2:
+            return None
+        rows = [
+            (str(f["fold"]) + (" (kept)" if int(f["fold"]) == self.run.kept_fold else ""),
+             str(f.get("best_epoch", "-")), number(f.get("val_loss")), number(f.get("val_acc")))
+            for f in folds["folds"]
+        ]
+        rows.append((
+            "mean ± std", "",
+            f"{number(folds.get('val_loss_mean'))} ± {number(folds.get('val_loss_std'))}",
+            f"{number(folds.get('val_acc_mean'))} ± {number(folds.get('val_acc_std'))}",
+        ))
+        return TableData(
+            "Cross-validation folds", ("Fold", "Best epoch", "Val loss", "Val acc"), rows,
+            (False, True, True, True),
+            caption="The model with the lowest validation loss is kept and measured on the test split.",
+        )
+
+    def tables(self) -> list[TableData]:
+        """All tables in reading order."""
+        tables = [
+            self.ranking_table(f"Top {len(self.top)} classes by aggregated score", self.top),
+            self.ranking_table(f"Worst {len(self.worst)} classes by aggregated score", self.worst),
+            self.averages_table(),
+            self.summary_table(),
+            self.confusions_table(),
+        ]
+        folds = self.folds_table()
+        return tables + ([folds] if folds else [])
+
+    def heading(self) -> str:
+        config = self.run.config
+        return (
+            f"{self.name}: {config.get('arch')} · loss {config.get('loss')} · split {config.get('split')}"
+            f" · {self.metrics.total} test images, {self.metrics.num_classes} classes"
+        )
+
+
+def build_report(run: Run, *, top: int = 5, worst: int = 5, confusions: int = 10) -> Report:
+    """Per-class metrics of ``run``'s saved test predictions, with its rankings and confusions."""
+    for name, value in (("--top", top), ("--worst", worst), ("--confusions", confusions)):
+        if value < 0:
+            raise UsageError(f"{name} must be 0 or more, not {value}")
+    predictions = run.predictions()
+    metrics = per_class_metrics(predictions["y_true"], predictions["y_pred"], len(run.classes))
+    return Report(
+        run=run,
+        metrics=metrics,
+        train_counts=run.train_counts(),
+        top=metrics.top_k(top),
+        worst=metrics.worst_k(worst),
+        confusions=metrics.confusions(confusions),
+    )
+
+
+@dataclass
+class ReportContext:
+    """What a reporter (:class:`facekit.api.ReporterSpec`) gets: the report and where to put things."""
+
+    run: Run
+    report: Report
+    console: Console
+    out_dir: Path  # files go here (RUN/report/ or --out)
+    format: str | None = None  # --format, for reporters that write documents
+    written: list[Path] = field(default_factory=list)  # files reporters wrote, for the summary
+
+    @property
+    def metrics(self) -> ClassMetrics:
+        return self.report.metrics
+
+
+# Comparison ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Several runs' averages side by side (the study's Table 5, one column per run)."""
+
+    runs: list[str]
+    models: list[str]  # "arch · loss · split" per run
+    rows: list[tuple[str, list[float | None]]]
+
+    def table(self) -> TableData:
+        rows = [("Model", *self.models)]
+        rows += [(label, *(number(v) for v in values)) for label, values in self.rows]
+        return TableData(
+            "Runs compared: averages over classes (macro)",
+            ("Metric", *self.runs),
+            rows,
+            (False, *[True] * len(self.runs)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runs": self.runs,
+            "models": self.models,
+            "metrics": {label: dict(zip(self.runs, values)) for label, values in self.rows},
+        }
+
+
+def compare_runs(runs: Sequence[Run]) -> Comparison:
+    """Macro averages of each run's test predictions, plus the kept model's validation loss."""
+    if len(runs) < 2:
+        raise UsageError("--compare needs at least two runs (RUN and one --compare RUN, or two --compare RUN)")
+    reports = [build_report(run, top=0, worst=0, confusions=0) for run in runs]
+    names = [report.name for report in reports]
+    if len(set(names)) < len(names):  # runs from different folders may share a name
+        names = [str(report.run.path) for report in reports]
+    rows: list[tuple[str, list[float | None]]] = [
+        (METRIC_LABELS[name], [r.metrics.macro(name) for r in reports]) for name in STUDY_METRICS
+    ]
+    rows += [
+        ("Overall accuracy", [r.metrics.overall_accuracy for r in reports]),
+        ("Balanced accuracy", [r.metrics.balanced_accuracy for r in reports]),
+        ("Macro F1", [r.metrics.macro("f1") for r in reports]),
+        ("Validation loss", [(r.kept_fold or {}).get("val_loss") for r in reports]),
+    ]
+    models = [
+        " · ".join(str(r.run.config.get(key)) for key in ("arch", "loss", "split")) for r in reports
+    ]
+    return Comparison(names, models, rows)
+
+
+# Rendering ----------------------------------------------------------------------------------
+
+
+def rich_table(table: TableData) -> Table:
+    """The table as Rich renders it; print ``table.caption`` after it (a Rich caption would wrap
+    to the table's width)."""
+    rich = Table(title=table.title, title_justify="left")
+    for header, numeric in zip(table.columns, table.numeric):
+        rich.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
+    for row in table.rows:
+        rich.add_row(*row)
+    return rich
+
+
+def markdown_table(table: TableData) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [f"### {table.title}", ""]
+    lines.append("| " + " | ".join(cell(c) if c else " " for c in table.columns) + " |")
+    lines.append("|" + "|".join("---:" if numeric else "---" for numeric in table.numeric) + "|")
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
+    if table.caption:
+        lines += ["", f"*{table.caption}*"]
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(report: Report) -> str:
+    parts = [f"## Report: {report.name}", "", report.heading(), ""]
+    parts += [markdown_table(table) for table in report.tables()]
+    return "\n".join(parts)
+
+
+def report_json(report: Report) -> str:
+    return json.dumps(report.to_dict(), indent=2) + "\n"
+
+
+def report_csv(report: Report) -> str:
+    """One row per class (all classes, by id); empty cells where a metric is not defined."""
+    buffer = io.StringIO()
+    columns = ["id", "class", "support", "predicted", "train_images", *METRICS]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for class_id in range(report.metrics.num_classes):
+        row = report.class_row(class_id)
+        writer.writerow({k: "" if row[k] is None else (round(row[k], 6) if k in METRICS else row[k]) for k in columns})
+    return buffer.getvalue()
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    return markdown_table(comparison.table())
+
+
+def comparison_json(comparison: Comparison) -> str:
+    return json.dumps(comparison.to_dict(), indent=2) + "\n"
+
+
+def comparison_csv(comparison: Comparison) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["metric", *comparison.runs])
+    writer.writerow(["model", *comparison.models])
+    for label, values in comparison.rows:
+        writer.writerow([label, *("" if v is None else round(v, 6) for v in values)])
+    return buffer.getvalue()
+
+
+REPORT_RENDERERS: dict[str, Callable[[Report], str]] = {
+    "markdown": report_markdown, "json": report_json, "csv": report_csv,
+}
+COMPARISON_RENDERERS: dict[str, Callable[[Comparison], str]] = {
+    "markdown": comparison_markdown, "json": comparison_json, "csv": comparison_csv,
+}
+
+
+def check_format(fmt: str | None) -> str | None:
+    """Accept ``md`` as ``markdown``; anything else unknown is a usage error."""
+    if fmt is None:
+        return None
+    fmt = {"md": "markdown"}.get(fmt.lower(), fmt.lower())
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is not supported: use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def write_document(text: str, out_dir: Path, stem: str, fmt: str) -> Path:
+    path = Path(out_dir) / f"{stem}{FORMAT_SUFFIX[fmt]}"
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def write_report(report: Report, fmt: str, out_dir: Path) -> Path:
+    """Write ``report.md``/``.json``/``.csv`` into ``out_dir`` and return its path."""
+    fmt = check_format(fmt)
+    return write_document(REPORT_RENDERERS[fmt](report), out_dir, "report", fmt)
+
+
+def write_comparison(comparison: Comparison, fmt: str, out_dir: Path) -> Path:
+    """Write ``comparison.md``/``.json``/``.csv`` into ``out_dir`` and return its path."""
+    fmt = check_format(fmt)
+    return write_document(COMPARISON_RENDERERS[fmt](comparison), out_dir, "comparison", fmt)
