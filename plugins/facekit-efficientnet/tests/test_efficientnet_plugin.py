@@ -70,6 +70,21 @@ def test_imagenet_weights_are_genuine_before_the_head_is_replaced():
 
 
 @needs_weights
+@pytest.mark.parametrize("size", [224, 97])
+def test_same_logits_as_the_reference_implementation(size):
+    """The weights were converted for efficientnet-lite-pytorch's model: ours must agree."""
+    reference = pytest.importorskip(
+        "efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch (a test dependency) is missing")
+    # the reference bakes its padding in for one input size, so build it for the size tested
+    ref = reference.EfficientNet.from_name("efficientnet-lite0", image_size=size)
+    ref.load_state_dict(torch.load(weights.packaged_weights(), map_location="cpu", weights_only=True))
+    ours = weights.load_imagenet_model()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_weights
 def test_packaged_file_has_the_published_hash():
     assert weights.sha256_of(weights.packaged_weights()) == weights.WEIGHTS_SHA256
 
