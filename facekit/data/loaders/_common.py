@@ -1,0 +1,139 @@
+"""What every loader backend shares: the epoch plan, decoding for torch, batched rotate + normalize."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facekit.api import Normalization
+
+# Formats torchvision.io decodes itself; others (PGM/PPM, BMP) go through PIL.
+_TORCHVISION_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """Decode an image file to a uint8 RGB tensor (3, H, W); grey images become RGB."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    if Path(path).suffix.lower() in _TORCHVISION_SUFFIXES:
+        try:
+            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # e.g. a PNG with an unusual bit depth: PIL below decodes it or says why not
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Plain (aspect-changing) bilinear resize with antialiasing, uint8 in and out."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if image.shape[-2:] == (size, size):
+        return image
+    return TF.resize(image, [size, size], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def decode_resized(path: str | Path, size: int) -> torch.Tensor:
+    return resize_square(read_rgb(path), size)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which samples this shard reads in one epoch, in order, and the rotation of each."""
+
+    indices: np.ndarray  # int64 positions into the loader's file list
+    angles: np.ndarray  # float32 degrees, counter-clockwise as seen on screen
+
+    def batches(self, batch_size: int):
+        for start in range(0, len(self.indices), batch_size):
+            yield self.indices[start : start + batch_size], self.angles[start : start + batch_size]
+
+
+def plan_epoch(
+    num_files: int, *, epoch: int, seed: int, train: bool, rotate: float, shard_id: int, num_shards: int
+) -> EpochPlan:
+    """The order and angles of one epoch: a function of (seed, epoch) only, like DistributedSampler.
+
+    Training shards are padded by wrapping around so every shard has the same number of samples
+    (data-parallel ranks stay in step); evaluation shards are not padded, so across shards every
+    image is seen exactly once.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if train:
+        order = rng.permutation(num_files)
+        angles = rng.uniform(-rotate, rotate, num_files).astype(np.float32) if rotate > 0 else np.zeros(num_files, np.float32)
+        per_shard = math.ceil(num_files / num_shards) if num_files else 0
+        padded = np.resize(np.arange(num_files), per_shard * num_shards)  # wraps around
+        chosen = padded[shard_id::num_shards]
+        return EpochPlan(order[chosen].astype(np.int64), angles[chosen])
+    indices = np.arange(num_files, dtype=np.int64)[shard_id::num_shards]
+    return EpochPlan(indices, np.zeros(len(indices), np.float32))
+
+
+def shard_size(num_files: int, *, train: bool, shard_id: int, num_shards: int) -> int:
+    if train:
+        return math.ceil(num_files / num_shards) if num_files else 0
+    return len(range(shard_id, num_files, num_shards))
+
+
+class RotateNormalize:
+    """Batched augmentation on uint8 NCHW images: rotate each by its own angle, then normalize.
+
+    Rotation is bilinear about the image centre with black fill, like DALI's ``fn.rotate`` and
+    torchvision's ``rotate``. Scratch buffers are reused between batches because fresh large
+    allocations (page faults) cost as much as the arithmetic on a small CPU.
+    """
+
+    def __init__(self, normalization: Normalization, device: torch.device):
+        mean = torch.tensor(normalization.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(normalization.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std == x * scale + shift
+        self.shift = -mean / std
+        self.device = device
+        self._float: torch.Tensor | None = None
+        self._grid: torch.Tensor | None = None
+        self._base: torch.Tensor | None = None
+
+    def __call__(self, images: torch.Tensor, angles: torch.Tensor | np.ndarray) -> torch.Tensor:
+        angles = torch.as_tensor(angles, dtype=torch.float32)
+        if bool((angles != 0).any()):
+            out = self._rotate(images, angles)
+        else:
+            out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
+        return out.mul_(self.scale).add_(self.shift)
+
+    def _rotate(self, images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = images.shape
+        source = self._scratch("_float", images.shape, images.device)
+        source.copy_(images)
+        # Output pixel p samples the input at R(-angle) p (normalized coordinates, centre origin);
+        # on screen (y down) that turns the picture counter-clockwise by +angle. Square images only,
+        # so no aspect correction is needed.
+        radians = angles.to(images.device) * (math.pi / 180.0)
+        cos, sin = torch.cos(radians), torch.sin(radians)
+        theta = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (n, 2, 2)
+        grid = self._scratch("_grid", (n, h * w, 2), images.device)
+        torch.bmm(self._base_grid(h, w, images.device).expand(n, -1, -1), theta.transpose(1, 2), out=grid)
+        return F.grid_sample(source, grid.view(n, h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _base_grid(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        if self._base is None or self._base.shape[1] != h * w or self._base.device != device:
+            xs = (torch.arange(w, dtype=torch.float32, device=device) * 2 + 1) / w - 1
+            ys = (torch.arange(h, dtype=torch.float32, device=device) * 2 + 1) / h - 1
+            self._base = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)], -1).reshape(1, h * w, 2)
+        return self._base
+
+    def _scratch(self, name: str, shape, device: torch.device) -> torch.Tensor:
+        buffer = getattr(self, name)
+        if buffer is None or buffer.device != device or buffer.numel() < math.prod(shape):
+            buffer = torch.empty(math.prod(shape), dtype=torch.float32, device=device)
+            setattr(self, name, buffer)
+        return buffer[: math.prod(shape)].view(shape)

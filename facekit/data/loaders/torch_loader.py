@@ -1,0 +1,98 @@
+"""The torchvision backend: worker processes decode and resize; rotation and normalization run batched.
+
+Workers return uint8 images (a quarter of the bytes of float32 through shared memory); the
+main process rotates and normalizes whole batches on the target device (GPU when training
+there). A file that fails to decode mid-epoch is skipped with a warning, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from facekit.data.loaders import Loader, warn_skipped
+from facekit.data.loaders._common import EpochPlan, decode_resized
+
+
+class _DecodeDataset(Dataset):
+    """Item key ``(position, angle)`` -> ``(uint8 image or None, position, angle, path)``."""
+
+    def __init__(self, files: list[str], size: int):
+        self.files = files
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, float]):
+        position, angle = key
+        try:
+            image = decode_resized(self.files[position], self.size)
+        except Exception:  # noqa: BLE001 - any decoder failure means "skip this file"
+            image = None
+        return image, position, angle, self.files[position]
+
+
+def _collate(items):
+    kept = [item for item in items if item[0] is not None]
+    failed = [item[3] for item in items if item[0] is None]
+    if not kept:
+        return None, None, None, failed
+    images = torch.stack([item[0] for item in kept])
+    positions = torch.tensor([item[1] for item in kept], dtype=torch.int64)
+    angles = torch.tensor([item[2] for item in kept], dtype=torch.float32)
+    return images, positions, angles, failed
+
+
+class _PlanSampler(Sampler):
+    """Yields the current epoch's batches of (position, angle) keys; iterated in the main process."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.plan: EpochPlan | None = None
+
+    def __iter__(self):
+        for positions, angles in self.plan.batches(self.batch_size):
+            yield list(zip(positions.tolist(), angles.tolist()))
+
+    def __len__(self) -> int:
+        return -(-len(self.plan.indices) // self.batch_size)
+
+
+class TorchLoader(Loader):
+    backend = "torch"
+
+    def __init__(self, files: Sequence[str | Path], labels: Sequence[int], *, num_workers: int | None = None, **options):
+        super().__init__(files, labels, **options)
+        self.num_workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
+        self._sampler = _PlanSampler(self.batch_size)
+        self._loader = DataLoader(
+            _DecodeDataset(self.files, self.input_size),
+            batch_sampler=self._sampler,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.num_workers > 0,  # no process start-up cost per epoch
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def _raw_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if len(plan.indices) == 0:
+            return
+        self._sampler.plan = plan
+        for images, positions, angles, failed in self._loader:
+            if failed:
+                warn_skipped(failed)
+            if images is None:
+                continue
+            yield images.to(self.device, non_blocking=True), positions, angles
+
+    def close(self) -> None:
+        super().close()
+        # Persistent workers exit when their iterator is dropped.
+        self._loader = None
