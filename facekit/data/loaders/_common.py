@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from facekit.api import Normalization
+
+# torchvision 0.29 warns on every decode that its decoders move to TorchCodec; they still work,
+# and the warning would repeat once per image.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
 
 # Formats torchvision.io decodes itself; others (PGM/PPM, BMP) go through PIL.
 _TORCHVISION_SUFFIXES = {".jpg", ".jpeg", ".png"}

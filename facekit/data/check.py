@@ -1,0 +1,173 @@
+"""`facekit data check`: what in a data set cannot be used, and how its classes are balanced.
+
+"Too small for the split" follows the split's own rules (facekit.builtins.splits), by running
+the split: for holdout, an identity that gets no test or no validation image; for k-fold, one
+with fewer than K images outside the test split (it cannot be validated in every fold).
+``min_per_class`` additionally flags identities with fewer images than that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from facekit.api import SplitOptions
+from facekit.data.index import BadFile, DatasetIndex, scan_dataset
+from facekit.errors import UsageError
+
+SPLITS = ("holdout", "kfold")
+
+
+@dataclass
+class SmallClass:
+    name: str
+    images: int
+    reason: str
+
+
+@dataclass
+class CheckReport:
+    root: str
+    split: str
+    folds: int
+    classes: int
+    images: int
+    bad: list[BadFile]
+    empty_classes: list[str]
+    small_classes: list[SmallClass]
+    imbalance: dict[str, float]  # min / median / max images per identity
+    biggest: list[tuple[str, int]]
+    smallest: list[tuple[str, int]]
+    problems: list[str] = field(default_factory=list)  # reasons the data set cannot be trained on
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["usable"] = self.usable
+        return data
+
+
+def check_dataset(
+    root: str | Path,
+    *,
+    split: str = "holdout",
+    folds: int = 5,
+    min_per_class: int | None = None,
+    test_size: float = SplitOptions.test_size,
+    val_size: float = SplitOptions.val_size,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> CheckReport:
+    """Decode every image once (cached) and report bad files, empty or small identities, imbalance."""
+    if split not in SPLITS:
+        raise UsageError(f"--split {split!r} is unknown; choose one of: {', '.join(SPLITS)}")
+    if split == "kfold" and folds < 2:
+        raise UsageError(f"--folds {folds}: k-fold needs at least 2 folds")
+    index = scan_dataset(root, progress=progress)
+    counts = index.counts
+    problems: list[str] = []
+    if len(index.files) == 0:
+        problems.append("no usable image: every identity folder is empty or holds only bad files")
+    elif index.num_classes < 2:
+        problems.append(f"only {index.num_classes} identity has usable images; a classifier needs at least 2")
+
+    small = _small_classes(index, split, SplitOptions(seed=seed, test_size=test_size, val_size=val_size, folds=folds))
+    if min_per_class:
+        flagged = {s.name for s in small}
+        small += [
+            SmallClass(name, int(n), f"fewer than {min_per_class} images")
+            for name, n in zip(index.classes, counts)
+            if n < min_per_class and name not in flagged
+        ]
+    order = np.argsort(-counts, kind="stable")
+    return CheckReport(
+        root=str(index.root),
+        split=split,
+        folds=folds,
+        classes=index.num_classes,
+        images=len(index.files),
+        bad=index.bad,
+        empty_classes=index.empty_classes,
+        small_classes=small,
+        imbalance={
+            "min": int(counts.min()) if len(counts) else 0,
+            "median": float(np.median(counts)) if len(counts) else 0.0,
+            "max": int(counts.max()) if len(counts) else 0,
+        },
+        biggest=[(index.classes[c], int(counts[c])) for c in order[:5]],
+        smallest=[(index.classes[c], int(counts[c])) for c in order[::-1][:5]],
+        problems=problems,
+    )
+
+
+def _small_classes(index: DatasetIndex, split: str, options: SplitOptions) -> list[SmallClass]:
+    from facekit.builtins.splits import holdout_split, kfold_split
+
+    if index.num_classes < 2:
+        return []
+    counts = index.counts
+    try:
+        plan = (holdout_split if split == "holdout" else kfold_split)(index.labels, options)
+    except UsageError as err:  # the whole data set is too small for these sizes
+        return [SmallClass(name, int(n), str(err)) for name, n in zip(index.classes, counts)]
+    test_counts = np.bincount(index.labels[plan.test], minlength=index.num_classes)
+    small = []
+    for c, name in enumerate(index.classes):
+        if split == "holdout":
+            val = np.bincount(index.labels[plan.folds[0].val], minlength=index.num_classes)[c]
+            missing = [part for part, n, size in (("test", test_counts[c], options.test_size), ("validation", val, options.val_size)) if n == 0 and size > 0]
+            if missing:
+                small.append(SmallClass(name, int(counts[c]), f"no {' and no '.join(missing)} image (its share is under one image)"))
+        else:
+            rest = counts[c] - test_counts[c]
+            if rest < options.folds:
+                small.append(
+                    SmallClass(name, int(counts[c]), f"{rest} images outside the test split, fewer than {options.folds} folds")
+                )
+    return small
+
+
+def render_check_report(report: CheckReport, console) -> None:
+    """Print ``report`` with Rich: tables of problems, then the imbalance summary."""
+    from rich.table import Table
+
+    console.print(f"[bold]{report.root}[/bold]: {report.images} usable images in {report.classes} identities")
+    if report.bad:
+        table = Table(title=f"{len(report.bad)} bad files (left out)", title_justify="left")
+        table.add_column("file")
+        table.add_column("problem")
+        for bad in report.bad:
+            table.add_row(bad.path, bad.reason)
+        console.print(table)
+    if report.empty_classes:
+        console.print(
+            f"[yellow]{len(report.empty_classes)} identity folders without a usable image (no class id):[/yellow] "
+            + ", ".join(report.empty_classes)
+        )
+    if report.small_classes:
+        what = f"{report.split}" + (f" with {report.folds} folds" if report.split == "kfold" else "")
+        table = Table(title=f"{len(report.small_classes)} identities too small for {what}", title_justify="left")
+        table.add_column("identity")
+        table.add_column("images", justify="right")
+        table.add_column("why")
+        for small in report.small_classes:
+            table.add_row(small.name, str(small.images), small.reason)
+        console.print(table)
+    if report.classes:
+        stats = report.imbalance
+        console.print(
+            f"images per identity: min {stats['min']}, median {stats['median']:g}, max {stats['max']} "
+            f"(max/min {stats['max'] / max(stats['min'], 1):.1f}x)"
+        )
+        console.print("biggest: " + ", ".join(f"{name} ({n})" for name, n in report.biggest))
+        console.print("smallest: " + ", ".join(f"{name} ({n})" for name, n in report.smallest))
+    for problem in report.problems:
+        console.print(f"[red]not usable:[/red] {problem}")
+    if report.usable and not report.bad and not report.empty_classes and not report.small_classes:
+        console.print("[green]no problems found[/green]")
