@@ -117,18 +117,66 @@ class DlibResNet(nn.Module):
         return self.fc(self.features(x))
 
 
-class CosineHead(nn.Module):
-    """logits = scale * cos(descriptor, class weight); the scale is learned (init ``scale``)."""
+class Center(nn.Module):
+    """Subtracts a running mean of the descriptors (updated in training mode, like batch norm).
 
-    def __init__(self, in_features: int, num_classes: int, scale: float = 16.0):
+    dlib descriptors share a large common component (on LFW the mean descriptor's norm is 1.29
+    against 1.41 for a single one: any two faces have a cosine near 0.84), so a classifier on
+    raw descriptors mostly sees that constant. Centering uses the training data only.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.05):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-        nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                batch_mean = x.detach().float().mean(0)
+                if int(self.num_batches_tracked) == 0:
+                    self.running_mean.copy_(batch_mean)
+                else:
+                    self.running_mean.lerp_(batch_mean, self.momentum)
+                self.num_batches_tracked += 1
+        return x - self.running_mean.to(x.dtype)
+
+
+class CosineHead(nn.Module):
+    """logits = scale * cos(x, w_c), the scale learned (init 16).
+
+    The class weights start with a small norm (0.01): their direction is all that counts, and
+    with Adam a small norm means a large angular step, so the head converges in a few epochs at
+    facekit's default learning rate (1e-4) and weight decay (5e-3), which a plain linear head
+    on these descriptors does not.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = 16.0, init_norm: float = 0.01):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, in_features) * (init_norm / math.sqrt(in_features)))
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cos = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
         return self.log_scale.exp() * cos
+
+
+class Head(nn.Module):
+    """The new classifier on the 128-d descriptor: centering, then a cosine or linear layer."""
+
+    def __init__(self, num_classes: int, kind: str = "cosine"):
+        super().__init__()
+        self.center = Center(DESCRIPTOR_DIM)
+        if kind == "cosine":
+            self.classifier: nn.Module = CosineHead(DESCRIPTOR_DIM, num_classes)
+        elif kind == "linear":
+            self.classifier = nn.Linear(DESCRIPTOR_DIM, num_classes)
+        else:
+            raise ValueError(f"unknown head {kind!r} (cosine, linear)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.center(x))
 
 
 class DlibFaceClassifier(nn.Module):
@@ -142,12 +190,7 @@ class DlibFaceClassifier(nn.Module):
     def __init__(self, num_classes: int, head: str = "cosine", finetune: bool = False):
         super().__init__()
         self.backbone = DlibResNet()
-        if head == "cosine":
-            self.head: nn.Module = CosineHead(DESCRIPTOR_DIM, num_classes)
-        elif head == "linear":
-            self.head = nn.Linear(DESCRIPTOR_DIM, num_classes)
-        else:
-            raise ValueError(f"unknown head {head!r} (cosine, linear)")
+        self.head = Head(num_classes, head)
         self.head_kind = head
         self.finetune = finetune
         self.backbone.requires_grad_(finetune)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from facekit.api import ArchOptions
-from facekit_dlib.model import CosineHead, DlibFaceClassifier, FrozenAffine
+from facekit_dlib.model import Center, CosineHead, DlibFaceClassifier, FrozenAffine
 from facekit_dlib.plugin import DLIB_NORMALIZATION, build_dlib_resnet, register_architectures
 
 
@@ -45,16 +45,16 @@ def _trainable(m):
 def test_frozen_trains_only_the_head(resnet_path):
     m = build_dlib_resnet(ArchOptions(num_classes=4, input_size=150))
     assert _trainable(m) == {n for n, _ in m.named_parameters() if n.startswith("head.")}
-    assert isinstance(m.head, CosineHead)
+    assert isinstance(m.head.classifier, CosineHead)
     m.train()
     assert m.head.training and not m.backbone.training  # backbone stays in eval mode
     before = {k: v.clone() for k, v in m.backbone.state_dict().items()}
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
-    head_before = m.head.weight.detach().clone()
+    head_before = m.head.classifier.weight.detach().clone()
     loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 3, 150, 150)), torch.arange(4))
     loss.backward()
     opt.step()
-    assert not torch.equal(head_before, m.head.weight)
+    assert not torch.equal(head_before, m.head.classifier.weight)
     for k, v in m.backbone.state_dict().items():
         assert torch.equal(before[k], v), k
 
@@ -85,6 +85,19 @@ def test_finetune_trains_convs_but_not_affine(resnet_path):
 
 def test_linear_head_option():
     m = DlibFaceClassifier(7, head="linear")
-    assert isinstance(m.head, torch.nn.Linear) and m.head.out_features == 7
+    assert isinstance(m.head.classifier, torch.nn.Linear) and m.head.classifier.out_features == 7
     with pytest.raises(ValueError):
         DlibFaceClassifier(7, head="nope")
+
+
+def test_center_tracks_training_mean_only():
+    c = Center(3)
+    x = torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
+    c.train()
+    assert torch.allclose(c(x), x - torch.tensor([2.0, 3.0, 4.0]))  # first batch sets the mean
+    c(x + 10)
+    assert torch.allclose(c.running_mean, torch.tensor([2.5, 3.5, 4.5]))  # momentum 0.05
+    c.eval()
+    before = c.running_mean.clone()
+    c(x + 100)
+    assert torch.equal(before, c.running_mean)
