@@ -175,7 +175,7 @@ class Report:
             rows.append(("Never predicted", self._names(m.never_predicted)))
         if m.unmeasured.size:
             rows.append(("No test images (shown as -)", self._names(m.unmeasured)))
-        return TableData("Summary", ("", "Value"), rows, (False, True))
+        return TableData("Summary", ("", ""), rows, (False, False))
 
     def _names(self, class_ids: np.ndarray, limit: int = 8) -> str:
         names = [self.classes[i] for i in class_ids[:limit]]
@@ -328,8 +328,9 @@ def rich_table(table: TableData) -> Table:
     """The table as Rich renders it; print ``table.caption`` after it (a Rich caption would wrap
     to the table's width)."""
     rich = Table(title=table.title, title_justify="left")
-    for header, numeric in zip(table.columns, table.numeric):
-        rich.add_column(header, justify="right" if numeric else "left", no_wrap=numeric)
+    for position, (header, numeric) in enumerate(zip(table.columns, table.numeric)):
+        # Numbers and the first column (ranks, labels) never wrap; long text columns do.
+        rich.add_column(header, justify="right" if numeric else "left", no_wrap=numeric or position == 0)
     for row in table.rows:
         rich.add_row(*row)
     return rich

@@ -41,11 +41,7 @@ def render_plots(context: ReportContext) -> list[Path]:
         report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
         title=f"Aggregated score vs training images: {report.name}",
     ))
-    context.written.extend(written)
-    context.console.print()
-    context.console.print("[bold]Plots[/bold]")
-    for path in written:
-        context.console.print(f"  {path}")
+    context.written.extend(written)  # `facekit report` lists them after every reporter has run
     return written
 
 

@@ -63,8 +63,15 @@ def report(
     for spec in selected:
         spec.render(context)
     if fmt:
-        path = write_report(context.report, fmt, context.out_dir)
-        console.print(f"\nWrote {fmt} report to [bold]{path}[/bold]")
+        context.written.append(write_report(context.report, fmt, context.out_dir))
+    print_written(console, context.written)
+
+
+def print_written(console: Console, paths: list[Path]) -> None:
+    if paths:
+        console.print("\n[bold]Wrote[/bold]")
+        for path in paths:
+            console.print(f"  {path}", highlight=False, soft_wrap=True)  # paths stay copyable
 
 
 def _selected_reporters(names: Optional[list[str]]) -> list:
@@ -80,8 +87,7 @@ def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console
     comparison = compare_runs([Run.open(path) for path in paths])
     console.print(rich_table(comparison.table()))
     if fmt:
-        path = write_comparison(comparison, fmt, out or Path("."))
-        console.print(f"\nWrote {fmt} comparison to [bold]{path}[/bold]")
+        print_written(console, [write_comparison(comparison, fmt, out or Path("."))])
 
 
 def kernels(
@@ -100,9 +106,7 @@ def kernels(
     if list_:
         console.print(conv_layer_table(conv_layers(model), opened))
         return
-    written = write_kernel_maps(model, layer, out or opened.path / REPORT_DIR)
-    for path in written:
-        console.print(f"Wrote {path}")
+    print_written(console, write_kernel_maps(model, layer, out or opened.path / REPORT_DIR))
 
 
 def conv_layer_table(layers: list, run: Run) -> Table:
