@@ -341,7 +341,7 @@ class Trainer:
             total_loss += loss.detach() * labels.shape[0]
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.shape[0]
-            self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss), labels.shape[0])
+            self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss.detach()), labels.shape[0])
         elapsed = time.perf_counter() - start
         seen = max(seen, 1)
         return float(total_loss) / seen, float(correct) / seen, elapsed, seen

@@ -121,7 +121,7 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
 
         predictions = run.predictions()
         metrics = per_class_metrics(predictions["y_true"], predictions["y_pred"], len(run.classes))
-        summary |= {"test_accuracy": metrics.accuracy, "balanced_accuracy": metrics.balanced_accuracy}
+        summary |= {"test_accuracy": metrics.overall_accuracy, "balanced_accuracy": metrics.balanced_accuracy}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -1,0 +1,43 @@
+"""`facekit demo`: the whole product in a few minutes on a laptop CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from facekit.engine import TrainConfig, Trainer, default_run_dir
+
+DEMO_DATA = Path("runs") / "demo-data"
+
+
+def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console) -> Path:
+    """Train the baseline briefly on ``data`` (or a synthetic set made now), report it, draw its first kernels."""
+    from facekit.cli.progress import ConsoleProgress
+    from facekit.kernels import write_kernel_maps
+    from facekit.report import ReportContext, build_report
+    from facekit.runs import Run
+    from facekit.plugins import reporters
+
+    if data is None:
+        from facekit.data.synth import make_synthetic_dataset
+
+        data = DEMO_DATA
+        if not data.is_dir():
+            make_synthetic_dataset(data, identities=8, per_identity=20, size=64, seed=0)
+        console.print(f"No --data given: using a synthetic data set of 8 identities in {data} (made by `facekit data synth`).")
+    config = TrainConfig(data=data, arch="baseline", epochs=epochs, batch_size=32, lr=1e-3, out=out)
+    config.out = out or default_run_dir(config)
+    run_dir = Trainer(config, ConsoleProgress(console)).train()
+
+    run = Run(run_dir)
+    context = ReportContext(run=run, report=build_report(run), console=console, out_dir=run_dir / "report")
+    for spec in reporters().values():
+        if spec.default:
+            spec.render(context)
+    context.written.extend(write_kernel_maps(run.load_model(), 1, run_dir / "report"))
+    for path in context.written:
+        console.print(f"wrote {path}", highlight=False)
+    console.print(f"\nNext: `facekit report {run_dir}`, `facekit kernels {run_dir} --layer 3`, "
+                  f"`facekit train --data YOUR_FACES --arch tronnet --loss weighted`.", highlight=False)
+    return run_dir

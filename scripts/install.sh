@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Creates .venv and installs facekit, its plugins and the test tools, pinned by constraints.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q -c constraints.txt -e ".[dev]" \
+    -e ./plugins/facekit-example \
+    -e ./plugins/facekit-efficientnet \
+    -e ./plugins/facekit-dlib

@@ -1,0 +1,103 @@
+"""The training engine on synthetic faces, CPU: learning, k-fold, resume, the run folder."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facekit.engine import Trainer, TrainConfig, SilentProgress
+from facekit.errors import UsageError
+from facekit.runs import Run, load_checkpoint
+
+RUN_FILES = ["config.json", "classes.json", "split.json", "normalization.json", "history.json", "folds.json",
+             "predictions.npz", "predictions.csv", "checkpoints/best.pt"]  # fmt: skip
+
+
+def config(data: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        data=data, out=out, arch="baseline", input_size=64, epochs=2, batch_size=8, lr=1e-3,
+        rotate=0.0, loader="torch", workers=0, test_size=0.25, val_size=0.25, seed=3,
+    )  # fmt: skip
+    return TrainConfig(**(settings | overrides))
+
+
+def test_training_lowers_the_loss_and_leaves_a_complete_run(synthetic_dataset, tmp_path):
+    run_dir = Trainer(config(synthetic_dataset, tmp_path / "run", epochs=4)).train()
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    run = Run(run_dir)
+    history = run.history
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(row["images_per_s"] > 0 for row in history)
+    predictions = run.predictions()
+    assert np.array_equal(predictions["index"], run.split["test"])
+    assert predictions["probs"].shape == (len(run.split["test"]), len(run.classes))
+    assert np.allclose(predictions["probs"].sum(1), 1, atol=1e-4)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert {"model", "optimizer", "epoch", "rng", "config", "classes"} <= set(checkpoint)
+    assert checkpoint["classes"] == run.classes == sorted(p.name for p in synthetic_dataset.iterdir())
+    norm = run.normalization
+    assert norm["source"] == "training split" and len(norm["folds"]) == 1
+    assert run.load_model()(torch.zeros(1, 3, 64, 64)).shape == (1, len(run.classes))
+
+
+def test_kfold_trains_k_models_and_keeps_the_best(synthetic_dataset, tmp_path):
+    run_dir = Trainer(config(synthetic_dataset, tmp_path / "run", split="kfold", folds=3, epochs=1)).train()
+    run = Run(run_dir)
+    folds = run.folds
+    assert [f["fold"] for f in folds["folds"]] == [0, 1, 2]
+    losses = [f["val_loss"] for f in folds["folds"]]
+    assert folds["kept"] == int(np.argmin(losses))
+    assert folds["val_loss_mean"] == pytest.approx(np.mean(losses))
+    assert {row["fold"] for row in run.history} == {0, 1, 2}
+    kept = load_checkpoint(run_dir / "checkpoints" / f"fold-{folds['kept']}-best.pt")
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert all(torch.equal(kept["model"][k], best["model"][k]) for k in best["model"])
+    assert len(run.normalization["folds"]) == 3
+
+
+class InterruptAt(SilentProgress):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def epoch_start(self, fold, epoch, epochs, batches):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_from_the_saved_epoch_with_the_same_history(synthetic_dataset, tmp_path):
+    straight = Run(Trainer(config(synthetic_dataset, tmp_path / "straight", epochs=3)).train())
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(synthetic_dataset, tmp_path / "broken", epochs=3), InterruptAt(3)).train()
+    assert [row["epoch"] for row in Run(tmp_path / "broken").history] == [1, 2]
+    resumed = Run(Trainer.resume(tmp_path / "broken"))
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    for a, b in zip(straight.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert np.array_equal(straight.predictions()["y_pred"], resumed.predictions()["y_pred"])
+
+
+def test_existing_run_is_never_overwritten_without_force(synthetic_dataset, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="already exists.*--resume.*--force"):
+        Trainer(config(synthetic_dataset, out)).train()
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(synthetic_dataset, tmp_path, monkeypatch):
+    real_evaluate = Trainer.evaluate
+
+    def flat_validation(self, model, loader, loss_fn):
+        loss, accuracy, probs = real_evaluate(self, model, loader, loss_fn)
+        return 1.0, accuracy, probs  # validation loss never improves after epoch 1
+
+    monkeypatch.setattr(Trainer, "evaluate", flat_validation)
+    run = Run(Trainer(config(synthetic_dataset, tmp_path / "run", epochs=8, patience=2)).train())
+    assert [row["epoch"] for row in run.history] == [1, 2, 3]
+    assert run.folds["folds"][0]["best_epoch"] == 1
