@@ -451,6 +451,8 @@ class Trainer:
                     "val_acc": val_acc,
                     "images_per_s": seen / seconds if seconds > 0 else 0.0,
                     "seconds": seconds,
+                    "loader": train_loader.backend,
+                    "device": str(self.device),
                 }
                 history.append(row)
                 improved = val_loss < best_loss

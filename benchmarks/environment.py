@@ -1,0 +1,42 @@
+"""What every benchmark records about where it ran, and how its rows become a markdown table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from typing import Any, Sequence
+
+
+def describe_environment() -> dict[str, Any]:
+    import torch
+    import torchvision
+
+    try:
+        from nvidia import dali
+
+        dali_version = dali.__version__
+    except ImportError:
+        dali_version = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "dali": dali_version,
+    }
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """``columns``: (key, header, format) triples."""
+    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

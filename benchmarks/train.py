@@ -1,0 +1,163 @@
+"""Is training ever waiting for data? Training images/s per architecture, three ways.
+
+(a) from tensors already on the device: the model's own ceiling;
+(b) fed by the real loader from the image files;
+(c) fed by the real loader with the decoded-image cache (a warm epoch).
+Input efficiency = (b)/(a) and (c)/(a). Also evaluation (inference) images/s.
+
+It runs the engine's own training step (facekit.engine.Trainer), so what it measures is what
+`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU.
+
+    python -m benchmarks.train --data ../shared/data/lfw_min8 --arch baseline tronnet resnet18 \
+        --images 512 --out results/train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.environment import describe_environment, markdown_table
+from facekit.api import IMAGENET, Normalization
+from facekit.data.index import index_dataset
+from facekit.engine import Trainer, TrainConfig
+
+# Face-set-like statistics; the benchmark measures speed, so exact values do not matter.
+FACE_STATS = Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
+
+
+class DeviceTensors:
+    """A loader stand-in yielding the same batches, already on the device: no input cost at all."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_epoch(trainer: Trainer, model, loader, loss_fn, optimizer, scaler) -> float:
+    """Images/s of one full training epoch (synchronised, so GPU work is counted)."""
+    synchronize(trainer.device)
+    start = time.perf_counter()
+    _, _, _, seen = trainer._train_epoch(model, loader, loss_fn, optimizer, scaler)
+    synchronize(trainer.device)
+    return seen / (time.perf_counter() - start)
+
+
+def timed_eval(trainer: Trainer, model, batches: DeviceTensors) -> float:
+    synchronize(trainer.device)
+    start = time.perf_counter()
+    trainer.evaluate(model, batches, torch.nn.CrossEntropyLoss())
+    synchronize(trainer.device)
+    return sum(len(y) for _, y in batches) / (time.perf_counter() - start)
+
+
+def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int, args, loader_backend: str) -> dict:
+    config = TrainConfig(
+        data=Path(args.data), arch=arch, batch_size=args.batch_size, device=args.device, loader=loader_backend,
+        workers=args.workers, rotate=15.0, input_size=args.input_size, finetune=args.finetune,
+    )  # fmt: skip
+    trainer = Trainer(config)
+    torch.manual_seed(0)
+    from facekit.api import ArchOptions
+
+    options = ArchOptions(num_classes=num_classes, input_size=trainer.input_size, finetune=args.finetune, pretrained=False)
+    model = trainer.arch.build(options).to(trainer.device)
+    if trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    scaler = torch.amp.GradScaler(trainer.device.type, enabled=trainer.amp and not torch.cuda.is_bf16_supported())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    norm = trainer.arch.normalization or FACE_STATS
+    size = trainer.input_size
+
+    n_batches = max(2, len(files) // args.batch_size)
+    x = torch.randn(args.batch_size, 3, size, size, device=trainer.device)
+    y = torch.randint(0, num_classes, (args.batch_size,), device=trainer.device)
+    tensors = DeviceTensors([(x, y)] * n_batches)
+    timed_epoch(trainer, model, DeviceTensors([(x, y)] * 2), loss_fn, optimizer, scaler)  # warm-up, cuDNN autotune
+    row = {"arch": arch, "input_size": size, "batch_size": args.batch_size, "images": len(files)}
+    row["device_tensors"] = timed_epoch(trainer, model, tensors, loss_fn, optimizer, scaler)
+    row["eval"] = timed_eval(trainer, model, tensors)
+
+    for cache in (False, True):
+        loader = trainer._loader(files, labels, norm, train=True, seed=0)
+        loader.cache = cache
+        try:
+            if cache:  # the first epoch fills the cache; time a warm one
+                loader.set_epoch(0)
+                timed_epoch(trainer, model, loader, loss_fn, optimizer, scaler)
+            loader.set_epoch(1)
+            key = "loader_cached" if cache else "loader_files"
+            row[key] = timed_epoch(trainer, model, loader, loss_fn, optimizer, scaler)
+            row["backend"] = loader.backend
+        finally:
+            loader.close()
+    row["efficiency_files"] = row["loader_files"] / row["device_tensors"]
+    row["efficiency_cached"] = row["loader_cached"] / row["device_tensors"]
+    return row
+
+
+COLUMNS = [
+    ("arch", "architecture", "{}"),
+    ("backend", "loader", "{}"),
+    ("device_tensors", "(a) device tensors img/s", "{:.0f}"),
+    ("loader_files", "(b) loader, files img/s", "{:.0f}"),
+    ("loader_cached", "(c) loader, cache img/s", "{:.0f}"),
+    ("efficiency_files", "(b)/(a)", "{:.2f}"),
+    ("efficiency_cached", "(c)/(a)", "{:.2f}"),
+    ("eval", "eval img/s", "{:.0f}"),
+]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--arch", nargs="+", default=["baseline", "tronnet", "resnet18"])
+    parser.add_argument("--images", type=int, default=512, help="Images per timed epoch (files repeat if fewer).")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--input-size", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--loader", default="auto")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--finetune", action="store_true", help="Train every layer of pretrained backbones.")
+    parser.add_argument("--out", default="results/train.json")
+    args = parser.parse_args(argv)
+
+    index = index_dataset(args.data)
+    # Repeat the file list when the data set is shorter than the timed epoch (fast GPUs).
+    order = list(itertools.islice(itertools.cycle(range(len(index.files))), args.images))
+    files = [index.paths()[i] for i in order]
+    labels = index.labels[order]
+    rows = []
+    for arch in args.arch:
+        row = bench_arch(arch, files, labels, index.num_classes, args, args.loader)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    result = {"benchmark": "train", "environment": describe_environment(), "data": str(args.data), "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(rows, COLUMNS)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()
