@@ -101,3 +101,17 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(syntheti
     run = Run(Trainer(config(synthetic_dataset, tmp_path / "run", epochs=8, patience=2)).train())
     assert [row["epoch"] for row in run.history] == [1, 2, 3]
     assert run.folds["folds"][0]["best_epoch"] == 1
+
+
+LFW_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw_tiny20"
+
+
+@pytest.mark.skipif(not LFW_TINY.is_dir(), reason=f"real faces not found at {LFW_TINY}")
+def test_tronnet_weighted_on_real_faces_leaves_a_complete_run(tmp_path):
+    """The issue's command on lfw_tiny20, shrunk for CI (64 px, 1 epoch)."""
+    run_dir = Trainer(config(LFW_TINY, tmp_path / "run", arch="tronnet", loss="weighted", epochs=1, batch_size=32)).train()
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    run = Run(run_dir)
+    assert len(run.classes) == 20 and len(run.split["files"]) == 271
+    assert run.config["loss"] == "weighted" and run.config["arch"] == "tronnet"

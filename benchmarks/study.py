@@ -1,0 +1,294 @@
+"""The 2019 study on real faces, run with facekit's own commands; writes docs/results.md.
+
+    python -m benchmarks.study --data ../shared/data/lfw_min8 [--aligned DIR] [--profile cpu|gpu]
+
+Each configuration is one `facekit train` run under results/study/NAME (finished runs are
+kept, interrupted ones resumed), judged by `facekit report` and `facekit kernels`; then the
+page and its images are regenerated from those run folders alone (`--only-docs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+IMAGES = DOCS / "img" / "results"
+
+# The report's own Table 5 / Table 8 (its private 200-celebrity data), and the scikit-learn
+# eigenfaces reference measured on lfw_min8 (../shared/data/README.md).
+REPORT_TABLE5 = {
+    "baseline": {"accuracy": 0.62, "precision": 0.70, "recall": 0.62, "bcr": 0.66, "aggregated": 0.65, "val_loss": 1.55},
+    "TronNet": {"accuracy": 0.63, "precision": 0.71, "recall": 0.62, "bcr": 0.67, "aggregated": 0.68, "val_loss": 1.32},
+    "ResNet18": {"accuracy": 0.93, "precision": 0.67, "recall": 0.62, "bcr": 0.65, "aggregated": 0.71, "val_loss": 1.25},
+    "TronNet weighted": {"accuracy": 0.637, "precision": 0.652, "recall": 0.637, "bcr": 0.645, "aggregated": 0.643},
+}
+EIGENFACES = {"overall_accuracy": 0.437, "balanced_accuracy": 0.274, "macro_f1": 0.284}
+
+
+@dataclass
+class Config:
+    name: str
+    title: str
+    args: list[str]
+    aligned: bool = False  # trains on the aligned chips (facekit align) instead of the raw images
+    kernels: bool = False
+    needs: list[str] = field(default_factory=list)  # architectures that must be installed
+
+
+def configs(profile: str) -> list[Config]:
+    """The study's configurations; `cpu` trades input size and epochs for a 2-core machine."""
+    small = ["--input-size", "112"] if profile == "cpu" else []
+    scratch = small + ["--epochs", "15" if profile == "cpu" else "40", "--patience", "5"]
+    frozen = ["--epochs", "6" if profile == "cpu" else "30"]
+    return [
+        Config("baseline", "baseline", ["--arch", "baseline", *scratch], kernels=True),
+        Config("tronnet", "TronNet", ["--arch", "tronnet", *scratch], kernels=True),
+        Config("tronnet-weighted", "TronNet, weighted loss", ["--arch", "tronnet", "--loss", "weighted", *scratch], kernels=True),
+        Config(
+            "baseline-kfold5", "baseline, 5-fold",
+            ["--arch", "baseline", "--split", "kfold", "--folds", "5", *small, "--epochs", "6" if profile == "cpu" else "40"],
+        ),  # fmt: skip
+        Config("efficientnet-frozen", "EfficientNet-Lite0 frozen", ["--arch", "efficientnet-lite0", "--lr", "1e-3", *frozen],
+               needs=["efficientnet-lite0"]),  # fmt: skip
+        Config(
+            "efficientnet-finetune", "EfficientNet-Lite0 fine-tuned",
+            ["--arch", "efficientnet-lite0", "--finetune", *(["--input-size", "160", "--epochs", "4"] if profile == "cpu" else ["--epochs", "20"])],
+            needs=["efficientnet-lite0"],
+        ),  # fmt: skip
+        Config("resnet18", "ResNet18 transfer", ["--arch", "resnet18", *frozen], needs=["resnet18-weights"]),
+        Config("dlib-frozen", "dlib face ResNet frozen (aligned)", ["--arch", "dlib-resnet", "--lr", "1e-3", *frozen],
+               aligned=True, needs=["dlib-resnet"]),  # fmt: skip
+        Config("dlib-finetune", "dlib face ResNet fine-tuned (aligned)",
+               ["--arch", "dlib-resnet", "--finetune", "--epochs", "4" if profile == "cpu" else "20"],
+               aligned=True, needs=["dlib-resnet"]),  # fmt: skip
+    ]
+
+
+def facekit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "facekit", *map(str, args)]
+    print("$ facekit " + " ".join(map(str, args)), flush=True)
+    return subprocess.run(command, check=check, text=True)
+
+
+def missing_requirements(config: Config) -> str | None:
+    from facekit.plugins import architectures
+
+    for need in config.needs:
+        if need == "resnet18-weights":
+            import torch
+
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
+            if not cached.is_file():
+                return f"ResNet18's ImageNet weights are not in the torchvision cache ({cached}) and cannot be downloaded here"
+        elif need not in architectures():
+            return f"architecture {need} is not installed"
+    return None
+
+
+def train(config: Config, data: Path, out: Path, common: list[str]) -> None:
+    if (out / "predictions.npz").is_file():
+        print(f"{config.name}: finished run kept ({out})")
+        return
+    if (out / "config.json").is_file():
+        facekit("train", "--resume", out)
+        return
+    facekit("train", "--data", data, "--out", out, "--force", *common, *config.args)
+
+
+def summarize(run_dir: Path) -> dict:
+    """Figures for the tables, from the run's own report (facekit report --format json)."""
+    facekit("report", run_dir, "--format", "json", "--top", "5", "--worst", "5")
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    folds = json.loads((run_dir / "folds.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    return {
+        "report": report,
+        "epochs": max(row["epoch"] for row in history),
+        "train_minutes": sum(row["seconds"] for row in history) / 60,
+        "images_per_s": float(np.median([row["images_per_s"] for row in history])),
+        "folds": folds,
+        "input_size": config["input_size"],
+        "config": config,
+    }
+
+
+def small_class_effect(plain_dir: Path, weighted_dir: Path, max_train: int) -> dict:
+    """Recall/precision of the classes with the fewest training images, plain vs weighted loss."""
+    from facekit.metrics import per_class_metrics
+    from facekit.runs import Run
+
+    result = {}
+    for label, run_dir in (("plain", plain_dir), ("weighted", weighted_dir)):
+        run = Run(run_dir)
+        predictions = run.predictions()
+        metrics = per_class_metrics(predictions["y_true"], predictions["y_pred"], len(run.classes))
+        small = (run.train_counts() <= max_train) & (metrics.support > 0)
+        result[label] = {
+            "classes": int(small.sum()),
+            "recall": float(metrics.recall[small].mean()),
+            "precision": float(metrics.precision[small].mean()),
+            "never_predicted": int(((metrics.predicted == 0) & small).sum()) if hasattr(metrics, "predicted") else None,
+            "recall_large": float(metrics.recall[~small & (metrics.support > 0)].mean()),
+        }
+    return result
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_results(runs: dict[str, Path], skipped: dict[str, str], profile: str, all_configs: list[Config]) -> Path:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    titles = {c.name: c.title for c in all_configs}
+    summaries = {name: summarize(path) for name, path in runs.items()}
+    for name, path in runs.items():
+        shutil.copyfile(path / "report" / "loss_curves.png", IMAGES / f"{name}-loss.png")
+    for config in all_configs:
+        if config.kernels and config.name in runs:
+            facekit("kernels", runs[config.name], "--layer", "1", "--out", IMAGES / f"{config.name}-kernels")
+
+    lines = ["# The study on real faces: LFW, 217 identities", ""]
+    lines += [
+        "facekit's reproduction of the 2019 report's comparison (../shared/seed) on `lfw_min8`: every person of",
+        "Labeled Faces in the Wild with at least 8 images (217 identities, 4,822 images, 8 to 530 per identity).",
+        "One fixed stratified split for every configuration: 20% test, 10% validation, seed 42",
+        "(`facekit train --seed 42`). Settings as in the report unless the table says otherwise: Adam, learning",
+        "rate 1e-4, weight decay 5e-3, random rotation +-15 degrees, per-channel normalization from the training",
+        "split (pretrained backbones use their own), early stopping on validation loss (patience 5).",
+        "",
+        f"Machine: {'a 2-core CPU, no GPU' if profile == 'cpu' else 'one GPU'}. Regenerate everything with",
+        "`python -m benchmarks.study --data ../shared/data/lfw_min8 --aligned /path/to/aligned` (see the script's",
+        "docstring); the page alone from existing runs with `--only-docs`.",
+        "",
+        "## Averages over classes (the report's Table 5 layout)",
+        "",
+    ]
+    header = ["Metric", *[titles[n] for n in runs], "report: baseline", "report: TronNet", "report: ResNet18", "eigenfaces (sklearn)"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    rows = [
+        ("Accuracy (per class, = recall)", lambda r: r["averages"]["macro"]["accuracy"], "accuracy"),
+        ("Precision", lambda r: r["averages"]["macro"]["precision"], "precision"),
+        ("Recall", lambda r: r["averages"]["macro"]["recall"], "recall"),
+        ("BCR", lambda r: r["averages"]["macro"]["bcr"], "bcr"),
+        ("Aggregated", lambda r: r["averages"]["macro"]["aggregated"], "aggregated"),
+        ("Overall accuracy", lambda r: r["averages"]["overall_accuracy"], "overall_accuracy"),
+        ("Balanced accuracy", lambda r: r["averages"]["balanced_accuracy"], "balanced_accuracy"),
+        ("Macro F1", lambda r: r["averages"]["macro_f1"], "macro_f1"),
+    ]
+    for label, get, key in rows:
+        ours = [fmt(get(summaries[n]["report"])) for n in runs]
+        theirs = [fmt(REPORT_TABLE5[m].get(key)) for m in ("baseline", "TronNet", "ResNet18")]
+        lines.append("| " + " | ".join([label, *ours, *theirs, fmt(EIGENFACES.get(key))]) + " |")
+    val = [fmt(summaries[n]["folds"]["folds"][summaries[n]["folds"]["kept"]]["val_loss"]) for n in runs]
+    lines.append("| " + " | ".join(["Validation cross-entropy", *val, "1.55", "1.32", "1.25", "-"]) + " |")
+    lines.append("| " + " | ".join(["Input size", *[str(summaries[n]["input_size"]) for n in runs], "224", "224", "224", "50x37"]) + " |")
+    lines.append("| " + " | ".join(["Epochs run", *[str(summaries[n]["epochs"]) for n in runs], "-", "-", "-", "-"]) + " |")
+    lines.append("| " + " | ".join(["Training minutes", *[fmt(summaries[n]["train_minutes"], 1) for n in runs], "-", "-", "-", "-"]) + " |")
+    lines.append("| " + " | ".join(["Training images/s", *[fmt(summaries[n]["images_per_s"], 0) for n in runs], "-", "-", "-", "-"]) + " |")
+    lines += ["", "The report's columns are on its private 200-celebrity set and cannot be reproduced as such; the eigenfaces",
+              "column is scikit-learn's classic recipe on lfw_min8 with a 75/25 split (../shared/data/README.md).", ""]
+    if skipped:
+        lines += ["Not run in this session:", ""]
+        lines += [f"- {titles[name]}: {reason}." for name, reason in skipped.items()]
+        lines.append("")
+
+    best = max(runs, key=lambda n: summaries[n]["report"]["averages"]["balanced_accuracy"])
+    best_avg = summaries[best]["report"]["averages"]
+    lines += ["## Against the goal", ""]
+    lines += [
+        f"The best configuration here is **{titles[best]}**: balanced accuracy {fmt(best_avg['balanced_accuracy'])} and macro F1",
+        f"{fmt(best_avg['macro_f1'])}, against eigenfaces' 0.274 and 0.284 (the goal: at least double, 0.548 and 0.568).",
+        "",
+    ]
+    for name in runs:
+        kfold = summaries[name]["folds"]
+        if len(kfold["folds"]) > 1:
+            lines += [f"**{titles[name]}**: validation loss over the {len(kfold['folds'])} folds "
+                      f"{fmt(kfold['val_loss_mean'])} +- {fmt(kfold['val_loss_std'])}, validation accuracy "
+                      f"{fmt(kfold['val_acc_mean'])} +- {fmt(kfold['val_acc_std'])}; fold {kfold['kept']} kept.", ""]  # fmt: skip
+
+    def class_table(entries: list[dict]) -> list[str]:
+        out = ["| class (id) | test images | training images | accuracy | precision | recall | BCR | aggregated |",
+               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for e in entries:
+            out.append(f"| {e['class']} ({e['id']}) | {e['support']} | {e.get('train_images', '-')} | {fmt(e['accuracy'])} | "
+                       f"{fmt(e['precision'])} | {fmt(e['recall'])} | {fmt(e['bcr'])} | {fmt(e['aggregated'])} |")  # fmt: skip
+        return out
+
+    for name in [best] + [n for n in ("tronnet",) if n in runs and n != best]:
+        lines += [f"## Top 5 and worst 5 classes: {titles[name]}", ""]
+        lines += class_table(summaries[name]["report"]["top"]) + [""]
+        lines += class_table(summaries[name]["report"]["worst"]) + [""]
+
+    if "tronnet" in runs and "tronnet-weighted" in runs:
+        effect = small_class_effect(runs["tronnet"], runs["tronnet-weighted"], max_train=8)
+        p, w = effect["plain"], effect["weighted"]
+        lines += ["## What the weighted loss changed on the smallest classes", ""]
+        lines += [
+            f"Classes with at most 8 training images ({p['classes']} of them), TronNet plain vs weighted loss:",
+            "",
+            "| loss | mean recall, small classes | mean precision, small classes | mean recall, other classes |",
+            "|---|---|---|---|",
+            f"| plain | {fmt(p['recall'])} | {fmt(p['precision'])} | {fmt(p['recall_large'])} |",
+            f"| weighted | {fmt(w['recall'])} | {fmt(w['precision'])} | {fmt(w['recall_large'])} |",
+            "",
+        ]
+
+    lines += ["## Loss curves", ""]
+    lines += [f"![{titles[n]} loss curves](img/results/{n}-loss.png)" for n in runs]
+    lines += ["", "## Kernel maps (first convolution layer)", ""]
+    for config in all_configs:
+        if config.kernels and config.name in runs:
+            for png in sorted((IMAGES / f"{config.name}-kernels").glob("*.png")):
+                lines.append(f"![{config.title} kernels](img/results/{config.name}-kernels/{png.name})")
+    lines.append("")
+    page = DOCS / "results.md"
+    page.write_text("\n".join(lines) + "\n")
+    (ROOT / "results" / "study").mkdir(parents=True, exist_ok=True)
+    (ROOT / "results" / "study" / "summary.json").write_text(
+        json.dumps({n: {k: v for k, v in s.items() if k != "report"} | {"averages": s["report"]["averages"]} for n, s in summaries.items()}, indent=2, default=str)
+    )
+    return page
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="lfw_min8")
+    parser.add_argument("--aligned", type=Path, help="lfw_min8 aligned by `facekit align` (dlib rows)")
+    parser.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--only", nargs="*", help="Run only these configurations.")
+    parser.add_argument("--only-docs", action="store_true", help="Regenerate docs/results.md from existing runs.")
+    parser.add_argument("--runs", type=Path, default=ROOT / "results" / "study")
+    args = parser.parse_args(argv)
+
+    common = ["--seed", "42", "--test-size", "0.2", "--val-size", "0.1", "--cache", "--quiet"]
+    all_configs = configs(args.profile)
+    runs, skipped = {}, {}
+    for config in all_configs:
+        out = args.runs / config.name
+        reason = missing_requirements(config)
+        data = args.aligned if config.aligned else args.data
+        if config.aligned and (data is None or not data.is_dir()):
+            reason = reason or "no aligned data set (run `facekit align` and pass --aligned)"
+        if reason is None and not args.only_docs and (not args.only or config.name in args.only):
+            train(config, data, out, common)
+        if (out / "predictions.npz").is_file():
+            runs[config.name] = out
+        else:
+            skipped[config.name] = reason or "not run yet"
+    print(f"wrote {write_results(runs, skipped, args.profile, all_configs)}")
+
+
+if __name__ == "__main__":
+    main()
