@@ -105,36 +105,31 @@ class RotateNormalize:
         self.device = device
         self._float: torch.Tensor | None = None
         self._grid: torch.Tensor | None = None
-        self._base: torch.Tensor | None = None
 
     def __call__(self, images: torch.Tensor, angles: torch.Tensor | np.ndarray) -> torch.Tensor:
         angles = torch.as_tensor(angles, dtype=torch.float32)
-        if bool((angles != 0).any()):
-            out = self._rotate(images, angles)
-        else:
-            out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
-        return out.mul_(self.scale).add_(self.shift)
+        if not bool((angles != 0).any()):
+            return torch.mul(images, self.scale).add_(self.shift)
+        # Scale first (black stays 0, so the zero fill is black), rotate, then shift: one pass
+        # fewer over the batch than rotating raw pixels and normalizing afterwards.
+        scaled = self._scratch("_float", images.shape, images.device)
+        torch.mul(images, self.scale, out=scaled)
+        return self._rotate(scaled, angles).add_(self.shift)
 
     def _rotate(self, images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
-        source = self._scratch("_float", images.shape, images.device)
-        source.copy_(images)
         # Output pixel p samples the input at R(-angle) p (normalized coordinates, centre origin);
         # on screen (y down) that turns the picture counter-clockwise by +angle. Square images only,
         # so no aspect correction is needed.
         radians = angles.to(images.device) * (math.pi / 180.0)
-        cos, sin = torch.cos(radians), torch.sin(radians)
-        theta = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (n, 2, 2)
-        grid = self._scratch("_grid", (n, h * w, 2), images.device)
-        torch.bmm(self._base_grid(h, w, images.device).expand(n, -1, -1), theta.transpose(1, 2), out=grid)
-        return F.grid_sample(source, grid.view(n, h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    def _base_grid(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        if self._base is None or self._base.shape[1] != h * w or self._base.device != device:
-            xs = (torch.arange(w, dtype=torch.float32, device=device) * 2 + 1) / w - 1
-            ys = (torch.arange(h, dtype=torch.float32, device=device) * 2 + 1) / h - 1
-            self._base = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)], -1).reshape(1, h * w, 2)
-        return self._base
+        cos, sin = torch.cos(radians).view(n, 1, 1), torch.sin(radians).view(n, 1, 1)
+        xs = (torch.arange(w, dtype=torch.float32, device=images.device) * 2 + 1) / w - 1
+        ys = (torch.arange(h, dtype=torch.float32, device=images.device) * 2 + 1) / h - 1
+        xs, ys = xs.view(1, 1, w), ys.view(1, h, 1)
+        grid = self._scratch("_grid", (n, h, w, 2), images.device)
+        torch.sub(cos * xs, sin * ys, out=grid[..., 0])
+        torch.add(sin * xs, cos * ys, out=grid[..., 1])
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _scratch(self, name: str, shape, device: torch.device) -> torch.Tensor:
         buffer = getattr(self, name)
