@@ -17,9 +17,12 @@ from torch import nn
 from facekit.errors import UsageError
 from facekit.plots import save
 
-# A kernel map stays readable up to about this many small images per side.
+# A kernel map stays readable up to about 64 kernels per row and 1024 in all: a wide layer
+# shows its first 64 outputs, and as many inputs as fit (at least 16).
 MAX_OUTPUTS = 64
-MAX_INPUTS = 16
+MAX_KERNELS = 1024
+MIN_INPUTS = 16
+RGB_ROW = 16  # RGB kernels per row when they do not fit in one row of 24
 
 
 def conv_layers(model: nn.Module) -> list[tuple[int, str, nn.Conv2d]]:
@@ -51,8 +54,10 @@ def _describe(name: str, layer: int, module: nn.Conv2d, weights: np.ndarray, sho
     out_channels, in_channels, kh, kw = weights.shape
     groups = f", groups {module.groups}" if module.groups > 1 else ""
     text = f"Conv layer {layer} '{name}': {module.in_channels}->{module.out_channels}, kernel {kh}x{kw}{groups}"
-    if shown != (out_channels, in_channels):
-        text += f"\nshowing the first {shown[0]} of {out_channels} outputs x first {shown[1]} of {in_channels} inputs"
+    capped = [f"the first {n} of {total} {what}" for n, total, what in
+              ((shown[0], out_channels, "outputs"), (shown[1], in_channels, "inputs")) if n < total]
+    if capped:
+        text += "\nshowing " + " and ".join(capped)
     return text
 
 
@@ -91,11 +96,12 @@ def _figure_size(rows: int, cols: int, kh: int, kw: int, extra_width: float) -> 
 
 
 def plot_kernels(model: nn.Module, layer: int, out_path: Path, *, title: str | None = None) -> Path:
-    """Every kernel of the ``layer``-th conv layer (capped at MAX_OUTPUTS x MAX_INPUTS) as a grid:
-    one row per input channel, one column per output channel, intensity = weight."""
+    """Every kernel of the ``layer``-th conv layer (capped: see MAX_KERNELS) as a grid: one row
+    per input channel, one column per output channel, intensity = weight."""
     name, module = conv_layer(model, layer)
     weights = _weights(module)
-    shown = weights[:MAX_OUTPUTS, :MAX_INPUTS]
+    outputs = min(weights.shape[0], MAX_OUTPUTS)
+    shown = weights[:outputs, : max(MIN_INPUTS, MAX_KERNELS // outputs)]
     outputs, inputs, kh, kw = shown.shape
     limit = float(np.abs(shown).max()) or 1.0  # all-zero weights: any symmetric scale will do
     mosaic = _mosaic(shown.transpose(1, 0, 2, 3), fill=np.nan)  # rows = inputs, columns = outputs
@@ -127,7 +133,7 @@ def plot_rgb_kernels(model: nn.Module, layer: int, out_path: Path, *, title: str
     span = shown.max(axis=(1, 2, 3), keepdims=True) - low
     scaled = np.divide(shown - low, span, out=np.full(shown.shape, 0.5), where=span > 0)
     outputs, _, kh, kw = shown.shape
-    columns = min(outputs, 16)
+    columns = outputs if outputs <= 24 else RGB_ROW
     rows = -(-outputs // columns)
     tiles = np.ones((rows * columns, kh, kw, 3))  # unused tiles in the last row stay white
     tiles[:outputs] = scaled.transpose(0, 2, 3, 1)
@@ -137,7 +143,9 @@ def plot_rgb_kernels(model: nn.Module, layer: int, out_path: Path, *, title: str
     axis = figure.subplots()
     axis.imshow(mosaic, interpolation="nearest")
     _label_tiles(axis, list(range(0, outputs, columns)), list(range(columns)), kh, kw,
-                 "output channel (row start)", "output channel = row start + column")
+                 "", "output channel" if rows == 1 else "output channel (row's first + column)")
+    if rows == 1:
+        axis.set_yticks([])
     description = _describe(name, layer, module, weights, (outputs, 3))
     axis.set_title(title or f"{description}\neach kernel as one RGB image (min-max scaled per kernel)", fontsize=9)
     return save(figure, out_path)

@@ -60,7 +60,9 @@ def plot_loss_curves(
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
-    panels[0].legend(fontsize=8, ncol=2 if len(folds) > 2 else 1, frameon=False)
+    # Below the panels, so that it never hides a curve.
+    figure.legend(*panels[0].get_legend_handles_labels(), loc="outside lower center", fontsize=8,
+                  ncol=min(4, 2 * len(folds) + 1), frameon=False)
     figure.suptitle(title)
     return save(figure, out_path)
 
@@ -113,10 +115,25 @@ def plot_score_vs_training_images(
     sizes = 25 + 120 * metrics.support[ids] / max(int(metrics.support.max()), 1)
     axis.scatter(counts, scores, s=sizes, c=scores, cmap="RdYlGn", vmin=0, vmax=1,
                  edgecolors="black", linewidths=0.5, alpha=0.85)
-    named = set(metrics.worst_k(annotate)) | set(metrics.top_k(annotate))
-    for class_id, x, y in zip(ids, counts, scores):
-        if class_id in named:
-            axis.annotate(readable(classes[class_id]), (x, y), xytext=(5, 3), textcoords="offset points", fontsize=7)
+    # Classes with the same training images and score sit on one point: name them together, and
+    # slant the names so that labels of neighbouring points do not run into each other.
+    named: dict[tuple[float, float], list[str]] = {}
+    for class_id in sorted(set(metrics.worst_k(annotate)) | set(metrics.top_k(annotate))):
+        point = (float(train_counts[class_id]), round(float(metrics.aggregated[class_id]), 3))
+        named.setdefault(point, []).append(readable(classes[class_id]))
+    # A label whose point is close to the previous label's point goes below it instead of above.
+    span = np.log10(max(counts.max(), 2) / max(counts.min(), 1)) if counts.size else 1.0
+    previous: tuple[float, float, bool] | None = None
+    for (x, y), names in sorted(named.items()):
+        below = bool(
+            previous and not previous[2]
+            and abs(np.log10(max(x, 1) / max(previous[0], 1))) < 0.06 * max(span, 0.5)
+            and abs(y - previous[1]) < 0.12
+        )
+        axis.annotate("\n".join(names), (x, y), xytext=(4, -4 if below else 4), textcoords="offset points",
+                      fontsize=7, rotation=-30 if below else 30, rotation_mode="anchor",
+                      va="top" if below else "bottom", linespacing=1.1)
+        previous = (x, y, below)
     axis.axhline(metrics.macro("aggregated"), color="grey", linestyle="--", linewidth=1,
                  label=f"macro average {metrics.macro('aggregated'):.3f}")
     axis.legend(loc="lower right", fontsize=8, frameon=False)
