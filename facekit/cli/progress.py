@@ -19,13 +19,16 @@ class ConsoleProgress:
         self.task = None
         self.loss_sum = 0.0
         self.images = 0
+        self.epochs = 0
+        self.kfold = False
 
     def message(self, text: str) -> None:
         if not self.quiet:
             self.console.print(f"[dim]{text}[/dim]", highlight=False)
 
     def epoch_start(self, fold: int, epoch: int, epochs: int, batches: int) -> None:
-        self.loss_sum, self.images = 0.0, 0
+        self.loss_sum, self.images, self.epochs = 0.0, 0, epochs
+        self.kfold = self.kfold or fold > 0
         if self.quiet or not self.console.is_terminal:
             return
         self.bar = Progress(
@@ -57,10 +60,12 @@ class ConsoleProgress:
             self.bar = None
         if self.quiet:
             return
-        best = "  [green]* best[/green]" if row.get("best") else ""
+        # Fits 80 columns: logs and CI consoles should not wrap it.
+        best = " [green]*[/green]" if row.get("best") else ""
+        fold = f"fold {row['fold']} " if row["fold"] or self.kfold else ""
+        width = len(str(self.epochs))
         self.console.print(
-            f"fold {row['fold']} epoch {row['epoch']:>3}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}"
-            f"  val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f}  {row['images_per_s']:.0f} img/s"
-            f"  {row['seconds']:.1f}s{best}",
+            f"{fold}epoch {row['epoch']:>{width}}/{self.epochs}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}"
+            f"  val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f}  {row['images_per_s']:.0f} img/s{best}",
             highlight=False,
         )
