@@ -327,7 +327,7 @@ def compare_runs(runs: Sequence[Run]) -> Comparison:
 def rich_table(table: TableData) -> Table:
     """The table as Rich renders it; print ``table.caption`` after it (a Rich caption would wrap
     to the table's width)."""
-    rich = Table(title=table.title, title_justify="left")
+    rich = Table(title=table.title, title_justify="left", show_header=any(table.columns))
     for position, (header, numeric) in enumerate(zip(table.columns, table.numeric)):
         # Numbers and the first column (ranks, labels) never wrap; long text columns do.
         rich.add_column(header, justify="right" if numeric else "left", no_wrap=numeric or position == 0)
