@@ -217,14 +217,15 @@ class Report:
         )
 
     def tables(self) -> list[TableData]:
-        """All tables in reading order."""
-        tables = [
-            self.ranking_table(f"Top {len(self.top)} classes by aggregated score", self.top),
-            self.ranking_table(f"Worst {len(self.worst)} classes by aggregated score", self.worst),
-            self.averages_table(),
-            self.summary_table(),
-            self.confusions_table(),
-        ]
+        """All tables in reading order; ``--top 0`` / ``--worst 0`` / ``--confusions 0`` hide theirs."""
+        tables = []
+        if self.top:
+            tables.append(self.ranking_table(f"Top {len(self.top)} classes by aggregated score", self.top))
+        if self.worst:
+            tables.append(self.ranking_table(f"Worst {len(self.worst)} classes by aggregated score", self.worst))
+        tables += [self.averages_table(), self.summary_table()]
+        if self.confusions:
+            tables.append(self.confusions_table())
         folds = self.folds_table()
         return tables + ([folds] if folds else [])
 

@@ -131,6 +131,12 @@ def test_markdown_has_study_layout_and_folds(run):
     assert "mean ± std" in text
 
 
+def test_zero_k_hides_its_table(run):
+    titles = [table.title for table in build_report(run, top=0, worst=2, confusions=0).tables()]
+    assert titles[0] == "Worst 2 classes by aggregated score"
+    assert not any(title.startswith(("Top", "Most common confusions")) for title in titles)
+
+
 def test_json_and_csv_are_machine_readable(run):
     report = build_report(run)
     data = json.loads(report_json(report))
