@@ -89,9 +89,13 @@ def _label_tiles(axis, row_names: list[int], col_names: list[int], kh: int, kw: 
         side.set_visible(False)
 
 
+def _inches_per_pixel(kh: int, kw: int) -> float:
+    # About 0.3 inch per kernel, so small layers stay legible and large ones stay on a page.
+    return 0.3 / 4 if max(kh, kw) <= 5 else 0.3 / (max(kh, kw) + 1)
+
+
 def _figure_size(rows: int, cols: int, kh: int, kw: int, extra_width: float) -> tuple[float, float]:
-    # About 0.3 inch per 3x3 kernel, so small layers stay legible and large ones stay on a page.
-    scale = 0.3 / 4 if max(kh, kw) <= 5 else 0.3 / (max(kh, kw) + 1)
+    scale = _inches_per_pixel(kh, kw)
     return (max(4.0, extra_width + scale * cols * (kw + 1)), max(2.2, 1.4 + scale * rows * (kh + 1)))
 
 
@@ -111,10 +115,19 @@ def plot_kernels(model: nn.Module, layer: int, out_path: Path, *, title: str | N
     # Dark gaps between kernels: a weight near 0 is white, so white gaps would merge with it.
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#4d4d4d")
     image = axis.imshow(mosaic, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
-    _label_tiles(axis, list(range(inputs)), list(range(outputs)), kh, kw, "input channel", "output channel")
-    # A colour bar exactly as tall as the image (about 0.15 inch wide), whatever the grid's shape.
-    width = 0.15 / max(figure.get_figwidth() - 1.6, 1.0)
-    colour_bar = figure.colorbar(image, cax=axis.inset_axes((1.0 + width, 0.0, width, 1.0)))
+    in_label = "input channel" + (" (of its group)" if module.groups > 1 else "")
+    _label_tiles(axis, list(range(inputs)), list(range(outputs)), kh, kw, in_label, "output channel")
+    # The colour bar follows the image's own box (inset axes): beside it, as tall as it, or below
+    # it when the image is too flat for a readable vertical bar (e.g. a depthwise layer).
+    image_width = _inches_per_pixel(kh, kw) * mosaic.shape[1]
+    image_height = _inches_per_pixel(kh, kw) * mosaic.shape[0]
+    if image_height >= 0.6:
+        bar_box = (1.0 + 0.15 / image_width, 0.0, 0.15 / image_width, 1.0)
+        orientation = "vertical"
+    else:
+        bar_box = (0.0, -0.3 / image_height, min(1.0, 2.5 / image_width), 0.08 / image_height)
+        orientation = "horizontal"
+    colour_bar = figure.colorbar(image, cax=axis.inset_axes(bar_box), orientation=orientation)
     colour_bar.set_label("weight", fontsize=8)
     colour_bar.ax.tick_params(labelsize=7)
     axis.set_title(title or _describe(name, layer, module, weights, (outputs, inputs)), fontsize=9)
