@@ -177,8 +177,9 @@ class PluginSet:
     def _fill(self, kind: str, hook: str) -> None:
         registry = self.registries[kind]
         by_module = {id(info.module): info for info in self.plugins}
-        # pluggy calls the most recently registered first; go oldest first so built-ins win ties.
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+        # get_hookimpls() lists in registration order (pluggy *calls* them newest first): the
+        # oldest registration of a name wins, and built-ins load first.
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
             info = by_module.get(id(impl.plugin))
             if info is None:
                 continue
@@ -207,7 +208,7 @@ class PluginSet:
     def add_commands(self, cli: Any) -> None:
         """Let every plugin add its CLI commands to the Typer app ``cli``."""
         by_module = {id(info.module): info for info in self.plugins}
-        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+        for impl in self.pm.hook.register_commands.get_hookimpls():
             info = by_module.get(id(impl.plugin))
             try:
                 impl.function(cli=cli)

@@ -31,6 +31,12 @@ RUNS_DIR = Path("runs")
 CHECKPOINTS = "checkpoints"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run folder is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,6 +64,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

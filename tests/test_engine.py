@@ -115,3 +115,10 @@ def test_tronnet_weighted_on_real_faces_leaves_a_complete_run(tmp_path):
     run = Run(run_dir)
     assert len(run.classes) == 20 and len(run.split["files"]) == 271
     assert run.config["loss"] == "weighted" and run.config["arch"] == "tronnet"
+
+
+def test_run_files_are_readable_by_others(tmp_path):
+    from facekit.runs import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "x.json", b"{}")
+    assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044
