@@ -179,12 +179,34 @@ class Head(nn.Module):
         return self.classifier(self.center(x))
 
 
+class ScaledDelta(nn.Module):
+    """Parametrization ``weight = pretrained + scale * delta`` with ``delta`` the trained tensor.
+
+    For fine-tuning: with Adam a step moves ``delta`` by about the learning rate whatever the
+    gradient's size, so the pretrained weights move ``scale`` times slower than the new head
+    (a per-layer learning rate through facekit's single optimizer), and weight decay pulls the
+    weights back toward the pretrained ones instead of toward zero.
+    """
+
+    def __init__(self, base: torch.Tensor, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.register_buffer("base", base.detach().clone())
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.base + self.scale * delta
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return (value - self.base) / self.scale
+
+
 class DlibFaceClassifier(nn.Module):
     """dlib's ResNet backbone + a new head for C identities; ``forward`` returns logits.
 
     With ``finetune=False`` the backbone is frozen (``requires_grad=False``) and stays in eval
-    mode whatever ``train()`` says; only the head is trained. The frozen-BN affine layers are
-    buffers, so they are fixed in both cases.
+    mode whatever ``train()`` says; only the head is trained. With ``finetune=True`` every
+    convolution and the descriptor layer train too, through :meth:`prepare_finetune`. The
+    frozen-BN affine layers are buffers, so they are fixed in both cases.
     """
 
     def __init__(self, num_classes: int, head: str = "cosine", finetune: bool = False):
@@ -194,6 +216,23 @@ class DlibFaceClassifier(nn.Module):
         self.head_kind = head
         self.finetune = finetune
         self.backbone.requires_grad_(finetune)
+
+    def prepare_finetune(self, scale: float = 0.1) -> "DlibFaceClassifier":
+        """Train the backbone as ``pretrained + scale * delta`` (see :class:`ScaledDelta`).
+
+        Call after the pretrained weights are loaded; a no-op for a frozen backbone.
+        """
+        from torch.nn.utils import parametrize
+
+        if not self.finetune or scale == 1.0:
+            return self
+        for module in self.backbone.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                for name in ("weight", "bias"):
+                    if getattr(module, name, None) is not None:
+                        parametrize.register_parametrization(
+                            module, name, ScaledDelta(getattr(module, name), scale))
+        return self
 
     def train(self, mode: bool = True) -> "DlibFaceClassifier":
         super().train(mode)

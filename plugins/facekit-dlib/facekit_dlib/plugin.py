@@ -20,6 +20,9 @@ DLIB_NORMALIZATION = Normalization(
 )
 
 
+BACKBONE_LR_SCALE = 0.1
+
+
 def build_dlib_resnet(options: ArchOptions, head: str = "cosine"):
     """dlib's face ResNet (pretrained from the installed .dat unless ``pretrained=False``)."""
     from facekit_dlib.model import DlibFaceClassifier  # noqa: PLC0415
@@ -28,7 +31,8 @@ def build_dlib_resnet(options: ArchOptions, head: str = "cosine"):
     model = DlibFaceClassifier(options.num_classes, head=head, finetune=options.finetune)
     if options.pretrained:
         load_backbone(model.backbone, options.weights, options.trust_weights)
-    return model
+    # fine-tuning moves the pretrained weights 10x slower than the new head (and decays toward them)
+    return model.prepare_finetune(BACKBONE_LR_SCALE)
 
 
 def build_dlib_resnet_linear(options: ArchOptions):

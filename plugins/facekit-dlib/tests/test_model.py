@@ -60,27 +60,53 @@ def test_frozen_trains_only_the_head(resnet_path):
 
 
 def test_finetune_trains_convs_but_not_affine(resnet_path):
+    from facekit_dlib.weights import load_backbone
+    from facekit_dlib.model import DlibResNet
+
     m = build_dlib_resnet(ArchOptions(num_classes=4, input_size=150, finetune=True))
     trainable = _trainable(m)
-    assert "backbone.stem.conv.weight" in trainable and "backbone.fc.weight" in trainable
+    assert "backbone.stem.conv.parametrizations.weight.original" in trainable
+    assert "backbone.fc.parametrizations.weight.original" in trainable
     assert not any("affine" in n for n in trainable)
     affines = [mod for mod in m.modules() if isinstance(mod, FrozenAffine)]
     assert len(affines) == 29
     assert all(not list(a.parameters()) for a in affines)  # buffers, not parameters
+    # before any step the effective weights are dlib's
+    ref = load_backbone(DlibResNet())
+    assert torch.equal(m.backbone.stem.conv.weight, ref.stem.conv.weight)
     m.train()
     assert m.backbone.training
-    before = {k: v.clone() for k, v in m.backbone.state_dict().items()}
+    x = torch.randn(4, 3, 150, 150)
+    with torch.no_grad():
+        assert torch.allclose(m.backbone(x), ref(x), atol=1e-5)
+    conv_before = m.backbone.blocks[13].c2.conv.weight.detach().clone()
+    stem_before = m.backbone.stem.conv.weight.detach().clone()
+    affine_before = {k: v.clone() for k, v in m.backbone.state_dict().items() if "affine" in k}
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
-    loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 3, 150, 150)), torch.arange(4))
+    loss = torch.nn.functional.cross_entropy(m(x), torch.arange(4))
     loss.backward()
     assert all(p.grad is not None for p in m.parameters())
     opt.step()
-    after = m.backbone.state_dict()
-    assert not torch.equal(before["stem.conv.weight"], after["stem.conv.weight"])
-    assert not torch.equal(before["blocks.13.c2.conv.weight"], after["blocks.13.c2.conv.weight"])
-    for k in before:
-        if "affine" in k:
-            assert torch.equal(before[k], after[k]), k
+    step = (m.backbone.stem.conv.weight.detach() - stem_before).abs().max()
+    assert 0 < step <= 1e-3 * 0.1 * 1.01  # the backbone moves 10x slower than the head
+    assert not torch.equal(conv_before, m.backbone.blocks[13].c2.conv.weight)
+    for k, v in m.backbone.state_dict().items():
+        if k in affine_before:
+            assert torch.equal(affine_before[k], v), k
+
+
+def test_finetune_checkpoint_round_trip(resnet_path):
+    """What `facekit report`/`predict` do: rebuild with pretrained=False, load the state dict."""
+    m = build_dlib_resnet(ArchOptions(num_classes=3, input_size=150, finetune=True))
+    with torch.no_grad():
+        m.backbone.stem.conv.parametrizations.weight.original.add_(0.5)
+    m.eval()
+    x = torch.randn(2, 3, 150, 150)
+    again = build_dlib_resnet(ArchOptions(num_classes=3, input_size=150, finetune=True, pretrained=False))
+    again.load_state_dict(m.state_dict())
+    again.eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), again(x))
 
 
 def test_linear_head_option():
