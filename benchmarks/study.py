@@ -46,29 +46,31 @@ class Config:
 
 def configs(profile: str) -> list[Config]:
     """The study's configurations; `cpu` trades input size and epochs for a 2-core machine."""
-    small = ["--input-size", "112"] if profile == "cpu" else []
-    scratch = small + ["--epochs", "15" if profile == "cpu" else "40", "--patience", "5"]
-    frozen = ["--epochs", "6" if profile == "cpu" else "30"]
+    cpu = profile == "cpu"
+    small = ["--input-size", "112"] if cpu else []
+    scratch = small + ["--patience", "5"]
+    frozen = ["--epochs", "6" if cpu else "30"]
     return [
-        Config("baseline", "baseline", ["--arch", "baseline", *scratch], kernels=True),
-        Config("tronnet", "TronNet", ["--arch", "tronnet", *scratch], kernels=True),
-        Config("tronnet-weighted", "TronNet, weighted loss", ["--arch", "tronnet", "--loss", "weighted", *scratch], kernels=True),
+        Config("baseline", "baseline", ["--arch", "baseline", *scratch, "--epochs", "15" if cpu else "40"], kernels=True),
+        Config("tronnet", "TronNet", ["--arch", "tronnet", *scratch, "--epochs", "10" if cpu else "40"], kernels=True),
+        Config("tronnet-weighted", "TronNet, weighted loss",
+               ["--arch", "tronnet", "--loss", "weighted", *scratch, "--epochs", "10" if cpu else "40"], kernels=True),  # fmt: skip
         Config(
             "baseline-kfold5", "baseline, 5-fold",
-            ["--arch", "baseline", "--split", "kfold", "--folds", "5", *small, "--epochs", "6" if profile == "cpu" else "40"],
+            ["--arch", "baseline", "--split", "kfold", "--folds", "5", *small, "--epochs", "4" if cpu else "40"],
         ),  # fmt: skip
         Config("efficientnet-frozen", "EfficientNet-Lite0 frozen", ["--arch", "efficientnet-lite0", "--lr", "1e-3", *frozen],
                needs=["efficientnet-lite0"]),  # fmt: skip
         Config(
             "efficientnet-finetune", "EfficientNet-Lite0 fine-tuned",
-            ["--arch", "efficientnet-lite0", "--finetune", *(["--input-size", "160", "--epochs", "4"] if profile == "cpu" else ["--epochs", "20"])],
+            ["--arch", "efficientnet-lite0", "--finetune", *(["--input-size", "128", "--epochs", "3"] if cpu else ["--epochs", "20"])],
             needs=["efficientnet-lite0"],
         ),  # fmt: skip
         Config("resnet18", "ResNet18 transfer", ["--arch", "resnet18", *frozen], needs=["resnet18-weights"]),
         Config("dlib-frozen", "dlib face ResNet frozen (aligned)", ["--arch", "dlib-resnet", "--lr", "1e-3", *frozen],
                aligned=True, needs=["dlib-resnet"]),  # fmt: skip
         Config("dlib-finetune", "dlib face ResNet fine-tuned (aligned)",
-               ["--arch", "dlib-resnet", "--finetune", "--epochs", "4" if profile == "cpu" else "20"],
+               ["--arch", "dlib-resnet", "--finetune", "--epochs", "4" if cpu else "20"],
                aligned=True, needs=["dlib-resnet"]),  # fmt: skip
     ]
 
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "results" / "study")
     args = parser.parse_args(argv)
 
-    common = ["--seed", "42", "--test-size", "0.2", "--val-size", "0.1", "--cache", "--quiet"]
+    common = ["--seed", "42", "--test-size", "0.2", "--val-size", "0.1", "--cache"]
     all_configs = configs(args.profile)
     runs, skipped = {}, {}
     for config in all_configs:
