@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q -c constraints.txt -e ".[dev]" \
     -e ./plugins/facekit-example \
-    -e ./plugins/facekit-efficientnet \
+    -e "./plugins/facekit-efficientnet[test]" \
     -e ./plugins/facekit-dlib
