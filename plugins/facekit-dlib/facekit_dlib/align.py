@@ -207,7 +207,7 @@ def run_align(
         # display so no Rich thread is running when the workers fork
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         pool = mp.get_context(method).Pool(workers, _init_worker, (str(sp), upsample))
-    else:
+    elif todo:
         _init_worker(str(sp), upsample)
     try:
         with (progress() if progress is not None else contextlib.nullcontext()) as bar:

@@ -42,4 +42,4 @@ needs_models = pytest.mark.skipif(
 needs_data = pytest.mark.skipif(
     DATA is None, reason="shared LFW data (lfw_tiny20) not found; set FACEKIT_DATA")
 
-PER_IDENTITY = 6  # images per lfw_tiny20 identity used by the aligned-chip tests
+PER_IDENTITY = 5  # images per lfw_tiny20 identity used by the aligned-chip tests

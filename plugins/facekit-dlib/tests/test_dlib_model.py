@@ -51,7 +51,7 @@ def test_frozen_trains_only_the_head(resnet_path):
     before = {k: v.clone() for k, v in m.backbone.state_dict().items()}
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
     head_before = m.head.classifier.weight.detach().clone()
-    loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 3, 150, 150)), torch.arange(4))
+    loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 3, 64, 64)), torch.arange(4))
     loss.backward()
     opt.step()
     assert not torch.equal(head_before, m.head.classifier.weight)
@@ -76,7 +76,7 @@ def test_finetune_trains_convs_but_not_affine(resnet_path):
     assert torch.equal(m.backbone.stem.conv.weight, ref.stem.conv.weight)
     m.train()
     assert m.backbone.training
-    x = torch.randn(4, 3, 150, 150)
+    x = torch.randn(4, 3, 64, 64)  # any size works; small keeps the test quick
     with torch.no_grad():
         assert torch.allclose(m.backbone(x), ref(x), atol=1e-5)
     conv_before = m.backbone.blocks[13].c2.conv.weight.detach().clone()
@@ -101,7 +101,7 @@ def test_finetune_checkpoint_round_trip(resnet_path):
     with torch.no_grad():
         m.backbone.stem.conv.parametrizations.weight.original.add_(0.5)
     m.eval()
-    x = torch.randn(2, 3, 150, 150)
+    x = torch.randn(2, 3, 64, 64)
     again = build_dlib_resnet(ArchOptions(num_classes=3, input_size=150, finetune=True, pretrained=False))
     again.load_state_dict(m.state_dict())
     again.eval()
