@@ -143,8 +143,8 @@ class Loader:
                 index, angles = index[decoded], angles[decoded.cpu().numpy()]
             if len(index) == 0:
                 continue
-            images = self._cached.view(len(self.files), -1).index_select(0, index).view(-1, *self._cached.shape[1:])
-            yield self._augment(images, angles), self._labels_on_device[index]
+            # Reads the selected images straight from the cache (no gathered copy on the CPU).
+            yield self._augment(self._cached, angles, index=index), self._labels_on_device[index]
 
 
 def available_backends() -> list[str]:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from facekit.api import Normalization
+from facekit.data.loaders import _native
 
 # torchvision 0.29 warns on every decode that its decoders move to TorchCodec; they still work,
 # and the warning would repeat once per image.
@@ -93,8 +94,12 @@ class RotateNormalize:
     """Batched augmentation on uint8 NCHW images: rotate each by its own angle, then normalize.
 
     Rotation is bilinear about the image centre with black fill, like DALI's ``fn.rotate`` and
-    torchvision's ``rotate``. Scratch buffers are reused between batches because fresh large
-    allocations (page faults) cost as much as the arithmetic on a small CPU.
+    torchvision's ``rotate``. On the CPU a fused C kernel (:mod:`._native`) does both in one pass
+    straight from the uint8 images into the float output; elsewhere (GPU, or no C compiler)
+    ``grid_sample`` does. Calling with ``index`` reads ``images[index]`` without gathering them
+    first (the cache). CPU outputs come from a small pool of buffers: a buffer is reused only
+    once nothing else holds its storage (fresh 38 MB allocations cost 10-50 ms of page faults per
+    batch on a small CPU), so a batch a caller keeps is never overwritten.
     """
 
     def __init__(self, normalization: Normalization, device: torch.device):
@@ -105,9 +110,22 @@ class RotateNormalize:
         self.device = device
         self._float: torch.Tensor | None = None
         self._grid: torch.Tensor | None = None
+        self._outputs = _OutputPool()
+        self.native = device.type == "cpu" and _native.kernel() is not None
 
-    def __call__(self, images: torch.Tensor, angles: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, angles: torch.Tensor | np.ndarray, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         angles = torch.as_tensor(angles, dtype=torch.float32)
+        if self.native and images.device.type == "cpu" and images.dtype == torch.uint8 and images.is_contiguous():
+            if index is None:
+                index = torch.arange(len(images))
+            out = self._outputs.take((len(index), *images.shape[1:]))
+            return _native.rotate_normalize(
+                images, index, angles, self.scale, self.shift, out, threads=torch.get_num_threads()
+            )
+        if index is not None:
+            images = images.view(len(images), -1).index_select(0, index).view(-1, *images.shape[1:])
         if not bool((angles != 0).any()):
             return torch.mul(images, self.scale).add_(self.shift)
         # Scale first (black stays 0, so the zero fill is black), rotate, then shift: one pass
@@ -137,3 +155,37 @@ class RotateNormalize:
             buffer = torch.empty(math.prod(shape), dtype=torch.float32, device=device)
             setattr(self, name, buffer)
         return buffer[: math.prod(shape)].view(shape)
+
+
+class _OutputPool:
+    """Float32 CPU batch buffers, reused only when no tensor outside the pool uses their storage.
+
+    A partial batch is a leading slice of a full-size buffer. Without torch's storage use count
+    (a private API) every batch gets a fresh tensor, which is always safe.
+    """
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._buffers: list[tuple[torch.Tensor, int]] = []  # (buffer, use count when only we hold it)
+
+    @staticmethod
+    def _uses(tensor: torch.Tensor) -> int | None:
+        try:
+            return int(torch._C._storage_Use_Count(tensor.untyped_storage()._cdata))
+        except (AttributeError, TypeError, RuntimeError):  # a private API: gone or changed
+            return None
+
+    def take(self, shape) -> torch.Tensor:
+        n, rest = shape[0], tuple(shape[1:])
+        for buffer, alone in self._buffers:
+            if tuple(buffer.shape[1:]) == rest and len(buffer) >= n and self._uses(buffer) == alone:
+                return buffer[:n]
+        buffer = torch.empty(shape, dtype=torch.float32)
+        alone = self._uses(buffer)
+        if alone is not None:
+            if len(self._buffers) >= self.keep:
+                self._buffers.pop(0)
+            self._buffers.append((buffer, alone))
+        # Always a view: the caller's tensor must hold its own reference to the storage, which
+        # is what the use count sees (handing out the pool's own tensor object would not count).
+        return buffer[:n]

@@ -2,7 +2,10 @@
 
 On a CUDA device the JPEG decoding is ``device="mixed"`` (nvJPEG) and every later operator
 runs on the GPU; the batches reach PyTorch as CUDA tensors without a trip through host memory.
-Without a GPU the same pipeline runs with CPU operators (``device_id=None``).
+Without a GPU the pipeline decodes and resizes with CPU operators (``device_id=None``); rotation
+and normalization then run in facekit's fused C kernel (:mod:`._native`), which is ~5x cheaper
+than DALI's CPU ``fn.rotate`` + ``fn.crop_mirror_normalize``. The all-DALI CPU pipeline remains
+the fallback where that kernel cannot be built.
 
 The file bytes enter through ``fn.external_source`` rather than ``fn.readers.file``: the epoch
 order, the data-parallel shard and each image's rotation angle then come from the shared
@@ -104,6 +107,11 @@ class DaliLoader(Loader):
         self._needs_rebuild: dict[bool, bool] = {}
 
     def _full_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._augment.native:
+            # CPU with the fused C kernel: DALI decodes and resizes (multithreaded C++); the kernel
+            # rotates and normalizes ~5x faster than DALI's CPU fn.rotate + crop_mirror_normalize.
+            yield from super()._full_batches(plan)
+            return
         for images, positions, _ in self._run(plan, full=True):
             yield images, self._labels_on_device[positions.to(self.device)]
 
