@@ -4,7 +4,8 @@ On a small CPU the per-epoch work of a cached (or uncached) loader is dominated 
 normalizing the uint8 images: ``grid_sample`` on a float copy costs ~75 CPU-ms per 64-image
 batch at 224 px, DALI's CPU ``fn.rotate`` ~120 ms and PIL ~65 ms. This kernel reads the uint8
 images where they are (the cache, or a decoded batch), samples each output pixel bilinearly and
-writes ``x * scale + shift`` straight into the float32 NCHW output: ~10 CPU-ms per batch.
+writes ``x * scale + shift`` straight into the float32 NCHW output: ~19 CPU-ms per batch
+(built with AVX2 + FMA where the CPU has them; ~24 ms without).
 
 The math is that of ``F.grid_sample(mode="bilinear", padding_mode="zeros",
 align_corners=False)`` on the grid :class:`RotateNormalize` builds, so results equal the torch
@@ -150,7 +151,23 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("FACEKIT_CACHE_DIR", Path.home() / ".cache" / "facekit")) / "native"
 
 
-def _build(target: Path) -> None:
+def _cpu_flags() -> list[str]:
+    """Extra compiler flags this CPU supports: AVX2 + FMA on x86 Linux (~20% faster), else none.
+
+    The flags are part of the cache key, so a library built here is never loaded on a CPU that
+    lacks them (a shared home directory, a migrated container).
+    """
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
+
+
+def _build(target: Path, extra: list[str]) -> None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise OSError("no C compiler")
@@ -160,7 +177,7 @@ def _build(target: Path) -> None:
         source.write_text(_SOURCE)
         # No -ffast-math: results must not depend on the compiler's mood.
         subprocess.run(
-            [compiler, "-O3", "-fPIC", "-shared", "-o", str(built), str(source), "-lm"],
+            [compiler, "-O3", *extra, "-fPIC", "-shared", "-o", str(built), str(source), "-lm"],
             check=True, capture_output=True, timeout=120,
         )
         os.replace(built, target)  # atomic: concurrent processes never load a half-written file
@@ -171,13 +188,17 @@ def kernel():
     """The compiled ``facekit_rotate_normalize``, or None where it cannot be built here."""
     if os.environ.get("FACEKIT_NATIVE", "1") == "0" or sys.platform == "win32":
         return None
-    key = hashlib.sha256(f"{_SOURCE}{platform.machine()}{platform.system()}".encode()).hexdigest()[:16]
-    target = _cache_dir() / f"rotate_normalize-{key}.so"
-    try:
-        if not target.exists():
-            _build(target)
-        function = ctypes.CDLL(str(target)).facekit_rotate_normalize
-    except (OSError, subprocess.SubprocessError, AttributeError):
+    for extra in dict.fromkeys((tuple(_cpu_flags()), ())):  # the tuned build, else the plain one
+        key = hashlib.sha256(f"{_SOURCE}{platform.machine()}{platform.system()}{extra}".encode()).hexdigest()[:16]
+        target = _cache_dir() / f"rotate_normalize-{key}.so"
+        try:
+            if not target.exists():
+                _build(target, list(extra))
+            function = ctypes.CDLL(str(target)).facekit_rotate_normalize
+            break
+        except (OSError, subprocess.SubprocessError, AttributeError):
+            continue
+    else:
         return None
     function.argtypes, function.restype = _ARGTYPES, None
     return function
