@@ -52,9 +52,9 @@ def configs(profile: str) -> list[Config]:
     frozen = ["--epochs", "6" if cpu else "30"]
     return [
         Config("baseline", "baseline", ["--arch", "baseline", *scratch, "--epochs", "15" if cpu else "40"], kernels=True),
-        Config("tronnet", "TronNet", ["--arch", "tronnet", *scratch, "--epochs", "6" if cpu else "40"], kernels=True),
+        Config("tronnet", "TronNet", ["--arch", "tronnet", *scratch, "--epochs", "10" if cpu else "40"], kernels=True),
         Config("tronnet-weighted", "TronNet, weighted loss",
-               ["--arch", "tronnet", "--loss", "weighted", *scratch, "--epochs", "6" if cpu else "40"], kernels=True),  # fmt: skip
+               ["--arch", "tronnet", "--loss", "weighted", *scratch, "--epochs", "10" if cpu else "40"], kernels=True),  # fmt: skip
         Config(
             "baseline-kfold5", "baseline, 5-fold",
             ["--arch", "baseline", "--split", "kfold", "--folds", "5", *small, "--epochs", "4" if cpu else "40"],
