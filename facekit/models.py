@@ -22,20 +22,19 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: in
     return [nn.Conv2d(cin, cout, kernel, stride, padding), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class BaselineNet(nn.Module):
-    """The study's 4-conv "Nnet" (report Table 1), logits out (no ReLU or softmax on the last layer)."""
+class StudyNet(nn.Module):
+    """Conv features, then Flatten -> Linear(F, 300) -> ReLU -> Linear(300, C): logits out.
 
-    def __init__(self, num_classes: int, input_size: int = 224):
+    The study's report put a ReLU and a softmax after the last layer; facekit does not (the loss
+    applies log-softmax). F is measured for the input size.
+    """
+
+    def __init__(self, features: nn.Sequential, num_classes: int, input_size: int):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 21, 3, 2), nn.ReLU(inplace=True),
-            *_conv_bn_relu(21, 20, 3, 2),
-            *_conv_bn_relu(20, 15, 3, 2, 1),
-            *_conv_bn_relu(15, 7, 5, 2, 1),
-        )  # fmt: skip
+        self.features = features
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(_flatten_width(self.features, input_size), 300), nn.ReLU(inplace=True),
+            nn.Linear(_flatten_width(features, input_size), 300), nn.ReLU(inplace=True),
             nn.Linear(300, num_classes),
         )  # fmt: skip
 
@@ -43,12 +42,24 @@ class BaselineNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-class TronNet(nn.Module):
+class BaselineNet(StudyNet):
+    """The study's 4-conv "Nnet" (report Table 1)."""
+
+    def __init__(self, num_classes: int, input_size: int = 224):
+        features = nn.Sequential(
+            nn.Conv2d(3, 21, 3, 2), nn.ReLU(inplace=True),
+            *_conv_bn_relu(21, 20, 3, 2),
+            *_conv_bn_relu(20, 15, 3, 2, 1),
+            *_conv_bn_relu(15, 7, 5, 2, 1),
+        )  # fmt: skip
+        super().__init__(features, num_classes, input_size)
+
+
+class TronNet(StudyNet):
     """The study's 7-conv "TronNet" (report Table 2) with Xavier (Glorot) initialisation."""
 
     def __init__(self, num_classes: int, input_size: int = 224):
-        super().__init__()
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             nn.Conv2d(3, 21, 3, 1), nn.ReLU(inplace=True),
             *_conv_bn_relu(21, 30, 3, 1, 1), nn.MaxPool2d(3),
             *_conv_bn_relu(30, 35, 3, 1, 1),
@@ -57,18 +68,11 @@ class TronNet(nn.Module):
             *_conv_bn_relu(20, 15, 3, 1, 1),
             *_conv_bn_relu(15, 10, 5, 1, 1),
         )  # fmt: skip
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(_flatten_width(self.features, input_size), 300), nn.ReLU(inplace=True),
-            nn.Linear(300, num_classes),
-        )  # fmt: skip
+        super().__init__(features, num_classes, input_size)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
 
 
 def freeze_all_but(model: nn.Module, trainable: nn.Module) -> nn.Module:
