@@ -193,11 +193,24 @@ def run_align(
         raise UsageError(f"no images found in {src}/<identity>/ folders")
     out.mkdir(parents=True, exist_ok=True)
     previous = _load_manifest(out)
+    for key, value in (("size", size), ("padding", padding), ("format", fmt)):
+        if key in previous and previous[key] != value:
+            raise UsageError(
+                f"{out} holds chips made with --{key} {previous[key]}, not {value}: "
+                "choose another output folder or empty this one"
+            )
     todo = [j for j in jobs if not (os.path.isfile(j.dst) and os.path.getsize(j.dst) > 0)]
     done = {j.rel for j in jobs} - {j.rel for j in todo}
 
     results: list[tuple[str, str, str]] = []
     t0 = time.perf_counter()
+    settings = {"size": size, "padding": padding, "upsample": upsample, "format": fmt,
+                "landmarks": str(sp)}
+
+    def summarize() -> dict:
+        return _manifest(src=src_r, out=out_r, settings=settings, jobs=jobs, ignored=ignored,
+                         results=results, done=done, previous=previous,
+                         elapsed=time.perf_counter() - t0)
     workers = max(1, min(workers, len(todo) or 1))
     pool = None
     if len(todo) > 1 and workers > 1:
@@ -221,28 +234,35 @@ def run_align(
                 results.append(r)
                 if bar is not None:
                     bar.advance(task)
+    except KeyboardInterrupt:
+        # keep what is known so far (a resumed run then still lists these fallbacks)
+        _write_manifest(out, summarize() | {"interrupted": True})
+        raise
     except (OSError, RuntimeError) as exc:
         raise FacekitError(f"alignment stopped ({exc}); run again to resume") from None
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-    elapsed = time.perf_counter() - t0
+    manifest = summarize()
+    _write_manifest(out, manifest)
+    return manifest
 
+
+def _manifest(*, src: Path, out: Path, settings: dict, jobs: list[Job], ignored: list[str],
+              results: list[tuple[str, str, str]], done: set[str], previous: dict,
+              elapsed: float) -> dict:
+    """What OUT/align.json records: settings, counts, and the listed files."""
     by = {"ok": [], "fallback": [], "unreadable": [], "failed": []}
     for rel, status, detail in results:
         by[status].append((rel, detail))
     # chips skipped this time keep the fallback status an earlier run recorded
     prev_fallback = [r for r in previous.get("no_face_fallback", []) if r in done]
-    manifest = {
-        "source": str(src_r),
-        "output": str(out_r),
-        "size": size,
-        "padding": padding,
-        "upsample": upsample,
-        "format": fmt,
+    return {
+        "source": str(src),
+        "output": str(out),
+        **settings,
         "detector": "dlib HOG frontal_face_detector",
-        "landmarks": SHAPE5_FILE,
         "identities": len({j.rel.split("/", 1)[0] for j in jobs}),
         "images": len(jobs),
         "skipped_existing": len(done),
@@ -257,7 +277,9 @@ def run_align(
         "failed_files": {r: d for r, d in sorted(by["failed"])},
         "ignored_top_level_files": ignored,
     }
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
     tmp = out / (MANIFEST + ".part")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / MANIFEST)
-    return manifest

@@ -28,7 +28,7 @@ def align_command(src: Path, out: Path, **kwargs) -> dict:
 
         m = run_align(src, out, progress=progress, **kwargs)
     except FacekitError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]Error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(getattr(exc, "exit_code", 1)) from None
     except KeyboardInterrupt:
         err.print("interrupted: chips written so far are kept; run again to resume")

@@ -13,7 +13,6 @@ import typer
 
 from facekit import hookimpl
 from facekit.api import ArchitectureSpec, ArchOptions, Normalization
-from facekit.errors import FacekitError
 
 DLIB_NORMALIZATION = Normalization(
     mean=(122.782 / 255, 117.001 / 255, 104.298 / 255), std=(256 / 255,) * 3
@@ -84,4 +83,4 @@ def register_commands(cli):
                       fmt=fmt, shape_predictor=shape_predictor, trust_weights=trust_weights)
 
 
-__all__ = ["build_dlib_resnet", "register_architectures", "register_commands", "FacekitError"]
+__all__ = ["build_dlib_resnet", "register_architectures", "register_commands"]

@@ -95,3 +95,7 @@ def test_align_writes_resumes_and_lists(tmp_path):
     r3 = CliRunner().invoke(app, ["align", str(src), str(out), "--workers", "1"])
     m3 = json.loads((out / "align.json").read_text())
     assert r3.exit_code == 0 and m3["skipped_existing"] == 4 and m3["chips"] == 5
+
+    # chips made with other settings are not silently mixed
+    r4 = CliRunner().invoke(app, ["align", str(src), str(out), "--format", "png"])
+    assert r4.exit_code == 2 and "--format jpg" in r4.output
