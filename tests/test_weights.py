@@ -40,15 +40,15 @@ def test_trusted_weights_file_is_loaded_and_backbone_frozen(imagenet_like_state_
 
 
 def test_cached_file_with_the_published_hash_is_used_offline(imagenet_like_state_dict, tmp_path, monkeypatch):
-    import facekit.models
+    import facekit.weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     (cache / "resnet18-f37072fd.pth").write_bytes(imagenet_like_state_dict.read_bytes())
-    digest = facekit.models.file_sha256(imagenet_like_state_dict)
+    digest = facekit.weights.file_sha256(imagenet_like_state_dict)
     # Pretend our file is the published one: the same check, with its own hash prefix.
-    monkeypatch.setattr(facekit.models, "published_hash_prefix", lambda url: digest[:8])
+    monkeypatch.setattr(facekit.weights, "published_hash_prefix", lambda url: digest[:8])
     model = build()
     assert torch.equal(model.conv1.weight, torch.load(imagenet_like_state_dict, weights_only=True)["conv1.weight"])
 

@@ -8,7 +8,6 @@ setuptools >= 81 removed) or from an explicit path.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -53,11 +52,9 @@ def model_path(name: str, override: Path | str | None = None) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from facekit.weights import file_sha256
+
+    return file_sha256(Path(path))
 
 
 def sha256(path: Path) -> str:

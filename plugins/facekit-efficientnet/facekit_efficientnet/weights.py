@@ -8,7 +8,6 @@ the published file before it is loaded.
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 from pathlib import Path
 
@@ -41,11 +40,9 @@ def packaged_weights() -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from facekit.weights import file_sha256
+
+    return file_sha256(path)
 
 
 def check_weights(path: Path, trust: bool = False, *, packaged: bool = False) -> Path:
