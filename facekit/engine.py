@@ -54,6 +54,7 @@ class TrainConfig:
     loader: str = "auto"
     cache: bool = False
     workers: int | None = None
+    threads: int | None = None  # torch CPU threads; None: torch's default (one per core)
     device: str = "auto"
     amp: bool | None = None  # None: on for CUDA
     channels_last: bool | None = None  # None: on for CUDA
@@ -213,6 +214,10 @@ class Trainer:
         if self.input_size < 32:
             raise UsageError(f"--input-size must be at least 32 pixels (got {self.input_size})")
         self.device = resolve_device(config.device)
+        if config.threads is not None:
+            if config.threads < 1:
+                raise UsageError(f"--threads must be at least 1 (got {config.threads})")
+            torch.set_num_threads(config.threads)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if config.amp is None else (config.amp and on_cuda)
         self.channels_last = on_cuda if config.channels_last is None else config.channels_last

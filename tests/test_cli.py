@@ -11,7 +11,8 @@ from facekit.cli import app
 from facekit.runs import Run
 
 runner = CliRunner()
-FAST = ["--input-size", "48", "--epochs", "1", "--batch-size", "8", "--loader", "torch", "--workers", "0", "--rotate", "0"]
+FAST = ["--input-size", "48", "--epochs", "1", "--batch-size", "8", "--loader", "torch", "--workers", "0", "--rotate", "0",
+        "--threads", "1"]  # fmt: skip
 
 SPLIT_AND_REPORTER_PLUGIN = """
 import numpy as np
@@ -91,6 +92,7 @@ def test_resume_of_a_finished_run_keeps_its_results(trained_run):
         (["train", "--data", "/nonexistent/faces"], "/nonexistent/faces"),
         (["train", "--data", "{data}", "--epochs", "0"], "--epochs must be at least 1"),
         (["train", "--data", "{data}", "--device", "cuda:7"], "--device"),
+        (["train", "--data", "{data}", "--threads", "0"], "--threads must be at least 1"),
         (["report", "/nonexistent/run"], "not a facekit run"),
         (["predict", "/nonexistent/run", "x.jpg"], "not a facekit run"),
     ],

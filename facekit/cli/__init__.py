@@ -84,6 +84,9 @@ def train(
     loader: str = typer.Option("auto", "--loader", help="Data loader: auto (DALI where it works), dali or torch."),
     cache: bool = typer.Option(False, "--cache/--no-cache", help="Keep decoded images in memory after the first epoch."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Loader worker processes / threads."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: one per core; 1 on a machine other jobs share)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
@@ -105,7 +108,7 @@ def train(
             data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
-            loader=loader, cache=cache, workers=workers, device=device, out=out, force=force,
+            loader=loader, cache=cache, workers=workers, threads=threads, device=device, out=out, force=force,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     _print_result(run_dir, as_json)
