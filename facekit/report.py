@@ -325,13 +325,24 @@ def compare_runs(runs: Sequence[Run]) -> Comparison:
 # Rendering ----------------------------------------------------------------------------------
 
 
-def rich_table(table: TableData) -> Table:
+# Headers for terminals too narrow for the full names (80 columns and a class name).
+SHORT_HEADERS = {"Support": "n", "Accuracy": "Acc", "Precision": "Prec", "Recall": "Rec", "Aggregated": "Agg"}
+
+
+def rich_table(table: TableData, width: int | None = None) -> Table:
     """The table as Rich renders it; print ``table.caption`` after it (a Rich caption would wrap
-    to the table's width)."""
+    to the table's width). Below 100 columns of ``width``, metric headers are abbreviated."""
     rich = Table(title=table.title, title_justify="left", show_header=any(table.columns))
+    narrow = width is not None and width < 100
     for position, (header, numeric) in enumerate(zip(table.columns, table.numeric)):
-        # Numbers and the first column (ranks, labels) never wrap; long text columns do.
-        rich.add_column(header, justify="right" if numeric else "left", no_wrap=numeric or position == 0)
+        header = SHORT_HEADERS.get(header, header) if narrow else header
+        widest = max((len(str(row[position])) for row in table.rows), default=0)
+        if numeric or position == 0:
+            # Numbers and ranks keep their width; in a narrow terminal their headers wrap instead.
+            rich.add_column(header, justify="right" if numeric else "left", min_width=widest, overflow="fold")
+        else:
+            # Names are what people read first: never squeezed below 20 characters.
+            rich.add_column(header, justify="left", min_width=min(widest, 20), overflow="fold")
     for row in table.rows:
         rich.add_row(*row)
     return rich

@@ -15,7 +15,7 @@ def render_tables(context: ReportContext) -> None:
     context.console.print(f"[bold]{report.heading()}[/bold]")
     for table in report.tables():
         context.console.print()
-        context.console.print(rich_table(table))
+        context.console.print(rich_table(table, context.console.width))
         if table.caption:
             context.console.print(f"[dim]{table.caption}[/dim]")
 

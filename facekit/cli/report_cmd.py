@@ -85,7 +85,7 @@ def _selected_reporters(names: Optional[list[str]]) -> list:
 
 def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console) -> None:
     comparison = compare_runs([Run.open(path) for path in paths])
-    console.print(rich_table(comparison.table()))
+    console.print(rich_table(comparison.table(), console.width))
     if fmt:
         print_written(console, [write_comparison(comparison, fmt, out or Path("."))])
 
