@@ -130,7 +130,7 @@ def register_commands(cli):
     assert result.exit_code == 0 and "hello world" in result.output
 
 
-def test_example_plugin_installs_with_pip_and_is_found(tmp_path):
+def test_example_plugin_installs_with_pip_and_is_found(tmp_path, synthetic_dataset):
     """The real path: pip installs plugins/facekit-example; facekit sees it by entry point alone."""
     target = tmp_path / "site"
     subprocess.run(
@@ -145,3 +145,11 @@ def test_example_plugin_installs_with_pip_and_is_found(tmp_path):
     rows = {row["package"]: row for row in json.loads(out)}
     assert rows["facekit-example"]["registers"] == {"architectures": ["tinycnn"], "reporters": ["oneline"]}
     assert rows["facekit"]["builtin"]
+    facekit = [sys.executable, "-m", "facekit"]
+    run = tmp_path / "run"
+    train = [*facekit, "train", "--data", str(synthetic_dataset), "--arch", "tinycnn", "--out", str(run),
+             "--epochs", "1", "--input-size", "32", "--loader", "torch", "--workers", "0", "--quiet"]  # fmt: skip
+    subprocess.run(train, check=True, capture_output=True, env=env)
+    assert json.loads((run / "config.json").read_text())["arch"] == "tinycnn"
+    report = subprocess.run([*facekit, "report", str(run), "--reporter", "oneline"], check=True, capture_output=True, text=True, env=env)
+    assert "balanced accuracy" in report.stdout
