@@ -259,7 +259,8 @@ class Trainer:
         normalization = self._normalizations(paths, plan)
         config = self.config.to_dict() | {
             "input_size": self.input_size,
-            "device": str(self.device),
+            # "device" stays what was asked ("auto"), so a resume elsewhere picks that machine's device.
+            "device_used": str(self.device),
             "amp": self.amp,
             "channels_last": self.channels_last,
             "facekit_version": facekit.__version__,

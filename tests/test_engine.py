@@ -39,6 +39,7 @@ def test_training_lowers_the_loss_and_leaves_a_complete_run(synthetic_dataset, t
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert {"model", "optimizer", "epoch", "rng", "config", "classes"} <= set(checkpoint)
     assert checkpoint["classes"] == run.classes == sorted(p.name for p in synthetic_dataset.iterdir())
+    assert run.config["device"] == "auto" and run.config["device_used"] == "cpu"  # a resume elsewhere re-resolves
     norm = run.normalization
     assert norm["source"] == "training split" and len(norm["folds"]) == 1
     assert run.load_model()(torch.zeros(1, 3, 64, 64)).shape == (1, len(run.classes))

@@ -49,7 +49,7 @@ def test_mixed_pipeline_matches_the_cpu_pipeline_and_stays_on_the_gpu(jpeg_faces
 def test_short_gpu_training_run_uses_dali_mixed_precision_and_channels_last(jpeg_faces, tmp_path):
     run_dir = Trainer(TrainConfig(data=jpeg_faces, out=tmp_path / "run", epochs=2, input_size=64, batch_size=8)).train()
     run = Run(run_dir)
-    assert run.config["device"].startswith("cuda")
+    assert run.config["device_used"].startswith("cuda")
     assert run.config["amp"] is True and run.config["channels_last"] is True
     assert {row["loader"] for row in run.history} == {"dali"}
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"] * 1.5
