@@ -123,3 +123,25 @@ def test_run_files_are_readable_by_others(tmp_path):
 
     atomic_write_bytes(tmp_path / "x.json", b"{}")
     assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044
+
+
+def test_training_proceeds_on_the_good_files_of_a_broken_data_set(synthetic_dataset, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "faces"
+    shutil.copytree(synthetic_dataset, data)
+    first = sorted((data / "person_00").iterdir())[0]
+    Image.open(first).convert("RGB").save(data / "person_00" / "photo.jpg")
+    full = (data / "person_00" / "photo.jpg").read_bytes()
+    (data / "person_00" / "truncated.jpg").write_bytes(full[: len(full) // 3])
+    (data / "person_01" / "empty.jpg").write_bytes(b"")
+    (data / "person_01" / "notes.jpg").write_text("not an image")
+    (data / "nobody").mkdir()
+    run = Run(Trainer(config(data, tmp_path / "run", epochs=1, loader="auto")).train())
+    assert "nobody" not in run.classes and len(run.classes) == 4
+    files = set(run.split["files"])
+    assert "person_00/photo.jpg" in files
+    assert not files & {"person_00/truncated.jpg", "person_01/empty.jpg", "person_01/notes.jpg"}
+    assert run.has_predictions
