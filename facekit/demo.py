@@ -15,9 +15,8 @@ def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console)
     """Train the baseline briefly on ``data`` (or a synthetic set made now), report it, draw its first kernels."""
     from facekit.cli.progress import ConsoleProgress
     from facekit.kernels import write_kernel_maps
-    from facekit.report import ReportContext, build_report
+    from facekit.report import ReportContext, build_report, print_written, render_report, select_reporters
     from facekit.runs import Run
-    from facekit.plugins import reporters
 
     if data is None:
         from facekit.data.synth import make_synthetic_dataset
@@ -32,12 +31,9 @@ def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console)
 
     run = Run(run_dir)
     context = ReportContext(run=run, report=build_report(run), console=console, out_dir=run_dir / "report")
-    for spec in reporters().values():
-        if spec.default:
-            spec.render(context)
-    context.written.extend(write_kernel_maps(run.load_model(), 1, run_dir / "report"))
-    for path in context.written:
-        console.print(f"wrote {path}", highlight=False)
+    written = render_report(context, select_reporters())
+    written += write_kernel_maps(run.load_model(), 1, run_dir / "report")
+    print_written(console, written)
     console.print(f"\nNext: `facekit report {run_dir}`, `facekit kernels {run_dir} --layer 3`, "
                   f"`facekit train --data YOUR_FACES --arch tronnet --loss weighted`.", highlight=False)
     return run_dir

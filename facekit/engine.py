@@ -383,8 +383,7 @@ class Trainer:
         """Continue an interrupted run from its last checkpoint, with its saved configuration."""
         run = Run.open(run_dir)
         config = TrainConfig.from_dict(run.config | overrides)
-        trainer = cls(config, progress, run_dir=Path(run_dir))
-        trainer.input_size = int(run.config["input_size"])
+        trainer = cls(config, progress, run_dir=Path(run_dir))  # config.input_size is the resolved one
         state = latest_state(Path(run_dir))
         if state is None:
             trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
@@ -404,19 +403,20 @@ class Trainer:
             # A resume state without weights means "that fold finished; start the next one fresh".
             resuming = resume_state is not None and fold_index == first_fold and "model" in resume_state
             state = resume_state if resuming else None
-            result = self._train_fold(fold_index, split, files, labels, norms[fold_index], len(classes), history, fold_results, state)
+            result = self._train_fold(fold_index, split, files, labels, norms[fold_index], classes, history, fold_results, state)
             fold_results.append(result)
 
         if self.dist.is_main:
             self._finish(run, files, labels, norms, fold_results, history)
         return self.run_dir
 
-    def _train_fold(self, fold_index, split, files, labels, norm, num_classes, history, fold_results, state):
+    def _train_fold(self, fold_index, split, files, labels, norm, classes, history, fold_results, state):
         fold = split["folds"][fold_index]
         train_idx = np.asarray(fold["train"], dtype=int)
         val_idx = np.asarray(fold["val"], dtype=int)
         seed = self.config.seed + 1000 * fold_index
         seed_everything(seed)
+        num_classes = len(classes)
         model = self._build_model(num_classes)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
@@ -440,6 +440,7 @@ class Trainer:
         train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
         val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
         checkpoints = self.run_dir / CHECKPOINTS
+        payload = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
         try:
             for epoch in range(start_epoch, self.config.epochs + 1):
                 if self.config.patience and stale >= self.config.patience:
@@ -475,7 +476,7 @@ class Trainer:
                         "fold": fold_index,
                         "rng": rng_state(),
                         "config": self.config.to_dict(),
-                        "classes": Run(self.run_dir).classes,
+                        "classes": classes,
                         "history": history,
                         "fold_results": fold_results,
                         "best_val_loss": best_loss,
@@ -491,11 +492,9 @@ class Trainer:
             train_loader.close()
             val_loader.close()
         result = {"fold": fold_index, "best_epoch": best_epoch, "val_loss": best_loss, "val_acc": _val_acc(history, fold_index, best_epoch)}
-        if self.dist.is_main:  # mark the fold finished so a resume skips it
-            last = checkpoints / f"fold-{fold_index}-last.pt"
-            payload = load_checkpoint(last)
+        if self.dist.is_main and payload is not None:  # mark the fold finished so a resume skips it
             payload.update(fold_done=True, fold_results=fold_results + [result], history=history)
-            save_checkpoint(last, payload)
+            save_checkpoint(checkpoints / f"fold-{fold_index}-last.pt", payload)
         return result
 
     def _finish(self, run: Run, files, labels, norms, fold_results, history) -> None:
@@ -571,6 +570,7 @@ def latest_state(run_dir: Path) -> dict[str, Any] | None:
 
 def cached_channel_sums(paths: list[str], input_size: int, progress: Progress) -> np.ndarray:
     """Per-image channel sums, decoded once per data set and input size and kept in the user cache."""
+    from facekit.data.index import cache_dir
     from facekit.data.stats import channel_sums
 
     key = hashlib.sha256()
@@ -588,10 +588,6 @@ def cached_channel_sums(paths: list[str], input_size: int, progress: Progress) -
     np.save(tmp, sums)
     os.replace(tmp, cache)
     return sums
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FACEKIT_CACHE_DIR", Path.home() / ".cache" / "facekit"))
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> Path:

@@ -270,6 +270,32 @@ class ReportContext:
         return self.report.metrics
 
 
+def select_reporters(names: Sequence[str] | None = None) -> list:
+    """The named reporters (unknown names are usage errors), or every default one."""
+    from facekit.plugins import reporters
+
+    registry = reporters()
+    if names:
+        return [registry.get(name) for name in names]
+    return [spec for spec in registry.values() if spec.default]
+
+
+def render_report(context: ReportContext, reporter_specs: Sequence) -> list[Path]:
+    """Run the reporters on ``context`` (and write ``context.format``'s document); returns the files written."""
+    for spec in reporter_specs:
+        spec.render(context)
+    if context.format:
+        context.written.append(write_report(context.report, context.format, context.out_dir))
+    return context.written
+
+
+def print_written(console: Console, paths: Sequence[Path]) -> None:
+    if paths:
+        console.print("\n[bold]Wrote[/bold]")
+        for path in paths:
+            console.print(f"  {path}", highlight=False, soft_wrap=True)  # paths stay copyable
+
+
 # Comparison ---------------------------------------------------------------------------------
 
 

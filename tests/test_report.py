@@ -228,7 +228,7 @@ def builtin_reporters_only(monkeypatch):
     specs = []
     builtin_reporters.register_reporters(register=specs.append)
     monkeypatch.setattr(
-        report_cmd, "_selected_reporters",
+        report_cmd, "select_reporters",
         lambda names: [s for s in specs if (s.name in names if names else s.default)],
     )
 

@@ -19,9 +19,11 @@ from facekit.report import (
     build_report,
     check_format,
     compare_runs,
+    print_written,
+    render_report,
     rich_table,
+    select_reporters,
     write_comparison,
-    write_report,
 )
 from facekit.runs import RUNS_DIR, Run
 
@@ -52,7 +54,7 @@ def report(
         return
 
     opened = Run.open(run, runs_dir)
-    selected = _selected_reporters(reporter)  # fail on a bad name before any work
+    selected = select_reporters(reporter)  # fail on a bad name before any work
     context = ReportContext(
         run=opened,
         report=build_report(opened, top=top, worst=worst, confusions=confusions),
@@ -60,27 +62,7 @@ def report(
         out_dir=out or opened.path / REPORT_DIR,
         format=fmt,
     )
-    for spec in selected:
-        spec.render(context)
-    if fmt:
-        context.written.append(write_report(context.report, fmt, context.out_dir))
-    print_written(console, context.written)
-
-
-def print_written(console: Console, paths: list[Path]) -> None:
-    if paths:
-        console.print("\n[bold]Wrote[/bold]")
-        for path in paths:
-            console.print(f"  {path}", highlight=False, soft_wrap=True)  # paths stay copyable
-
-
-def _selected_reporters(names: Optional[list[str]]) -> list:
-    from facekit.plugins import reporters
-
-    registry = reporters()
-    if names:
-        return [registry.get(name) for name in names]
-    return [spec for spec in registry.values() if spec.default]
+    print_written(console, render_report(context, selected))
 
 
 def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console) -> None:

@@ -148,7 +148,9 @@ _ARGTYPES = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 3
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("FACEKIT_CACHE_DIR", Path.home() / ".cache" / "facekit")) / "native"
+    from facekit.data.index import cache_dir
+
+    return cache_dir() / "native"
 
 
 def _cpu_flags() -> list[str]:
