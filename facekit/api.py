@@ -1,7 +1,13 @@
-"""What a plugin registers: one small spec object per plugin kind.
+"""Everything a facekit plugin may use, in one import: ``from facekit.api import ...``.
 
-These are the contracts the training engine and the CLI rely on; the engine never names a
-concrete architecture, loss or split.
+The spec objects a plugin registers (one small dataclass per plugin kind) are the contracts the
+training engine and the CLI rely on; the engine never names a concrete architecture, loss or
+split. Besides them: ``hookimpl``, the errors the CLI turns into one line (``UsageError`` exits
+2, ``FacekitError`` 1), ``ReportContext`` (what a reporter gets), ``Run`` (read a run folder)
+and ``verify_sha256`` (refuse a weights file that is not the published one). A plugin imports
+nothing else from facekit (tests/test_public_api.py checks the plugins in this repository).
+
+Importing this module stays cheap (no torch): plugins import it when facekit starts.
 """
 
 from __future__ import annotations
@@ -12,8 +18,46 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from facekit.errors import FacekitError, UsageError
+from facekit.hookspecs import hookimpl
+from facekit.weights import file_sha256, verify_sha256
+
 if TYPE_CHECKING:  # torch is heavy; plugins importing facekit.api should stay cheap
     from torch import nn
+
+    from facekit.report import ReportContext
+    from facekit.runs import Run
+
+__all__ = [
+    "ArchOptions",
+    "ArchitectureSpec",
+    "FacekitError",
+    "Fold",
+    "IMAGENET",
+    "LossSpec",
+    "Normalization",
+    "ReportContext",
+    "ReporterSpec",
+    "Run",
+    "SplitOptions",
+    "SplitPlan",
+    "SplitSpec",
+    "UsageError",
+    "file_sha256",
+    "hookimpl",
+    "verify_sha256",
+]
+
+# Names whose modules import more than a plugin needs at start-up: loaded on first access.
+_LAZY = {"ReportContext": "facekit.report", "Run": "facekit.runs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'facekit.api' has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -115,11 +159,11 @@ class SplitSpec:
 class ReporterSpec:
     """A reporter: ``render(context)`` prints or writes one view of a run's test results.
 
-    ``context`` is a :class:`facekit.report.ReportContext`. Reporters with ``default=True``
+    ``context`` is a :class:`ReportContext`. Reporters with ``default=True``
     run on a plain ``facekit report``; others run when named with ``--reporter``.
     """
 
     name: str
-    render: Callable[[Any], Any]
+    render: Callable[[ReportContext], Any]
     description: str = ""
     default: bool = True

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekit.errors import FacekitError, UsageError
+from facekit.api import FacekitError, UsageError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".pnm", ".bmp"}
 LFW_BOX = (68, 78, 182, 192)  # left, top, right, bottom on a 250x250 LFW image

@@ -10,7 +10,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-from facekit.errors import FacekitError
+from facekit.api import FacekitError
 
 LIST_LIMIT = 20
 

@@ -11,8 +11,7 @@ from typing import Optional
 
 import typer
 
-from facekit import hookimpl
-from facekit.api import ArchitectureSpec, ArchOptions, Normalization
+from facekit.api import ArchitectureSpec, ArchOptions, Normalization, hookimpl
 
 DLIB_NORMALIZATION = Normalization(
     mean=(122.782 / 255, 117.001 / 255, 104.298 / 255), std=(256 / 255,) * 3

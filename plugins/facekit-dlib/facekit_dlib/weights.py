@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facekit.errors import FacekitError
+from facekit.api import FacekitError, verify_sha256
 
 from facekit_dlib.dat import DatFormatError, DlibNet, read_dat
 
@@ -50,35 +50,19 @@ def model_path(name: str, override: Path | str | None = None) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    from facekit.weights import file_sha256
-
-    return file_sha256(Path(path))
-
-
-def sha256(path: Path) -> str:
-    st = os.stat(path)
-    return _sha256(str(path), st.st_size, st.st_mtime_ns)
-
-
 def verify(path: Path, name: str, trust: bool = False) -> None:
     """Refuse a file whose size or sha256 is not the published one, unless ``trust``."""
     if trust:
         return
     size, digest = KNOWN_FILES[name]
     actual_size = path.stat().st_size
-    if actual_size != size:
+    if actual_size != size:  # cheaper than hashing, and says more
         raise FacekitError(
             f"{path} is not {name} ({actual_size} bytes, expected {size}); "
             "pass --trust-weights to use it anyway"
         )
-    actual = sha256(path)
-    if actual != digest:
-        raise FacekitError(
-            f"{path} has sha256 {actual[:16]}..., expected {digest[:16]}... for {name}; "
-            "pass --trust-weights to use it anyway"
-        )
+    verify_sha256(path, digest, trust=False, published=name, option=None,
+                  fix="pass --trust-weights to use it anyway")
 
 
 @functools.lru_cache(maxsize=4)

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from facekit.errors import FacekitError
+from facekit.api import FacekitError
 from facekit_dlib.dat import DatFormatError, parse_dat, read_dat
 from facekit_dlib.weights import KNOWN_FILES, RESNET_FILE, parsed_resnet, resnet_state
 

@@ -5,8 +5,7 @@ Listed under the ``facekit`` entry-point group by this distribution's pyproject.
 
 from __future__ import annotations
 
-from facekit import hookimpl
-from facekit.api import ArchitectureSpec, ArchOptions, Normalization
+from facekit.api import ArchitectureSpec, ArchOptions, Normalization, hookimpl
 
 NAME = "efficientnet-lite0"
 

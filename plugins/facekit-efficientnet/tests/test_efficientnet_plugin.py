@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from facekit.api import ArchitectureSpec, ArchOptions
-from facekit.errors import FacekitError
+from facekit.api import ArchitectureSpec, ArchOptions, FacekitError, file_sha256
 from facekit_efficientnet import plugin, weights
 from facekit_efficientnet.model import EfficientNetLite0
 from facekit_efficientnet.transfer import build_transfer_model, replace_head
@@ -86,7 +85,7 @@ def test_same_logits_as_the_reference_implementation(size):
 
 @needs_weights
 def test_packaged_file_has_the_published_hash():
-    assert weights.sha256_of(weights.packaged_weights()) == weights.WEIGHTS_SHA256
+    assert file_sha256(weights.packaged_weights()) == weights.WEIGHTS_SHA256
 
 
 @pytest.mark.parametrize("size", [224, 160])

@@ -1,7 +1,6 @@
 """An example facekit plugin: a tiny CNN (`tinycnn`) and a one-line reporter (`oneline`)."""
 
-from facekit import hookimpl
-from facekit.api import ArchitectureSpec, ArchOptions, ReporterSpec
+from facekit.api import ArchitectureSpec, ArchOptions, ReporterSpec, hookimpl
 
 
 def build_tinycnn(options: ArchOptions):
