@@ -6,14 +6,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from facekit.engine import TrainConfig, Trainer, default_run_dir
+from facekit.engine import Progress, TrainConfig, Trainer, default_run_dir
 
 DEMO_DATA = Path("runs") / "demo-data"
 
 
-def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console) -> Path:
-    """Train the baseline briefly on ``data`` (or a synthetic set made now), report it, draw its first kernels."""
-    from facekit.cli.progress import ConsoleProgress
+def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console, progress: Progress) -> Path:
+    """Train the baseline briefly on ``data`` (or a synthetic set made now), report it, draw its first kernels.
+
+    ``progress`` shows the training (the CLI passes its console bars); the report goes to ``console``.
+    """
     from facekit.kernels import write_kernel_maps
     from facekit.report import ReportContext, build_report, print_written, render_report, select_reporters
     from facekit.runs import Run
@@ -27,7 +29,7 @@ def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console)
         console.print(f"No --data given: using a synthetic data set of 8 identities in {data} (made by `facekit data synth`).")
     config = TrainConfig(data=data, arch="baseline", epochs=epochs, batch_size=32, lr=1e-3, out=out)
     config.out = out or default_run_dir(config)
-    run_dir = Trainer(config, ConsoleProgress(console)).train()
+    run_dir = Trainer(config, progress).train()
 
     run = Run(run_dir)
     context = ReportContext(run=run, report=build_report(run), console=console, out_dir=run_dir / "report")

@@ -156,3 +156,52 @@ def test_orl_grey_pgm_counts():
     index = index_dataset(ORL)
     assert index.num_classes == 40 and index.counts.tolist() == [10] * 40
     assert index.classes[:3] == ["s1", "s10", "s11"]  # sorted folder names, as strings
+
+
+def test_check_follows_the_split_rules(tmp_path):
+    from facekit.data.synth import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "ds", identities=3, per_identity=5, size=16, seed=0)
+    # 5 images, 1 to test, 4 left: 5 folds validate each identity in only 4 of them.
+    report = check_dataset(root, split="kfold", folds=5)
+    assert [(s.name, s.images, s.reason) for s in report.small_classes] == [
+        (name, 5, "validated in only 4 of 5 folds") for name in ("person_00", "person_01", "person_02")
+    ]
+    # Holdout: a fifth of 5 images is one test image each; 1.5 validation images go to 2 of the 3.
+    assert [s.reason for s in check_dataset(root, split="holdout").small_classes] == ["no validation image"]
+    assert check_dataset(root, split="holdout", val_size=0.2).small_classes == []
+    with pytest.raises(UsageError, match="--folds 1"):  # before any image is decoded
+        check_dataset(tmp_path / "missing", split="kfold", folds=1)
+    with pytest.raises(UsageError, match=r"--split 'k-fold' is not known; .*Did you mean 'kfold'\?"):
+        check_dataset(root, split="k-fold")
+
+
+PLUGIN_SPLIT = """
+import numpy as np
+from facekit.api import Fold, SplitPlan, SplitSpec, hookimpl
+
+def first_image_tests(labels, options):
+    # Each identity's first image to test, its second to validation, the rest to training.
+    order = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    test = np.sort([idx[0] for idx in order])
+    val = np.sort([idx[1] for idx in order if len(idx) > 2])
+    train = np.setdiff1d(np.arange(len(labels)), np.concatenate([test, val]))
+    return SplitPlan(test=test, folds=[Fold(train=train, val=val)])
+
+@hookimpl
+def register_splits(register):
+    register(SplitSpec("first-image", first_image_tests, "A test split from a plugin."))
+"""
+
+
+def test_check_accepts_a_split_from_a_plugin(tmp_path, facekit_plugin):
+    from facekit.data.synth import make_synthetic_dataset
+
+    facekit_plugin(PLUGIN_SPLIT, package="facekit-firstsplit")
+    root = make_synthetic_dataset(tmp_path / "ds", identities=3, per_identity=3, size=16, seed=0)
+    (root / "person_02" / sorted(p.name for p in (root / "person_02").iterdir())[0]).unlink()
+    result = CliRunner().invoke(app, ["check", str(root), "--split", "first-image", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["split"] == "first-image"
+    assert report["small_classes"] == [{"name": "person_02", "images": 2, "reason": "no validation image"}]

@@ -88,3 +88,16 @@ def test_file_sha256_sees_a_rewritten_file(tmp_path):
     path.write_bytes(b"two")
     os.utime(path, ns=(1, 1))  # a rewrite within the same clock tick must not hit the cache
     assert facekit.api.file_sha256(path) == hashlib.sha256(b"two").hexdigest()
+
+
+LIBRARY_FILES = sorted(
+    p for p in (ROOT / "facekit").rglob("*.py")
+    if p.relative_to(ROOT / "facekit").parts[0] not in {"builtins", "cli", "__main__.py"}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("path", LIBRARY_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_never_imports_a_concrete_plugin_or_the_cli(path):
+    offending = [f"{path.relative_to(ROOT)}:{line} imports {module}" for line, module in facekit_imports(path)
+                 if module.split(".")[:2] in (["facekit", "builtins"], ["facekit", "cli"])]  # fmt: skip
+    assert not offending, "library code reaches plugins through facekit.plugins' registries: " + "; ".join(offending)

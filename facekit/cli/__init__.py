@@ -170,9 +170,10 @@ def demo(
     epochs: int = typer.Option(4, "--epochs"),
 ) -> None:
     """Train the baseline briefly, print its report and write a kernel map: facekit in a few minutes."""
+    from facekit.cli.progress import ConsoleProgress
     from facekit.demo import run_demo
 
-    run_demo(data=data, out=out, epochs=epochs, console=console)
+    run_demo(data=data, out=out, epochs=epochs, console=console, progress=ConsoleProgress(console))
 
 
 # --------------------------------------------------------------------------- plugins

@@ -22,8 +22,8 @@ def _fail(err: FacekitError) -> None:
 @app.command()
 def check(
     data: Path = typer.Argument(..., help="Data set folder: one sub-folder of images per identity."),
-    split: str = typer.Option("holdout", "--split", help="Split to check the identities against: holdout or kfold."),
-    folds: int = typer.Option(5, "--folds", help="Number of folds for --split kfold."),
+    split: str = typer.Option("holdout", "--split", help="Split strategy to check the identities against: holdout, kfold or one a plugin registers."),
+    folds: int = typer.Option(5, "--folds", help="Number of folds, for splits that make several (kfold)."),
     test_size: float = typer.Option(0.2, "--test-size", help="Test fraction of the data set."),
     val_size: float = typer.Option(0.1, "--val-size", help="Validation fraction (holdout)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),

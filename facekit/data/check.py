@@ -1,9 +1,9 @@
 """`facekit data check`: what in a data set cannot be used, and how its classes are balanced.
 
-"Too small for the split" follows the split's own rules (facekit.builtins.splits), by running
-the split: for holdout, an identity that gets no test or no validation image; for k-fold, one
-with fewer than K images outside the test split (it cannot be validated in every fold).
-``min_per_class`` additionally flags identities with fewer images than that.
+"Too small for the split" follows the split's own rules, whichever registered split it is, by
+running it: an identity that gets no test image, or is left out of some fold's validation or
+training part (for holdout, no test or no validation image; for k-fold, fewer than K images
+outside the test split). ``min_per_class`` additionally flags identities with fewer images.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facekit.api import SplitOptions
+from facekit.api import SplitOptions, SplitPlan, SplitSpec
 from facekit.data.index import BadFile, DatasetIndex, scan_dataset
 from facekit.errors import UsageError
 
-SPLITS = ("holdout", "kfold")
 
 
 @dataclass
@@ -64,11 +63,18 @@ def check_dataset(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> CheckReport:
-    """Decode every image once (cached) and report bad files, empty or small identities, imbalance."""
-    if split not in SPLITS:
-        raise UsageError(f"--split {split!r} is unknown; choose one of: {', '.join(SPLITS)}")
-    if split == "kfold" and folds < 2:
-        raise UsageError(f"--folds {folds}: k-fold needs at least 2 folds")
+    """Decode every image once (cached) and report bad files, empty or small identities, imbalance.
+
+    ``split`` names a registered split strategy (built-in or from a plugin); an unknown name, or
+    options it refuses whatever the data, are usage errors raised before any image is decoded.
+    """
+    from facekit.plugins import splits
+
+    spec = splits().get(split)
+    options = SplitOptions(seed=seed, test_size=test_size, val_size=val_size, folds=folds)
+    # Two classes with plenty of images for any fold count: a split that refuses them refuses
+    # the options (e.g. --folds 1 for kfold), whatever the data set; say so before decoding it.
+    spec.split(np.repeat(np.arange(2), 100 * max(folds, 1)), options)
     index = scan_dataset(root, progress=progress)
     counts = index.counts
     problems: list[str] = []
@@ -77,7 +83,7 @@ def check_dataset(
     elif index.num_classes < 2:
         problems.append(f"only {index.num_classes} identity has usable images; a classifier needs at least 2")
 
-    small = _small_classes(index, split, SplitOptions(seed=seed, test_size=test_size, val_size=val_size, folds=folds))
+    small = _small_classes(index, spec, options)
     if min_per_class:
         flagged = {s.name for s in small}
         small += [
@@ -106,31 +112,39 @@ def check_dataset(
     )
 
 
-def _small_classes(index: DatasetIndex, split: str, options: SplitOptions) -> list[SmallClass]:
-    from facekit.builtins.splits import holdout_split, kfold_split
-
+def _small_classes(index: DatasetIndex, spec: SplitSpec, options: SplitOptions) -> list[SmallClass]:
     if index.num_classes < 2:
         return []
     counts = index.counts
     try:
-        plan = (holdout_split if split == "holdout" else kfold_split)(index.labels, options)
+        plan = spec.split(index.labels, options)
     except UsageError as err:  # the whole data set is too small for these sizes
         return [SmallClass(name, int(n), str(err)) for name, n in zip(index.classes, counts)]
-    test_counts = np.bincount(index.labels[plan.test], minlength=index.num_classes)
     small = []
     for c, name in enumerate(index.classes):
-        if split == "holdout":
-            val = np.bincount(index.labels[plan.folds[0].val], minlength=index.num_classes)[c]
-            missing = [part for part, n, size in (("test", test_counts[c], options.test_size), ("validation", val, options.val_size)) if n == 0 and size > 0]
-            if missing:
-                small.append(SmallClass(name, int(counts[c]), f"no {' and no '.join(missing)} image (its share is under one image)"))
-        else:
-            rest = counts[c] - test_counts[c]
-            if rest < options.folds:
-                small.append(
-                    SmallClass(name, int(counts[c]), f"{rest} images outside the test split, fewer than {options.folds} folds")
-                )
+        gaps = _split_gaps(plan, index.labels, c)
+        if gaps:
+            small.append(SmallClass(name, int(counts[c]), "; ".join(gaps)))
     return small
+
+
+def _split_gaps(plan: SplitPlan, labels: np.ndarray, class_id: int) -> list[str]:
+    """Where class ``class_id`` is missing from a part of ``plan`` that other classes have."""
+    def has(indices: np.ndarray) -> bool:
+        return bool(np.any(labels[indices] == class_id))
+
+    k = len(plan.folds)
+    gaps = []
+    if len(plan.test) and not has(plan.test):
+        gaps.append("no test image")
+    validated = sum(has(fold.val) for fold in plan.folds if len(fold.val))
+    with_val = sum(1 for fold in plan.folds if len(fold.val))
+    if validated < with_val:
+        gaps.append("no validation image" if k == 1 else f"validated in only {validated} of {k} folds")
+    trained = sum(has(fold.train) for fold in plan.folds)
+    if trained < k:
+        gaps.append("no training image" if k == 1 else f"no training image in {k - trained} of {k} folds")
+    return gaps
 
 
 def render_check_report(report: CheckReport, console) -> None:
@@ -151,8 +165,7 @@ def render_check_report(report: CheckReport, console) -> None:
             + ", ".join(report.empty_classes)
         )
     if report.small_classes:
-        what = f"{report.split}" + (f" with {report.folds} folds" if report.split == "kfold" else "")
-        table = Table(title=f"{len(report.small_classes)} identities too small for {what}", title_justify="left")
+        table = Table(title=f"{len(report.small_classes)} identities too small for the {report.split} split", title_justify="left")
         table.add_column("identity")
         table.add_column("images", justify="right")
         table.add_column("why")
