@@ -3,8 +3,13 @@
 Fixtures:
 
 - ``synthetic_dataset``: a small one-folder-per-identity data set made on the fly.
+- ``facekit_run``: a finished one-epoch run on ``synthetic_dataset``, for reporters.
 - ``facekit_plugin``: install a throwaway plugin (a module's source) under the ``facekit``
   entry-point group for one test, exactly as ``pip install`` would expose it.
+
+Contract checks, one line each in a plugin's tests (each raises AssertionError saying what is
+wrong): :func:`check_architecture`, :func:`check_loss`, :func:`check_split`,
+:func:`check_reporter`. They take the registered name, so they also check the registration.
 
 Importing this module stays cheap (no torch): pytest loads it in every session.
 """
@@ -14,7 +19,7 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -68,3 +73,181 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from facekit.data.synth import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("faces") / "data", identities=4, per_identity=8, size=48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def facekit_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run folder: the baseline trained for one epoch on ``synthetic_dataset`` at 48x48."""
+    from facekit.engine import SilentProgress, TrainConfig, Trainer
+
+    config = TrainConfig(
+        data=synthetic_dataset, out=tmp_path_factory.mktemp("facekit-run") / "run", arch="baseline", input_size=48,
+        epochs=1, batch_size=8, lr=1e-3, rotate=0.0, loader="torch", workers=0, test_size=0.25, val_size=0.25,
+    )  # fmt: skip
+    return Trainer(config, SilentProgress()).train()
+
+
+def _registered(kind: str, name: str) -> Any:
+    from facekit import plugins
+
+    registry = plugins.get_plugins().registries[kind]
+    assert name in registry, f"no {registry.kind} {name!r} is registered; registered: {', '.join(registry.names())}"
+    return registry.get(name)
+
+
+def check_architecture(
+    name: str, *, input_size: int | None = None, num_classes: int = 3, batch: int = 4, steps: int = 5
+) -> None:
+    """Check architecture ``name`` against its contract, without pretrained weights.
+
+    Built with ``pretrained=False`` at its declared input size (or ``input_size``), it returns
+    finite logits of shape (batch, num_classes), has trainable parameters, and a few Adam steps on
+    one tiny batch lower the training loss without moving any frozen (``requires_grad=False``)
+    parameter.
+    """
+    import torch
+    from torch import nn
+
+    from facekit.api import ArchitectureSpec, ArchOptions, Normalization
+
+    spec = _registered("architectures", name)
+    assert isinstance(spec, ArchitectureSpec), f"architecture {name!r}: registered a {type(spec).__name__}, not an ArchitectureSpec"
+    assert isinstance(spec.input_size, int) and spec.input_size > 0, f"architecture {name!r}: input_size {spec.input_size!r}"
+    assert spec.normalization is None or isinstance(spec.normalization, Normalization), (
+        f"architecture {name!r}: normalization must be None or a Normalization, not {spec.normalization!r}"
+    )
+    size = input_size or spec.input_size
+    model = spec.build(ArchOptions(num_classes=num_classes, input_size=size, pretrained=False))
+    assert isinstance(model, nn.Module), f"architecture {name!r}: build() returned {type(model).__name__}, not an nn.Module"
+
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, size, size)
+    targets = torch.arange(batch) % num_classes
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable, f"architecture {name!r}: every parameter is frozen; the engine would have nothing to train"
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    optimizer = torch.optim.Adam(trainable, lr=1e-3)
+    model.train()
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(1)  # the same dropout masks each time: only the parameters differ
+        logits = model(images)
+        assert logits.shape == (batch, num_classes), (
+            f"architecture {name!r}: logits of shape {tuple(logits.shape)} for {batch} images of {size}x{size}, "
+            f"expected {(batch, num_classes)}"
+        )
+        assert torch.isfinite(logits).all(), f"architecture {name!r}: non-finite logits"
+        return nn.functional.cross_entropy(logits, targets)
+
+    first = loss()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        value = loss()
+        assert value.requires_grad, f"architecture {name!r}: the logits do not depend on any trainable parameter"
+        value.backward()
+        optimizer.step()
+    last = loss()
+    assert last.item() < first.item(), (
+        f"architecture {name!r}: {steps} Adam steps (lr 1e-3) on one batch did not lower the loss "
+        f"({first.item():.4f} -> {last.item():.4f}); are the trainable parameters used by forward()?"
+    )
+    moved = [n for n, p in model.named_parameters() if n in frozen and not torch.equal(p, frozen[n])]
+    assert not moved, f"architecture {name!r}: frozen parameters changed in training: {', '.join(moved[:5])}"
+
+
+def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None:
+    """Check loss ``name``: ``build(class_counts)`` gives a module whose ``loss(logits, targets)`` is a
+    finite scalar with finite gradients, lower for confident right answers than for confident wrong ones.
+    """
+    import torch
+    from torch import nn
+
+    from facekit.api import LossSpec
+
+    spec = _registered("losses", name)
+    assert isinstance(spec, LossSpec), f"loss {name!r}: registered a {type(spec).__name__}, not a LossSpec"
+    loss_fn = spec.build(list(class_counts))
+    assert isinstance(loss_fn, nn.Module), f"loss {name!r}: build() returned {type(loss_fn).__name__}, not an nn.Module"
+    classes = len(class_counts)
+    targets = torch.arange(2 * classes) % classes
+    logits = torch.randn(len(targets), classes, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    value = loss_fn(logits, targets)
+    assert isinstance(value, torch.Tensor) and value.dim() == 0, f"loss {name!r}: expected a scalar tensor, got {value!r}"
+    assert torch.isfinite(value), f"loss {name!r}: non-finite value {value.item()}"
+    value.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0, (
+        f"loss {name!r}: no finite, non-zero gradient reaches the logits"
+    )
+    with torch.no_grad():
+        right = loss_fn(10 * nn.functional.one_hot(targets, classes).float(), targets)
+        wrong = loss_fn(10 * nn.functional.one_hot((targets + 1) % classes, classes).float(), targets)
+    assert right < wrong, f"loss {name!r}: right answers cost {right.item():.4f}, wrong ones {wrong.item():.4f}"
+
+
+def check_split(name: str, seed: int = 0) -> None:
+    """Check split ``name`` on imbalanced labels: deterministic for a seed; in every fold, test,
+    training and validation indices are valid, disjoint, and together cover every image once.
+    """
+    import numpy as np
+
+    from facekit.api import Fold, SplitOptions, SplitPlan, SplitSpec
+
+    spec = _registered("splits", name)
+    assert isinstance(spec, SplitSpec), f"split {name!r}: registered a {type(spec).__name__}, not a SplitSpec"
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(5), [40, 20, 10, 6, 3]))
+    options = SplitOptions(seed=seed, folds=3)
+    plan = spec.split(labels, options)
+    assert isinstance(plan, SplitPlan), f"split {name!r}: returned {type(plan).__name__}, not a SplitPlan"
+    assert plan.folds and all(isinstance(f, Fold) for f in plan.folds), f"split {name!r}: no folds, or not Fold objects"
+    assert all(isinstance(note, str) for note in plan.notes), f"split {name!r}: notes must be strings"
+    again = spec.split(labels, options)
+    same = np.array_equal(plan.test, again.test) and len(plan.folds) == len(again.folds) and all(
+        np.array_equal(a.train, b.train) and np.array_equal(a.val, b.val) for a, b in zip(plan.folds, again.folds)
+    )
+    assert same, f"split {name!r}: two calls with seed {seed} gave different plans"
+    everything = np.arange(len(labels))
+    for k, fold in enumerate(plan.folds):
+        parts = {"test": plan.test, "train": fold.train, "val": fold.val}
+        for part, indices in parts.items():
+            indices = np.asarray(indices)
+            assert indices.ndim == 1 and (indices.size == 0 or np.issubdtype(indices.dtype, np.integer)), (
+                f"split {name!r}: fold {k} {part} is not a 1-d integer array"
+            )
+            assert np.all((indices >= 0) & (indices < len(labels))), f"split {name!r}: fold {k} {part} index out of range"
+            assert len(np.unique(indices)) == len(indices), f"split {name!r}: fold {k} {part} repeats an index"
+        assert len(fold.train), f"split {name!r}: fold {k} has no training image"
+        together = np.concatenate(list(parts.values()))
+        assert len(np.unique(together)) == len(together), f"split {name!r}: fold {k}'s test, train and val overlap"
+        missing = np.setdiff1d(everything, together)
+        assert not len(missing), f"split {name!r}: fold {k} leaves {len(missing)} images out (e.g. index {missing[0]})"
+
+
+def check_reporter(name: str, run_dir: Path, out_dir: Path) -> None:
+    """Check reporter ``name`` on the finished run ``run_dir`` (the ``facekit_run`` fixture).
+
+    ``render`` runs without error and prints something or writes files into ``out_dir`` (which
+    must not exist yet); every file it writes is listed in ``context.written``, so that
+    ``facekit report`` names it, and is not empty.
+    """
+    import io
+
+    from rich.console import Console
+
+    from facekit.api import ReportContext, ReporterSpec, Run
+    from facekit.report import build_report
+
+    spec = _registered("reporters", name)
+    assert isinstance(spec, ReporterSpec), f"reporter {name!r}: registered a {type(spec).__name__}, not a ReporterSpec"
+    assert not Path(out_dir).exists(), f"check_reporter needs a fresh out_dir; {out_dir} exists"
+    run = Run(Path(run_dir))
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    context = ReportContext(run=run, report=build_report(run), console=console, out_dir=Path(out_dir))
+    spec.render(context)
+    printed = console.file.getvalue()
+    files = sorted(p for p in Path(out_dir).rglob("*") if p.is_file()) if Path(out_dir).is_dir() else []
+    written = {Path(p).resolve() for p in context.written}
+    assert printed.strip() or files, f"reporter {name!r} neither printed nor wrote anything"
+    unnamed = [str(p) for p in files if p.resolve() not in written]
+    assert not unnamed, f"reporter {name!r} wrote files without listing them in context.written: {', '.join(unnamed)}"
+    for path in context.written:
+        assert Path(path).is_file() and Path(path).stat().st_size > 0, f"reporter {name!r}: {path} is missing or empty"

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from facekit.cli import app
 from facekit.errors import FacekitError, UsageError
 from facekit.plugins import PluginSet, PluginWarning, architectures, get_plugins, reporters
+from facekit.testing import check_architecture, check_loss, check_reporter, check_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +154,151 @@ def test_example_plugin_installs_with_pip_and_is_found(tmp_path, synthetic_datas
     assert json.loads((run / "config.json").read_text())["arch"] == "tinycnn"
     report = subprocess.run([*facekit, "report", str(run), "--reporter", "oneline"], check=True, capture_output=True, text=True, env=env)
     assert "balanced accuracy" in report.stdout
+
+
+# facekit.testing's contract checks: every built-in keeps its contract, and each check can fail.
+def _builtin(kind: str) -> list[str]:
+    registry = get_plugins().registries[kind]
+    return [name for name in registry.names() if registry.owner[name] == "facekit"]
+
+
+@pytest.mark.parametrize("name", _builtin("architectures"))
+def test_builtin_architecture_keeps_the_contract(name):
+    check_architecture(name)
+
+
+@pytest.mark.parametrize("name", _builtin("losses"))
+def test_builtin_loss_keeps_the_contract(name):
+    check_loss(name)
+
+
+@pytest.mark.parametrize("name", _builtin("splits"))
+def test_builtin_split_keeps_the_contract(name):
+    check_split(name)
+
+
+@pytest.mark.parametrize("name", _builtin("reporters"))
+def test_builtin_reporter_keeps_the_contract(name, facekit_run, tmp_path):
+    check_reporter(name, facekit_run, tmp_path / "report")
+
+
+BROKEN = """
+import numpy as np
+import torch
+from torch import nn
+from facekit.api import ArchitectureSpec, Fold, LossSpec, ReporterSpec, SplitPlan, SplitSpec, hookimpl
+
+class Shifty(nn.Module):
+    # Moves a frozen parameter in forward: a buffer kept in the wrong place.
+    def __init__(self, num_classes):
+        super().__init__()
+        self.frozen = nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, num_classes))
+
+    def forward(self, x):
+        self.frozen.data += 1
+        return self.head(x)
+
+class Ignores(nn.Module):
+    # Its trainable parameter never reaches the logits.
+    def __init__(self, num_classes):
+        super().__init__()
+        self.unused = nn.Linear(3, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3))[:, None].repeat(1, self.num_classes)
+
+class Flat(Ignores):
+    # Uses its parameter, but the logits never change.
+    def forward(self, x):
+        return self.unused(x.mean(dim=(2, 3))) * 0
+
+@hookimpl
+def register_architectures(register):
+    register(ArchitectureSpec("flat", lambda o: Flat(o.num_classes), input_size=16))
+    register(ArchitectureSpec("wrong-shape", lambda o: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, o.num_classes + 1)), input_size=16))
+    register(ArchitectureSpec("shifty", lambda o: Shifty(o.num_classes), input_size=16))
+    register(ArchitectureSpec("ignores", lambda o: Ignores(o.num_classes), input_size=16))
+
+class Backwards(nn.Module):
+    def forward(self, logits, targets):
+        return -nn.functional.cross_entropy(logits, targets)
+
+@hookimpl
+def register_losses(register):
+    register(LossSpec("backwards", lambda counts: Backwards()))
+    register(LossSpec("per-image", lambda counts: nn.CrossEntropyLoss(reduction="none")))
+
+def overlapping(labels, options):
+    everything = np.arange(len(labels))
+    return SplitPlan(test=everything[:10], folds=[Fold(train=everything[5:], val=everything[:0])])
+
+def forgetful(labels, options):
+    everything = np.arange(len(labels))
+    return SplitPlan(test=everything[:10], folds=[Fold(train=everything[20:], val=everything[10:15])])
+
+def moody(labels, options):
+    test = np.random.default_rng().permutation(len(labels))
+    return SplitPlan(test=np.sort(test[:10]), folds=[Fold(train=np.sort(test[10:]), val=test[:0])])
+
+@hookimpl
+def register_splits(register):
+    register(SplitSpec("overlapping", overlapping))
+    register(SplitSpec("forgetful", forgetful))
+    register(SplitSpec("moody", moody))
+
+def quiet(context):
+    pass
+
+def secretive(context):
+    context.out_dir.mkdir(parents=True, exist_ok=True)
+    (context.out_dir / "hidden.txt").write_text("not listed")
+    context.console.print("done")
+
+def hollow(context):
+    context.out_dir.mkdir(parents=True, exist_ok=True)
+    (context.out_dir / "empty.txt").write_text("")
+    context.written.append(context.out_dir / "empty.txt")
+
+@hookimpl
+def register_reporters(register):
+    register(ReporterSpec("quiet", quiet))
+    register(ReporterSpec("secretive", secretive))
+    register(ReporterSpec("hollow", hollow))
+"""
+
+
+@pytest.mark.parametrize(
+    "check, name, message",
+    [
+        (check_architecture, "wrong-shape", r"logits of shape \(4, 4\) for 4 images of 16x16, expected \(4, 3\)"),
+        (check_architecture, "shifty", "frozen parameters changed in training: frozen"),
+        (check_architecture, "ignores", "the logits do not depend on any trainable parameter"),
+        (check_architecture, "flat", r"5 Adam steps \(lr 1e-3\) on one batch did not lower the loss"),
+        (check_architecture, "nonesuch", "no architecture 'nonesuch' is registered"),
+        (check_loss, "backwards", "right answers cost"),
+        (check_loss, "per-image", "expected a scalar tensor"),
+        (check_split, "overlapping", "fold 0's test, train and val overlap"),
+        (check_split, "forgetful", "fold 0 leaves 5 images out"),
+        (check_split, "moody", "two calls with seed 0 gave different plans"),
+    ],
+)
+def test_contract_checks_name_what_is_wrong(facekit_plugin, check, name, message):
+    facekit_plugin(BROKEN, package="facekit-broken-contracts")
+    with pytest.raises(AssertionError, match=message):
+        check(name)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("quiet", "reporter 'quiet' neither printed nor wrote anything"),
+        ("secretive", "wrote files without listing them in context.written: .*hidden.txt"),
+        ("hollow", "empty.txt is missing or empty"),
+    ],
+)
+def test_reporter_check_names_what_is_wrong(facekit_plugin, facekit_run, tmp_path, name, message):
+    facekit_plugin(BROKEN, package="facekit-broken-contracts")
+    with pytest.raises(AssertionError, match=message):
+        check_reporter(name, facekit_run, tmp_path / "report")

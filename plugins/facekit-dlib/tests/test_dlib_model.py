@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
 from facekit.api import ArchOptions
+from facekit.testing import check_architecture
 from facekit_dlib.model import Center, CosineHead, DlibFaceClassifier, FrozenAffine
 from facekit_dlib.plugin import DLIB_NORMALIZATION, build_dlib_resnet, register_architectures
 
@@ -28,14 +27,17 @@ def test_registered_spec():
 
 
 @pytest.mark.parametrize("size", [224, 96, 150])
-def test_random_init_builds_fast_at_any_size(size):
-    t0 = time.perf_counter()
+def test_random_init_builds_at_any_size(size):
     m = build_dlib_resnet(ArchOptions(num_classes=5, input_size=size, pretrained=False))
-    assert time.perf_counter() - t0 < 5
     m.eval()
     with torch.no_grad():
         y = m(torch.randn(2, 3, size, size))
     assert y.shape == (2, 5) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["dlib-resnet", "dlib-resnet-linear"])
+def test_keeps_the_architecture_contract(name):
+    check_architecture(name)
 
 
 def _trainable(m):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from facekit.api import ArchitectureSpec, ArchOptions, FacekitError, file_sha256
+from facekit.testing import check_architecture
 from facekit_efficientnet import plugin, weights
 from facekit_efficientnet.model import EfficientNetLite0
 from facekit_efficientnet.transfer import build_transfer_model, replace_head
@@ -30,6 +31,10 @@ def photo(name: str = "chelsea", size: int = 224) -> torch.Tensor:
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
     norm = plugin.LITE_NORMALIZATION
     return (x - torch.tensor(norm.mean).view(1, 3, 1, 1)) / torch.tensor(norm.std).view(1, 3, 1, 1)
+
+
+def test_keeps_the_architecture_contract():
+    check_architecture("efficientnet-lite0")
 
 
 def spec() -> ArchitectureSpec:
