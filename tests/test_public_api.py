@@ -56,8 +56,9 @@ def test_every_name_in_all_is_there():
         facekit.api.nope  # noqa: B018
 
 
-def test_importing_the_api_does_not_import_torch():
-    code = "import sys, facekit.api; print(sorted(m for m in ('torch', 'facekit.report', 'facekit.cli') if m in sys.modules))"
+@pytest.mark.parametrize("module", ["facekit.api", "facekit.testing"])
+def test_importing_the_plugin_author_modules_does_not_import_torch(module):
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'facekit.report', 'facekit.cli') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 
