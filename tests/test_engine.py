@@ -1,6 +1,5 @@
 """The training engine on synthetic faces, CPU: learning, k-fold, resume, the run folder."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +145,56 @@ def test_training_proceeds_on_the_good_files_of_a_broken_data_set(synthetic_data
     assert "person_00/photo.jpg" in files
     assert not files & {"person_00/truncated.jpg", "person_01/empty.jpg", "person_01/notes.jpg"}
     assert run.has_predictions
+
+
+def test_a_cuda_index_this_machine_lacks_is_a_usage_error(synthetic_dataset, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from facekit.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(UsageError, match=r"^--device cuda:7: this machine has 1 CUDA device\(s\), cuda:0 to cuda:0$"):
+        resolve_device("cuda:7")
+    result = CliRunner().invoke(app, ["train", "--data", str(synthetic_dataset), "--device", "cuda:7", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "cuda:7" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists(), "nothing is written for a bad option"
+
+
+TWO_SPEED = """
+from facekit import hookimpl
+from facekit.api import ArchitectureSpec
+
+def build(options):
+    from torch import nn
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, options.num_classes))
+
+def backbone_slower(model, lr):
+    return [{"params": list(model[0].parameters()), "lr": lr / 10}, {"params": list(model[3].parameters())}]
+
+@hookimpl
+def register_architectures(register):
+    register(ArchitectureSpec("two-speed", build, "Backbone at a tenth of the lr.", input_size=32, param_groups=backbone_slower))
+"""
+
+
+def test_architecture_param_groups_set_the_optimizer_groups(facekit_plugin, synthetic_dataset, tmp_path):
+    facekit_plugin(TWO_SPEED, package="facekit-two-speed")
+    run_dir = Trainer(config(synthetic_dataset, tmp_path / "run", arch="two-speed", epochs=1, lr=1e-3)).train()
+    groups = load_checkpoint(run_dir / "checkpoints" / "fold-0-last.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-4), pytest.approx(1e-3)]
+    assert [len(g["params"]) for g in groups] == [2, 2]  # conv weight+bias, then linear weight+bias
+    assert all(g["weight_decay"] == 5e-3 for g in groups)
+
+
+def test_without_param_groups_every_trainable_parameter_is_one_group():
+    from facekit.engine import build_optimizer
+    from facekit.factory import create_model
+    from facekit.plugins import architectures
+
+    model = create_model("resnet18", num_classes=3, pretrained=False)  # frozen backbone, trainable head
+    optimizer = build_optimizer(model, architectures().get("resnet18"), lr=1e-3, weight_decay=0.0)
+    assert len(optimizer.param_groups) == 1
+    assert optimizer.param_groups[0]["params"] == [model.fc.weight, model.fc.bias]
