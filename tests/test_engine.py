@@ -155,7 +155,7 @@ def test_a_cuda_index_this_machine_lacks_is_a_usage_error(synthetic_dataset, tmp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("cuda:0") == torch.device("cuda:0")
-    with pytest.raises(UsageError, match=r"^--device cuda:7: this machine has 1 CUDA device\(s\), cuda:0 to cuda:0$"):
+    with pytest.raises(UsageError, match=r"^--device cuda:7: this machine has 1 CUDA device\(s\); use cuda:0 to cuda:0, or auto$"):
         resolve_device("cuda:7")
     result = CliRunner().invoke(app, ["train", "--data", str(synthetic_dataset), "--device", "cuda:7", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output

@@ -127,3 +127,25 @@ def test_predictions_npz_and_csv(tmp_path):
         '"odd, ""name""/2.jpg",0,ann,0,ann,0.7000',
         "c/3.jpg,2,cy,2,cy,0.6000",
     ]
+
+
+def test_write_setup_records_the_config_with_versions_and_the_split(tmp_path):
+    import facekit
+    from facekit.api import Fold, SplitPlan
+
+    plan = SplitPlan(test=np.array([3]), folds=[Fold(train=np.array([0, 1]), val=np.array([2]))], notes=["a rule"])
+    RunWriter(tmp_path / "run").write_setup(
+        config={"arch": "baseline", "input_size": 64}, classes=["ann", "bob"], root=tmp_path / "faces" / ".." / "faces",
+        files=["ann/1.jpg", "ann/2.jpg", "bob/1.jpg", "bob/2.jpg"], labels=np.array([0, 0, 1, 1], dtype=np.int64),
+        strategy="holdout", plan=plan, normalization={"source": "training split", "folds": []},
+    )  # fmt: skip
+    run = Run.open(tmp_path / "run")
+    assert list(run.config)[:2] == ["arch", "input_size"]
+    assert run.config["facekit_version"] == facekit.__version__ and run.config["torch_version"] == torch.__version__
+    assert run.classes == ["ann", "bob"]
+    assert run.split == {
+        "strategy": "holdout", "root": str((tmp_path / "faces").resolve()),
+        "files": ["ann/1.jpg", "ann/2.jpg", "bob/1.jpg", "bob/2.jpg"], "labels": [0, 0, 1, 1],
+        "test": [3], "folds": [{"train": [0, 1], "val": [2]}], "notes": ["a rule"],
+    }  # fmt: skip
+    assert run.normalization == {"source": "training split", "folds": []}
