@@ -123,3 +123,30 @@ class ReporterSpec:
     render: Callable[[Any], Any]
     description: str = ""
     default: bool = True
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """A training-image augmentation that both loader backends run, chosen with ``--augment name[:arg]``.
+
+    - ``parse(arg) -> params``: the text after ``name:`` (None when absent) to the step's fixed
+      parameters; bad text raises :class:`facekit.errors.UsageError` naming ``--augment name:arg``.
+    - ``sample(rng, n, params) -> float32 array (n, k)``: every image's random draws for one
+      epoch, from the epoch's generator (so the same image gets the same draws in every backend).
+    - ``apply_torch(images, samples, params) -> images``: the batched step on float32 NCHW
+      images in grey levels (0-255, not yet normalized) on any device, with ``samples`` a
+      float32 tensor (n, k) on the same device; no Python loop over images.
+    - ``apply_dali(images, samples, params) -> images``: the same step inside a DALI graph on
+      uint8 HWC nodes, ``samples`` a node holding each image's k draws; None when the step has
+      no DALI version (a pipeline with such a step then augments in torch after DALI decodes).
+    - ``geometric``: the step moves pixels (crop, flip, rotate) rather than changing their values;
+      a pipeline runs geometric steps first, then the others, each group in the order given.
+    """
+
+    name: str
+    parse: Callable[[str | None], Any]
+    sample: Callable[[np.random.Generator, int, Any], np.ndarray]
+    apply_torch: Callable[[Any, Any, Any], Any]
+    description: str = ""
+    apply_dali: Callable[[Any, Any, Any], Any] | None = None
+    geometric: bool = False

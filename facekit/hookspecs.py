@@ -34,3 +34,8 @@ def register_reporters(register):
 @hookspec
 def register_commands(cli):
     """Add commands to the ``facekit`` Typer app passed in as ``cli``."""
+
+
+@hookspec
+def register_augmentations(register):
+    """Register training-image augmentations: call ``register(AugmentationSpec(...))`` for each."""
