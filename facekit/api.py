@@ -148,7 +148,8 @@ class AugmentationSpec:
       epoch, from the epoch's generator (so the same image gets the same draws in every backend).
     - ``apply_torch(images, samples, params) -> images``: the batched step on float32 NCHW
       images in grey levels (0-255, not yet normalized) on any device, with ``samples`` a
-      float32 tensor (n, k) on the same device; no Python loop over images.
+      float32 tensor (n, k) on the same device; no Python loop over images. The batch belongs
+      to the pipeline: a step may change it in place and return it.
     - ``apply_dali(images, samples, params) -> images``: the same step inside a DALI graph on
       uint8 HWC nodes, ``samples`` a node holding each image's k draws; None when the step has
       no DALI version (a pipeline with such a step then augments in torch after DALI decodes).

@@ -127,9 +127,9 @@ def sample_flip(rng: np.random.Generator, n: int, probability: float) -> np.ndar
 
 
 def flip_torch(images, samples, probability: float):
-    import torch
-
-    return torch.where(_per_image(samples, 0) > 0.5, images.flip(-1), images)
+    chosen = (samples[:, 0] > 0.5).nonzero().view(-1)
+    images[chosen] = images[chosen].flip(-1)  # only the chosen images move: half the traffic
+    return images
 
 
 def flip_dali(images, samples, probability: float):
@@ -200,14 +200,15 @@ def sample_color(rng: np.random.Generator, n: int, params: tuple[float, float, f
 def color_torch(images, samples, params):
     import torch
 
-    luma = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    grey = (images * luma).sum(1, keepdim=True)
     brightness, contrast, saturation = (_per_image(samples, c) for c in range(3))
     # DALI's color_twist as one affine colour map: desaturate towards luma, scale contrast
     # about mid-grey, then scale brightness; uint8 output saturates, hence the clamp.
-    out = saturation * images + (1 - saturation) * grey
-    out = brightness * (contrast * out + (1 - contrast) * MID_GREY)
-    return out.clamp_(0.0, 255.0)
+    #   out = b (c (s x + (1 - s) grey) + (1 - c) MID_GREY) = gain x + (grey_gain grey + offset)
+    # computed as one pass over the batch plus a grey plane a third its size.
+    grey = images[:, 0:1] * LUMA[0] + images[:, 1:2] * LUMA[1] + images[:, 2:3] * LUMA[2]
+    gain = brightness * contrast * saturation
+    base = grey.mul_(brightness * contrast * (1 - saturation)).add_(brightness * (1 - contrast) * MID_GREY)
+    return torch.addcmul(base, images, gain, out=images).clamp_(0.0, 255.0)
 
 
 def color_dali(images, samples, params):

@@ -91,7 +91,8 @@ class AugmentPipeline:
             out = step.spec.apply_torch(out, drawn, step.params)
         mean = torch.tensor(normalization.mean, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
         std = torch.tensor(normalization.std, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
-        return out.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+        # (x / 255 - mean) / std == x * scale + shift, in one pass over the batch.
+        return torch.addcmul(-mean / std, out, 1.0 / (255.0 * std), out=out)
 
     @property
     def runs_in_dali(self) -> bool:
