@@ -34,10 +34,11 @@ def _pipeline(*args: str) -> AugmentPipeline:
     return AugmentPipeline.from_args(list(args), augmentations())
 
 
-def _smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+def _smooth_images(n: int, size: int, seed: int = 0, width: int | None = None) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 6, 6, generator=generator) * 255
-    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 255).round().to(torch.uint8)
+    resized = F.interpolate(coarse, size=(size, width or size), mode="bicubic", align_corners=False)
+    return resized.clamp(0, 255).round().to(torch.uint8)
 
 
 def _draws(pipeline: AugmentPipeline, n: int, seed: int = 3, epoch: int = 1):
@@ -217,10 +218,11 @@ def _run_dali(pipeline: AugmentPipeline, images: torch.Tensor, samples) -> torch
 
 
 @needs_dali
+@pytest.mark.parametrize("width", [40, 56])  # the loaders' square images, and non-square ones
 @pytest.mark.parametrize("arg", BUILTINS)
-def test_each_builtin_agrees_with_its_dali_graph(arg):
+def test_each_builtin_agrees_with_its_dali_graph(arg, width):
     pipeline = _pipeline(arg)
-    images = _smooth_images(16, 40)
+    images = _smooth_images(16, 40, width=width)
     samples = _draws(pipeline, 16)
     torch_ = _augment(pipeline, images, samples)
     dali = _run_dali(pipeline, images, samples)

@@ -168,7 +168,7 @@ def crop_torch(images, samples, params):
 def crop_dali(images, samples, params):
     from nvidia.dali import fn, types
 
-    size = fn.cast(images.shape(), dtype=types.FLOAT)[0:2]
+    size = images.shape(dtype=types.FLOAT)[0:2]  # a CPU node, also for GPU images
     return fn.resize(
         images,
         size=size,
