@@ -53,6 +53,11 @@ class BestKeeper:
             self.best_val_loss, self.best_epoch = val_loss, epoch
         return improved
 
+    def keep_latest(self, epoch: int) -> bool:
+        """Without validation images: every epoch replaces the kept one (its validation loss is unknown)."""
+        self.best_val_loss, self.best_epoch = math.nan, epoch
+        return True
+
     def state_dict(self) -> dict[str, Any]:
         return {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch}
 

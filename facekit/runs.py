@@ -11,19 +11,27 @@ Layout (docs/train.md, "The run folder", describes each file)::
     RUN/predictions.npz      test split: index, y_true, y_pred, probs (N x C)
     RUN/predictions.csv      the same, readable: file, true and predicted class, confidence
     RUN/checkpoints/fold-K-last.pt, fold-K-best.pt, best.pt (the kept model)
+    RUN/.lock                held by the process that trains the run
 
 :class:`RunWriter` writes a run (only rank 0 of a job holds one), :class:`Run` reads it;
 every file goes through :func:`facekit.files.atomic_write`, so an interruption never leaves
-half a file.
+half a file. A writer made by :meth:`RunWriter.create`, :meth:`RunWriter.create_new` or
+:meth:`RunWriter.open` holds an exclusive lock on the folder until it is closed or its process
+dies, so two trainings never write into one folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
+import fcntl
+import functools
 import io
 import json
+import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 import numpy as np
 
 from facekit.errors import FacekitError, UsageError
-from facekit.files import atomic_write, write_json
+from facekit.files import atomic_write, remove_stale_temporaries, write_json
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,9 +50,44 @@ if TYPE_CHECKING:
 
 RUNS_DIR = Path("runs")
 CHECKPOINTS = "checkpoints"
+LOCK_FILE = ".lock"
+PREDICTION_KEYS = ("index", "y_true", "y_pred", "probs")
+RESULT_FILES = ("predictions.npz", f"{CHECKPOINTS}/best.pt")  # what a finished run has
+
+# What to do about a failed write, by its cause.
+_WRITE_FIXES = {
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some disk space (the disk quota is used up)",
+    errno.EFBIG: "the file system refuses files this large; use a folder on another disk",
+    errno.EROFS: "use a writable folder",
+    errno.EACCES: "use a folder you may write to",
+    errno.EPERM: "use a folder you may write to",
+}
 
 # Kept under its former name for modules that still import it from here.
 atomic_write_bytes = atomic_write
+
+
+def os_error_line(exc: OSError, path: str | Path | None = None) -> str:
+    """One line for an operating-system error: the file, the cause and, when known, what to do."""
+    where = path or exc.filename
+    text = f"{where}: {exc.strerror or exc}" if where else str(exc.strerror or exc)
+    fix = _WRITE_FIXES.get(exc.errno)
+    return f"{text}; {fix}" if fix else text
+
+
+def write_failure(exc: BaseException) -> OSError | None:
+    """The operating-system error behind a failed write, or None when ``exc`` is not one.
+
+    ``torch.save`` reports a failed write (a full disk) as a RuntimeError ("unexpected pos")
+    whose context is the OSError; a RuntimeError without one is still a failed write.
+    """
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "PytorchStreamWriter" in str(exc)):
+        context = exc.__context__
+        return context if isinstance(context, OSError) else OSError(errno.EIO, "the write did not complete (is the disk full?)")
+    return None
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -135,34 +178,135 @@ class FoldState:
 
 
 def default_run_dir(config: "TrainConfig") -> Path:
-    """``runs/<date>-<time>-<arch>-<loss>``."""
+    """``runs/<date>-<time>-<arch>-<loss>``; :meth:`RunWriter.create_new` adds a suffix if it is taken."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return RUNS_DIR / f"{stamp}-{config.arch}-{config.loss}"
 
 
-class RunWriter:
-    """The one writer of a run folder: its setup, history, checkpoints, kept fold and predictions."""
+def _contents(path: Path) -> list[Path]:
+    """What a folder holds besides a run lock (a lock alone is left by a start that failed)."""
+    return [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
 
-    def __init__(self, path: Path):
+
+def _lock(path: Path) -> int:
+    """Take the run folder's exclusive lock; the kernel releases it when the process dies, so it never sticks."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(
+            f"run folder {path} is in use by another facekit process (pid {owner}): wait for it to finish, "
+            "or choose another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _guarded(method: Callable) -> Callable:
+    """Turn a failed write of the run folder (full disk, read-only folder) into one line that says how to continue."""
+
+    @functools.wraps(method)
+    def wrapper(self: "RunWriter", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            cause = write_failure(exc)
+            if cause is None:
+                raise
+            raise FacekitError(
+                f"could not write the run folder: {os_error_line(cause, cause.filename or self.path)}; "
+                f"the files written before are intact: then continue with `facekit train --resume {self.path}`"
+            ) from exc
+
+    return wrapper
+
+
+class RunWriter:
+    """The one writer of a run folder: its setup, history, checkpoints, kept fold and predictions.
+
+    Use it as a context manager: leaving it releases the folder's lock.
+    """
+
+    def __init__(self, path: Path, lock: int | None = None):
         self.path = Path(path)
         self.checkpoints = self.path / CHECKPOINTS
+        self._lock_fd = lock
 
     @classmethod
     def create(cls, path: Path, force: bool) -> "RunWriter":
-        """A new, empty run folder; never overwrites a run silently (an existing non-empty folder needs ``force``)."""
+        """A new, empty run folder, locked; never overwrites a run silently (an existing non-empty folder needs ``force``).
+
+        A folder another process is training in is refused, even with ``force``.
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise UsageError(f"--out {path} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()):
-            if not force:
-                raise UsageError(
-                    f"run folder {path} already exists: choose another --out, continue it with "
-                    f"`facekit train --resume {path}`, or pass --force to replace it"
-                )
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        if _contents(path) and not force:
+            raise _exists(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            lock = _lock(path)
+        except OSError as exc:
+            raise FacekitError(f"cannot make the run folder: {os_error_line(exc, path)}") from None
+        # Checked again under the lock: another process may have filled the folder in between.
+        contents = _contents(path)
+        if contents and not force:
+            os.close(lock)
+            raise _exists(path)
+        for item in contents:
+            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        return cls(path, lock)
 
+    @classmethod
+    def create_new(cls, path: Path) -> "RunWriter":
+        """A new run folder at ``path``, or at ``path-2``, ``path-3``... when that name is taken (default names)."""
+        path = Path(path)
+        for attempt in range(1, 1000):
+            candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
+            try:
+                candidate.mkdir(parents=True)  # atomic: of two processes, one gets the name
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise FacekitError(f"cannot make the run folder: {os_error_line(exc, candidate)}") from None
+            return cls(candidate, _lock(candidate))
+        raise FacekitError(f"no free run folder name like {path}: pass --out")
+
+    @classmethod
+    def open(cls, path: Path) -> "RunWriter":
+        """An existing run folder, locked, with the temporary files of a killed writer removed (resume)."""
+        path = Path(path)
+        try:
+            lock = _lock(path)
+        except OSError as exc:
+            raise FacekitError(
+                f"cannot resume the run: {os_error_line(exc, path)} (copy the run there and resume the copy)"
+            ) from None
+        for folder in (path, path / CHECKPOINTS):
+            remove_stale_temporaries(folder)  # nobody else writes here: we hold the lock
+        return cls(path, lock)
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def discard(self) -> None:
+        """Remove a run folder whose setup could not be written: no half-made run is left behind."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.close()
+
+    @_guarded
     def write_setup(
         self,
         *,
@@ -194,14 +338,21 @@ class RunWriter:
             "folds": [{"train": [int(v) for v in f.train], "val": [int(v) for v in f.val]} for f in plan.folds],
             "notes": list(plan.notes),
         }
-        write_json(self.path / "config.json", config)
         write_json(self.path / "classes.json", list(classes))
         write_json(self.path / "split.json", split)
         write_json(self.path / "normalization.json", normalization)
+        write_json(self.path / "config.json", config)  # last: a folder with config.json has its whole setup
 
+    @_guarded
+    def update_config(self, changes: dict[str, Any]) -> None:
+        """Record settings a resume changed (e.g. more epochs), so a later resume keeps them."""
+        write_json(self.path / "config.json", Run(self.path).config | changes)
+
+    @_guarded
     def write_history(self, history: list[dict[str, Any]]) -> None:
         write_json(self.path / "history.json", history)
 
+    @_guarded
     def save_fold_state(self, state: FoldState, *, best: bool) -> None:
         """Checkpoint an epoch as the fold's last (and as its best when ``best``)."""
         payload = state.to_dict()
@@ -209,16 +360,29 @@ class RunWriter:
             save_checkpoint(self.checkpoints / f"fold-{state.fold}-best.pt", payload)
         save_checkpoint(self.checkpoints / f"fold-{state.fold}-last.pt", payload)
 
+    @_guarded
     def mark_fold_done(self, state: FoldState, fold_results: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
-        """Save the fold's last state as finished, with its result, so a resume starts the next fold."""
+        """Save the fold's last state as finished, with its result, so a resume starts the next fold.
+
+        Then drop the checkpoints nothing needs any more: a resume needs only the newest fold's
+        last checkpoint, and the kept model is the best checkpoint of the best fold so far.
+        """
         done = dataclasses.replace(state, fold_done=True, fold_results=list(fold_results), history=list(history))
         save_checkpoint(self.checkpoints / f"fold-{state.fold}-last.pt", done.to_dict())
+        best_fold = _best_fold(fold_results)
+        for result in fold_results:
+            fold = int(result["fold"])
+            if fold != best_fold:
+                (self.checkpoints / f"fold-{fold}-best.pt").unlink(missing_ok=True)
+            if fold != state.fold:
+                (self.checkpoints / f"fold-{fold}-last.pt").unlink(missing_ok=True)
 
+    @_guarded
     def keep_best_fold(self, fold_results: list[dict[str, Any]]) -> int:
         """Keep the fold with the lowest validation loss: folds.json, and its best checkpoint as best.pt."""
         val_losses = np.array([r["val_loss"] for r in fold_results])
         val_accs = np.array([r["val_acc"] for r in fold_results])
-        kept = int(fold_results[int(np.argmin(val_losses))]["fold"])
+        kept = _best_fold(fold_results)
         write_json(
             self.path / "folds.json",
             {
@@ -233,6 +397,7 @@ class RunWriter:
         atomic_write(self.checkpoints / "best.pt", _copy_of(self.checkpoints / f"fold-{kept}-best.pt"))
         return kept
 
+    @_guarded
     def write_predictions(
         self, index: np.ndarray, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], files: Sequence[str]
     ) -> None:
@@ -245,6 +410,19 @@ class RunWriter:
         for i, t, p, row in zip(index, y_true, y_pred, probs):
             lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{row[p]:.4f}")
         atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode())
+
+
+def _best_fold(fold_results: list[dict[str, Any]]) -> int:
+    """The fold with the lowest validation loss (the first one when none was validated)."""
+    val_losses = np.array([r["val_loss"] for r in fold_results], dtype=float)
+    return int(fold_results[int(np.argmin(np.where(np.isnan(val_losses), np.inf, val_losses)))]["fold"])
+
+
+def _exists(path: Path) -> UsageError:
+    return UsageError(
+        f"run folder {path} already exists: choose another --out, continue it with "
+        f"`facekit train --resume {path}`, or pass --force to replace it"
+    )
 
 
 def _copy_of(source: Path) -> Callable[[BinaryIO], None]:
@@ -283,7 +461,10 @@ class Run:
             if default is not None:
                 return default
             raise FacekitError(f"{file} is missing: the run did not finish (try `facekit train --resume {self.path}`)")
-        return json.loads(file.read_text())
+        try:
+            return json.loads(file.read_text())
+        except (ValueError, OSError) as exc:  # truncated, not JSON, or unreadable
+            raise FacekitError(f"{file} is damaged ({exc.__class__.__name__}: {exc}): this run cannot be read") from None
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -317,9 +498,29 @@ class Run:
         """Test predictions: ``index``, ``y_true``, ``y_pred``, ``probs`` (N x C)."""
         file = self.path / "predictions.npz"
         if not file.is_file():
-            raise FacekitError(f"{file} is missing: the run has no test predictions yet (did training finish?)")
-        with np.load(file) as data:
-            return {key: data[key] for key in data.files}
+            raise self.no_results(file)
+        try:
+            with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+                predictions = {key: data[key] for key in PREDICTION_KEYS}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise self._damaged(file, f"{exc.__class__.__name__}: {exc}") from None
+        problem = _prediction_problem(predictions, len(self.classes))
+        if problem:
+            raise self._damaged(file, problem)
+        return predictions
+
+    def no_results(self, missing: Path) -> FacekitError:
+        """The error for a run that has not finished: ``missing``, its kept model or test predictions, is not there yet."""
+        return FacekitError(
+            f"{missing} is missing: run {self.path} has no results yet (its training did not finish); "
+            f"continue it with `facekit train --resume {self.path}`"
+        )
+
+    def _damaged(self, file: Path, problem: str) -> FacekitError:
+        return FacekitError(
+            f"{file} is damaged ({problem}): write it again with `facekit train --resume {self.path}` "
+            "(it re-evaluates the kept model)"
+        )
 
     def train_counts(self, fold: int | None = None) -> np.ndarray:
         """Training images per class for ``fold`` (default: the kept fold)."""
@@ -339,7 +540,10 @@ class Run:
         """Rebuild the run's architecture from the registry and load the checkpoint's weights (eval mode)."""
         from facekit.factory import create_model
 
-        checkpoint = load_checkpoint(self.checkpoint_path(which))
+        path = self.checkpoint_path(which)
+        if which == "best" and not path.is_file():
+            raise self.no_results(path)
+        checkpoint = load_checkpoint(path)
         config = self.config
         model = create_model(
             config["arch"],
@@ -359,10 +563,34 @@ class Run:
         checkpoints = sorted((self.path / CHECKPOINTS).glob("fold-*-last.pt"), key=lambda p: int(p.name.split("-")[1]))
         return FoldState.from_dict(load_checkpoint(checkpoints[-1])) if checkpoints else None
 
+    def fold_state(self, fold: int) -> FoldState:
+        """Fold ``fold``'s last saved state, as on disk."""
+        return FoldState.from_dict(load_checkpoint(self.path / CHECKPOINTS / f"fold-{fold}-last.pt"))
+
 
 def latest_run(runs_dir: Path = RUNS_DIR) -> Path:
-    """The most recently created run folder under ``runs_dir``."""
-    runs = [p for p in Path(runs_dir).glob("*/config.json")] if Path(runs_dir).is_dir() else []
+    """The most recently created run folder under ``runs_dir`` that has results (a kept model or test predictions).
+
+    Runs still training, interrupted or failed are passed over: they have nothing to show.
+    """
+    started = list(Path(runs_dir).glob("*/config.json"))
+    runs = [p for p in started if any((p.parent / name).is_file() for name in RESULT_FILES)]
     if not runs:
-        raise UsageError(f"no runs found under {runs_dir}/: train one with `facekit train --data DIR` or pass RUN")
+        detail = f" ({len(started)} unfinished: continue one with `facekit train --resume RUN`)" if started else ""
+        raise UsageError(
+            f"no runs found with results under {runs_dir}/{detail}: train one with `facekit train --data DIR` or pass RUN"
+        )
     return max(runs, key=lambda p: p.stat().st_mtime).parent
+
+
+def _prediction_problem(predictions: dict[str, np.ndarray], num_classes: int) -> str | None:
+    """What is wrong with loaded test predictions, or None: shapes that agree, class ids in range."""
+    index, y_true, y_pred, probs = (predictions[key] for key in PREDICTION_KEYS)
+    n = len(index)
+    empty = n == 0 and probs.size == 0  # no test images: probabilities of no particular width
+    if any(a.ndim != 1 or len(a) != n for a in (index, y_true, y_pred)) or (probs.shape != (n, num_classes) and not empty):
+        return f"arrays of mismatched shapes for {num_classes} classes"
+    labels = np.concatenate([y_true, y_pred])
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes):
+        return f"class ids outside 0..{num_classes - 1}"
+    return None

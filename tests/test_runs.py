@@ -88,7 +88,8 @@ def test_create_refuses_a_non_empty_folder_without_force(tmp_path):
         RunWriter.create(out, force=False)
     assert (out / "precious.txt").read_text() == "keep me"
     writer = RunWriter.create(out, force=True)
-    assert writer.path == out and list(out.iterdir()) == []
+    assert writer.path == out and [p.name for p in out.iterdir()] == [".lock"]  # only the training process's lock
+    writer.close()
 
 
 def test_create_accepts_a_new_or_empty_folder_and_refuses_a_file(tmp_path):
@@ -119,7 +120,9 @@ def test_keep_best_fold_writes_folds_json_and_copies_the_kept_checkpoint(tmp_pat
 def test_predictions_npz_and_csv(tmp_path):
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype=np.float64)
     files = ["a/1.jpg", 'odd, "name"/2.jpg', "c/3.jpg"]
-    RunWriter(tmp_path).write_predictions(np.array([1, 2]), np.array([0, 2]), probs, ["ann", "bob, jr", "cy"], files)
+    classes = ["ann", "bob, jr", "cy"]
+    (tmp_path / "classes.json").write_text(json.dumps(classes))  # predictions are read against the run's classes
+    RunWriter(tmp_path).write_predictions(np.array([1, 2]), np.array([0, 2]), probs, classes, files)
     saved = Run(tmp_path).predictions()
     assert saved["y_pred"].tolist() == [0, 2] and saved["index"].tolist() == [1, 2] and saved["probs"].dtype == np.float32
     assert (tmp_path / "predictions.csv").read_text().splitlines() == [
