@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from facekit.engine import Progress, TrainConfig, Trainer, default_run_dir
+from facekit.engine import Progress, TrainConfig, Trainer
 
 DEMO_DATA = Path("runs") / "demo-data"
 
@@ -28,7 +28,6 @@ def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console,
             make_synthetic_dataset(data, identities=8, per_identity=20, size=64, seed=0)
         console.print(f"No --data given: using a synthetic data set of 8 identities in {data} (made by `facekit data synth`).")
     config = TrainConfig(data=data, arch="baseline", epochs=epochs, batch_size=32, lr=1e-3, out=out)
-    config.out = out or default_run_dir(config)
     run_dir = Trainer(config, progress).train()
 
     run = Run(run_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import random
 import time
@@ -26,6 +27,14 @@ from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, default_run_dir
+
+MIN_INPUT_SIZE = 32  # below this no built-in network learns anything useful; an architecture may need more
+# Settings a resume may change: how long and where it trains, not what it trains (that would no
+# longer continue the same run). Others given with --resume are refused by name.
+RESUME_SETTINGS = ("epochs", "patience", "threads", "workers", "device", "cache")
+# Of those, the ones that shape the training itself: they apply only while no fold has finished,
+# so every fold of a run trains alike.
+RESUME_TRAINING_SETTINGS = ("epochs", "patience")
 
 
 @dataclass
@@ -59,6 +68,29 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on for CUDA
     out: Path | None = None
     force: bool = False
+
+    def validate(self) -> None:
+        """Refuse every number out of range with a :class:`UsageError` naming its option (nothing is written first)."""
+
+        def require(ok: bool, option: str, value: Any, what: str) -> None:
+            if not ok:
+                raise UsageError(f"{option} must be {what} (got {value})")
+
+        require(self.epochs >= 1, "--epochs", self.epochs, "at least 1")
+        require(self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1")
+        require(_finite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number above 0, e.g. 1e-4")
+        require(_finite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay", self.weight_decay, "a finite number, 0 or more")
+        require(self.patience >= 0, "--patience", self.patience, "0 (never stop early) or more epochs")
+        require(_finite(self.test_size) and 0 < self.test_size < 1, "--test-size", self.test_size,
+                "a fraction above 0 and below 1 (facekit report judges the test split)")  # fmt: skip
+        require(_finite(self.val_size) and 0 <= self.val_size < 1, "--val-size", self.val_size, "a fraction from 0 up to (not including) 1")
+        require(0 <= self.seed < 2**31, "--seed", self.seed, "from 0 to 2147483647")
+        require(_finite(self.rotate) and 0 <= self.rotate <= 180, "--rotate", self.rotate,
+                "between 0 and 180 degrees (0 turns rotation off)")  # fmt: skip
+        require(self.input_size is None or self.input_size >= MIN_INPUT_SIZE, "--input-size", self.input_size,
+                f"at least {MIN_INPUT_SIZE} pixels")  # fmt: skip
+        require(self.workers is None or self.workers >= 0, "--workers", self.workers, "0 (load in this process) or more")
+        require(self.threads is None or self.threads >= 1, "--threads", self.threads, "at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -196,28 +228,26 @@ class Trainer:
         self.config = config
         self.progress = progress or SilentProgress()
         self.dist = Distributed.current()
-        # Look every name up first: a typo fails in a second, not after indexing the data.
+        # Check every setting first: a typo or a bad number fails in a second, before any file is written.
+        config.validate()
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
         self.split_spec = splits().get(config.split)
-        if config.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1 (got {config.epochs})")
-        if config.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1 (got {config.batch_size})")
-        if not 0 <= config.rotate <= 180:
-            raise UsageError(f"--rotate must be between 0 and 180 degrees (got {config.rotate})")
-        self.input_size = config.input_size or self.arch.input_size
-        if self.input_size < 32:
-            raise UsageError(f"--input-size must be at least 32 pixels (got {self.input_size})")
+        if config.weights is not None and not self.arch.pretrained:
+            raise UsageError(
+                f"--weights {config.weights}: architecture {self.arch.name!r} takes no pretrained weights "
+                "(it trains from scratch); drop --weights, or choose a pretrained architecture"
+            )
+        self.input_size = self.arch.input_size if config.input_size is None else config.input_size
         self.device = resolve_device(config.device)
         if config.threads is not None:
-            if config.threads < 1:
-                raise UsageError(f"--threads must be at least 1 (got {config.threads})")
             torch.set_num_threads(config.threads)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if config.amp is None else (config.amp and on_cuda)
         self.channels_last = on_cuda if config.channels_last is None else config.channels_last
-        self.run_dir = Path(run_dir or config.out or default_run_dir(config))
+        # Known once the folder exists (a default name gets a suffix when taken); the caller's Ctrl-C
+        # handler reads it from TrainingInterrupted.
+        self.run_dir: Path | None = Path(run_dir) if run_dir else None
 
     # ------------------------------------------------------------------ setup
     def _index(self):
@@ -246,7 +276,8 @@ class Trainer:
         folds = [normalization_from_sums(sums, fold.train, pixels).to_dict() for fold in plan.folds]
         return {"source": "training split", "folds": folds}
 
-    def _write_setup(self, writer: RunWriter) -> None:
+    def _setup(self) -> dict[str, Any]:
+        """Index the data, plan the split, compute the normalization: all a run's setup, before its folder exists."""
         index = self._index()
         plan = self._plan(index.labels)
         for note in plan.notes:
@@ -258,7 +289,7 @@ class Trainer:
             "amp": self.amp,
             "channels_last": self.channels_last,
         }
-        writer.write_setup(
+        return dict(
             config=config,
             classes=index.classes,
             root=Path(self.config.data),
@@ -268,6 +299,55 @@ class Trainer:
             plan=plan,
             normalization=self._normalizations(index.paths(), plan),
         )
+
+    def check_model(self) -> None:
+        """Build the model once and run one image through it, so bad weights or a too small
+        ``--input-size`` fail before anything is written, with the option to change."""
+        name, size = self.arch.name, self.input_size
+        try:
+            self._probe(size, pretrained=True)
+            return
+        except FacekitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a plugin's or torch's error, told apart below
+            failure = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self.config.weights is not None and self._probe_works(size):
+            raise UsageError(
+                f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
+                "give that architecture's weights file"
+            )
+        if size < self.arch.input_size and self._probe_works(self.arch.input_size):
+            smallest = self._smallest_input_size(size + 1, self.arch.input_size)
+            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}")
+        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})")
+
+    def _probe(self, size: int, *, pretrained: bool) -> None:
+        model = create_model(
+            self.arch.name,
+            num_classes=2,
+            input_size=size,
+            finetune=self.config.finetune,
+            weights=self.config.weights,
+            trust_weights=self.config.trust_weights,
+            pretrained=pretrained,
+        )
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+
+    def _probe_works(self, size: int) -> bool:
+        try:
+            self._probe(size, pretrained=False)
+        except Exception:  # noqa: BLE001 -- any failure means "not at this size"
+            return False
+        return True
+
+    def _smallest_input_size(self, low: int, high: int) -> int:
+        """The smallest size in ``low..high`` the architecture takes (``high`` does); sizes grow monotonically."""
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if self._probe_works(middle) else (middle + 1, high)
+        return high
 
     # ---------------------------------------------------------------- helpers
     def _build_model(self, num_classes: int) -> nn.Module:
@@ -359,26 +439,64 @@ class Trainer:
 
     # ----------------------------------------------------------------- running
     def train(self) -> Path:
-        """Start a new run and train it to the end."""
-        if self.dist.is_main:
-            self._write_setup(RunWriter.create(self.run_dir, self.config.force))
-        self.progress.message(f"run folder: {self.run_dir}")
-        return self._run(resume_state=None)
+        """Start a new run and train it to the end; every check runs before its folder is made."""
+        self.check_model()
+        setup = self._setup()
+        if not self.dist.is_main:  # other ranks read the folder rank 0 makes (data-parallel runs name it with --out)
+            self.run_dir = self.config.out
+            return self._run(None, None)
+        writer = self._new_writer()
+        self.run_dir = writer.path
+        with writer:
+            try:
+                writer.write_setup(**setup)
+            except BaseException:
+                writer.discard()  # a run folder without its setup is no run: leave none behind
+                raise
+            self.progress.message(f"run folder: {self.run_dir}")
+            return self._run(None, writer)
+
+    def _new_writer(self) -> RunWriter:
+        if self.config.out is not None:
+            return RunWriter.create(self.config.out, self.config.force)
+        return RunWriter.create_new(default_run_dir(self.config))
 
     @classmethod
-    def resume(cls, run_dir: Path, progress: Progress | None = None, **overrides: Any) -> Path:
-        """Continue an interrupted run from its last checkpoint, with its saved configuration."""
-        run = Run.open(run_dir)
-        config = TrainConfig.from_dict(run.config | overrides)
-        trainer = cls(config, progress, run_dir=Path(run_dir))  # config.input_size is the resolved one
-        state = run.latest_state()
-        if state is None:
-            trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
-        return trainer._run(resume_state=state)
+    def resume(cls, run_dir: Path, progress: Progress | None = None, **given: Any) -> Path:
+        """Continue an interrupted run from its last checkpoint, with its saved configuration.
 
-    def _run(self, resume_state: FoldState | None) -> Path:
+        ``given`` holds the settings given again (TrainConfig field names): those in
+        RESUME_SETTINGS apply (and are saved in config.json), a value equal to the saved one is
+        accepted, and any other change is refused by name with a :class:`UsageError`.
+        """
+        run_dir = Path(run_dir)
+        run = Run.open(run_dir)
+        saved = TrainConfig.from_dict(run.config)  # its input_size is the resolved one
+        changes = _resume_changes(run, saved, given)
+        trainer = cls(dataclasses.replace(saved, **changes), progress, run_dir=run_dir)
+        writer = RunWriter.open(run_dir) if trainer.dist.is_main else None
+        try:
+            state = run.latest_state()
+            _check_training_changes(run, state, changes)
+            _check_data_present(run)
+            trainer.check_model()
+            if writer is not None and changes:
+                writer.update_config(changes)
+            if state is None:
+                trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
+            return trainer._run(state, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def _run(self, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
+        try:
+            return self._train_folds(resume_state, writer)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.run_dir) from None
+
+    def _train_folds(self, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
         run = Run(self.run_dir)
-        writer = RunWriter(self.run_dir) if self.dist.is_main else None
         classes, split = run.classes, run.split
         files = [str(Path(split["root"]) / f) for f in split["files"]]
         labels = np.asarray(split["labels"], dtype=np.int64)
@@ -387,19 +505,43 @@ class Trainer:
         fold_results: list[dict[str, Any]] = list(resume_state.fold_results) if resume_state else []
         first_fold = resume_state.next_fold if resume_state else 0
 
+        divergence = None
         for fold_index in range(first_fold, len(split["folds"])):
             # A finished fold's state only says where to start; an unfinished one is continued.
             resuming = resume_state is not None and fold_index == resume_state.fold and not resume_state.fold_done
             state = resume_state if resuming else None
             fold = split["folds"][fold_index]
-            result = self._train_fold(fold_index, fold, files, labels, norms[fold_index], classes, history, fold_results, state, writer)
-            fold_results.append(result)
+            result, diverged_epoch = self._train_fold(
+                fold_index, fold, files, labels, norms[fold_index], classes, history, fold_results, state, writer
+            )
+            if result is not None:
+                fold_results.append(result)
+            if diverged_epoch is not None:  # the next folds would diverge alike: stop here
+                divergence = (fold_index, diverged_epoch, result)
+                break
 
-        if writer is not None:
+        if writer is not None and fold_results:
             self._finish(run, writer, files, labels, norms, fold_results)
+        if divergence is not None:
+            raise TrainingDiverged(self._divergence_message(*divergence, folds=len(split["folds"])))
         return self.run_dir
 
-    def _train_fold(self, fold_index, fold, files, labels, norm, classes, history, fold_results, state, writer) -> dict[str, Any]:
+    def _divergence_message(self, fold: int, epoch: int, result: dict[str, Any] | None, folds: int) -> str:
+        text = (
+            f"training diverged in fold {fold} at epoch {epoch}: the loss is no longer a finite number, "
+            f"so --lr {self.config.lr:g} is too high; train a new run with a lower --lr (e.g. 10 times lower)."
+        )
+        if result is None:
+            return text + " No epoch had finished before it, so the run has no results."
+        text += f" The run keeps fold {fold}'s best epoch before it ({result['best_epoch']}) as its result: `facekit report {self.run_dir}`"
+        if fold + 1 < folds:
+            text += f"; folds {fold + 1}-{folds - 1} were not trained (`facekit train --resume {self.run_dir}` trains them)"
+        return text + "."
+
+    def _train_fold(
+        self, fold_index, fold, files, labels, norm, classes, history, fold_results, state, writer
+    ) -> tuple[dict[str, Any] | None, int | None]:
+        """Train one fold: its result (None when no epoch of it finished well) and the epoch it diverged at, if it did."""
         train_idx = np.asarray(fold["train"], dtype=int)
         val_idx = np.asarray(fold["val"], dtype=int)
         seed = self.config.seed + 1000 * fold_index
@@ -413,6 +555,12 @@ class Trainer:
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
         best, early_stopping = BestKeeper(), EarlyStopping(self.config.patience)
+        validated = len(val_idx) > 0
+        if not validated:
+            self.progress.message(
+                f"fold {fold_index} has no validation images (--val-size 0): the last epoch is kept, "
+                "validation loss is not measured ('-') and early stopping (--patience) is off"
+            )
 
         start_epoch = 1
         if state is not None:
@@ -425,8 +573,9 @@ class Trainer:
             self.progress.message(f"resuming fold {fold_index} after epoch {state.epoch}")
 
         train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
-        val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
+        val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed) if validated else None
         last_state = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
+        diverged_epoch = None
         try:
             for epoch in range(start_epoch, self.config.epochs + 1):
                 if early_stopping.should_stop:
@@ -434,7 +583,12 @@ class Trainer:
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
                 train_loss, train_acc, seconds, seen = self.train_epoch(model, train_loader, loss_fn, optimizer, scaler)
-                val_loss, val_acc, _ = self.evaluate(model, val_loader, val_loss_fn)
+                val_loss, val_acc = self.evaluate(model, val_loader, val_loss_fn)[:2] if validated else (math.nan, math.nan)
+                # The fp16 scaler skips steps whose loss overflowed, so only its weights tell divergence then.
+                losses = ([] if scaler.is_enabled() else [train_loss]) + ([val_loss] if validated else [])
+                if not all_finite(model, losses):
+                    diverged_epoch = epoch  # this epoch's state is never saved: the last good one stays
+                    break
                 row = {
                     "fold": fold_index,
                     "epoch": epoch,
@@ -448,8 +602,11 @@ class Trainer:
                     "device": str(self.device),
                 }
                 history.append(row)
-                improved = best.update(val_loss, epoch)
-                early_stopping.update(val_loss)
+                if validated:
+                    improved = best.update(val_loss, epoch)
+                    early_stopping.update(val_loss)
+                else:
+                    improved = best.keep_latest(epoch)
                 self.progress.epoch_end(row | {"best": improved})
                 if writer is not None:
                     last_state = FoldState(
@@ -469,7 +626,13 @@ class Trainer:
                     writer.write_history(history)
         finally:
             train_loader.close()
-            val_loader.close()
+            if val_loader is not None:
+                val_loader.close()
+        if best.best_epoch == 0:  # diverged before any epoch of this fold finished: nothing to keep
+            return None, diverged_epoch
+        if diverged_epoch is not None and last_state is not None:
+            # The state in memory shares its tensors with the model, which the diverged epoch changed.
+            last_state = Run(self.run_dir).fold_state(fold_index)
         result = {
             "fold": fold_index,
             "best_epoch": best.best_epoch,
@@ -478,7 +641,7 @@ class Trainer:
         }
         if writer is not None and last_state is not None:  # mark the fold finished so a resume skips it
             writer.mark_fold_done(last_state, fold_results + [result], history)
-        return result
+        return result, diverged_epoch
 
     def _finish(self, run: Run, writer: RunWriter, files, labels, norms, fold_results) -> None:
         kept = writer.keep_best_fold(fold_results)
@@ -490,10 +653,96 @@ class Trainer:
         finally:
             loader.close()
         writer.write_predictions(test_idx, labels[test_idx], probs, run.classes, run.split["files"])
-        best_val_loss = min(r["val_loss"] for r in fold_results)
-        self.progress.message(
-            f"kept fold {kept} (val loss {best_val_loss:.3f}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}"
+        kept_val_loss = next(r["val_loss"] for r in fold_results if r["fold"] == kept)
+        shown = "-" if math.isnan(kept_val_loss) else f"{kept_val_loss:.3f}"  # "-": not validated
+        self.progress.message(f"kept fold {kept} (val loss {shown}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``run_dir`` is the folder to continue with ``facekit train --resume``."""
+
+    def __init__(self, run_dir: Path | None):
+        super().__init__(f"training of {run_dir} interrupted")
+        self.run_dir = run_dir
+
+
+class TrainingDiverged(FacekitError):
+    """The loss stopped being a finite number; the run keeps its last good state."""
+
+
+def all_finite(model: nn.Module, losses: list[float]) -> bool:
+    """False once training has diverged: a loss, a weight or a buffer is not a finite number (one sync per epoch)."""
+    if not all(math.isfinite(loss) for loss in losses):
+        return False
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _resume_changes(run: Run, saved: TrainConfig, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings a resume changes; any change that would not continue the same training is refused by name."""
+    changes, refused = {}, []
+    for name, value in given.items():
+        if name == "data":  # the data is the run's own (split.json), wherever --data pointed then
+            same, current = Path(value).resolve() == Path(run.split["root"]), run.split["root"]
+        elif name == "out":
+            same, current = Path(value).resolve() == run.path.resolve(), run.path
+        else:
+            current = getattr(saved, name)
+            same = str(value) == str(current) if isinstance(current, Path) or isinstance(value, Path) else value == current
+        if same:
+            continue
+        if name in RESUME_SETTINGS:
+            changes[name] = value
+        else:
+            refused.append(f"{_option(name, value)} (it has {_shown(current)})")
+    if refused:
+        allowed = ", ".join(f"--{name}" for name in RESUME_SETTINGS)
+        raise UsageError(
+            f"--resume {run.path} continues the run with its own settings, so {'; '.join(refused)} cannot change: "
+            f"drop it, or train a new run. A resume may change only {allowed}"
         )
+    return changes
+
+
+def _check_training_changes(run: Run, state: FoldState | None, changes: dict[str, Any]) -> None:
+    """--epochs and --patience apply while the first fold trains; fewer epochs than done is refused."""
+    shaping = [name for name in RESUME_TRAINING_SETTINGS if name in changes]
+    if state is None or not shaping:
+        return
+    if state.fold_done or state.fold > 0:
+        finished = state.fold if state.fold_done else state.fold - 1
+        raise UsageError(
+            f"{', '.join(_option(n, changes[n]) for n in shaping)}: fold {finished} of {run.path} has finished with "
+            f"the saved setting, and every fold of a run trains alike; resume without it, or train a new run"
+        )
+    if "epochs" in changes and changes["epochs"] < state.epoch:
+        raise UsageError(f"--epochs {changes['epochs']}: {run.path} has already trained {state.epoch} epochs; give more")
+
+
+def _check_data_present(run: Run) -> None:
+    """Every image the run was split over must still be there (a resume trains on the same images)."""
+    root = Path(run.split["root"])
+    missing = [f for f in run.split["files"] if not (root / f).is_file()]
+    if missing:
+        raise FacekitError(
+            f"{len(missing)} of the {len(run.split['files'])} images of {run.path} are gone from {root} "
+            f"(e.g. {missing[0]}): restore them to resume, or train a new run on the data as it is now"
+        )
+
+
+def _option(name: str, value: Any) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + name.replace("_", "-")
+    return f"{flag} {value}"
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +20,11 @@ from facekit.errors import FacekitError, UsageError
 
 
 class FacekitGroup(TyperGroup):
-    """Turns a FacekitError raised by any command, plugins' included, into one line and its exit code."""
+    """Turns a FacekitError raised by any command, plugins' included, into one line and its exit code.
+
+    So does a file the operating system refused (a full disk, a read-only folder: exit 1) and
+    Ctrl-C, which names the command that continues an interrupted training.
+    """
 
     def invoke(self, ctx):
         try:
@@ -26,8 +32,15 @@ class FacekitGroup(TyperGroup):
         except FacekitError as exc:
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("Interrupted.", err=True)
+        except OSError as exc:
+            from facekit.runs import os_error_line
+
+            typer.echo(f"Error: {os_error_line(exc)}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as exc:
+            run_dir = getattr(exc, "run_dir", None)
+            hint = f" Continue with: facekit train --resume {shlex.quote(str(run_dir))}" if run_dir else ""
+            typer.echo(f"Interrupted.{hint}", err=True)
             raise typer.Exit(130) from None
 
 
@@ -63,6 +76,7 @@ def root(
 # ----------------------------------------------------------------------------- train
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with one sub-folder of images per identity."),
     arch: str = typer.Option("baseline", "--arch", help="Architecture (see `facekit plugins --all`)."),
     loss: str = typer.Option("plain", "--loss", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
@@ -100,7 +114,13 @@ def train(
 
     progress = ConsoleProgress(err_console if as_json else console, quiet=quiet or as_json)
     if resume is not None:
-        run_dir = Trainer.resume(resume, progress)
+        # Only what was typed counts: the engine applies what a resume may change and refuses the rest.
+        settings = {f.name for f in dataclasses.fields(TrainConfig)}
+        given = {
+            name: value for name, value in ctx.params.items()
+            if name in settings and _typed(ctx, name)
+        }  # fmt: skip
+        run_dir = Trainer.resume(resume, progress, **given)
     elif data is None:
         raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
     else:
@@ -112,6 +132,12 @@ def train(
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     _print_result(run_dir, as_json)
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the option ``name`` was given (on the command line or by its environment variable), not defaulted."""
+    source = ctx.get_parameter_source(name)  # an enum of Typer's bundled Click: compared by name
+    return source is not None and source.name != "DEFAULT"
 
 
 def _print_result(run_dir: Path, as_json: bool) -> None:

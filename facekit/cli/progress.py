@@ -66,6 +66,11 @@ class ConsoleProgress:
         width = len(str(self.epochs))
         self.console.print(
             f"{fold}epoch {row['epoch']:>{width}}/{self.epochs}  train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f}"
-            f"  val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f}  {row['images_per_s']:.0f} img/s{best}",
+            f"  val loss {_figure(row['val_loss'])} acc {_figure(row['val_acc'])}  {row['images_per_s']:.0f} img/s{best}",
             highlight=False,
         )
+
+
+def _figure(value: float) -> str:
+    """Three decimals, or ``-`` when there was nothing to measure (no validation images)."""
+    return "-" if math.isnan(value) else f"{value:.3f}"
