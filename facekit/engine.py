@@ -24,11 +24,13 @@ from torch import nn
 
 from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
+from facekit.data.loaders import BACKENDS
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, default_run_dir
 
 MIN_INPUT_SIZE = 32  # below this no built-in network learns anything useful; an architecture may need more
+MAX_INPUT_SIZE = 4096  # one 4096x4096 image is 200 MB as float32 already; more only exhausts memory
 # Settings a resume may change: how long and where it trains, not what it trains (that would no
 # longer continue the same run). Others given with --resume are refused by name.
 RESUME_SETTINGS = ("epochs", "patience", "threads", "workers", "device", "cache")
@@ -87,8 +89,9 @@ class TrainConfig:
         require(0 <= self.seed < 2**31, "--seed", self.seed, "from 0 to 2147483647")
         require(_finite(self.rotate) and 0 <= self.rotate <= 180, "--rotate", self.rotate,
                 "between 0 and 180 degrees (0 turns rotation off)")  # fmt: skip
-        require(self.input_size is None or self.input_size >= MIN_INPUT_SIZE, "--input-size", self.input_size,
-                f"at least {MIN_INPUT_SIZE} pixels")  # fmt: skip
+        require(self.input_size is None or MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE, "--input-size",
+                self.input_size, f"from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")  # fmt: skip
+        require(self.loader.lower() in ("auto", *BACKENDS), "--loader", self.loader, f"one of auto, {', '.join(BACKENDS)}")
         require(self.workers is None or self.workers >= 0, "--workers", self.workers, "0 (load in this process) or more")
         require(self.threads is None or self.threads >= 1, "--threads", self.threads, "at least 1")
 

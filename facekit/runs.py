@@ -216,10 +216,13 @@ def _guarded(method: Callable) -> Callable:
             cause = write_failure(exc)
             if cause is None:
                 raise
-            raise FacekitError(
-                f"could not write the run folder: {os_error_line(cause, cause.filename or self.path)}; "
+            # config.json is the setup's last file: without it there is no run to continue yet.
+            then = (
                 f"the files written before are intact: then continue with `facekit train --resume {self.path}`"
-            ) from exc
+                if (self.path / "config.json").is_file()
+                else "then train again"
+            )
+            raise FacekitError(f"could not write the run folder: {os_error_line(cause, cause.filename or self.path)}; {then}") from exc
 
     return wrapper
 
