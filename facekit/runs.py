@@ -248,6 +248,8 @@ class RunWriter:
         if path.exists() and not path.is_dir():
             raise UsageError(f"--out {path} exists and is not a folder")
         if _contents(path) and not force:
+            if (path / LOCK_FILE).is_file():
+                os.close(_lock(path))  # a folder in use says by whom, rather than suggest --resume or --force
             raise _exists(path)
         try:
             path.mkdir(parents=True, exist_ok=True)

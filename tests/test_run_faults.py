@@ -3,7 +3,6 @@ failed starts, full or read-only disks, damaged files, Ctrl-C. Each case ends in
 (exit 2 for usage, 1 for run-time problems), with nothing lost and nothing half-made left behind."""
 
 import errno
-import json
 import math
 import os
 import subprocess
@@ -65,25 +64,32 @@ def test_a_run_folder_has_one_owner_at_a_time(tmp_path):
 
 
 def test_two_trainings_into_one_out_never_mix(synthetic_dataset, tmp_path):
-    """A second `facekit train` (or a resume) into a folder another process trains in exits 2 naming its pid."""
+    """While one `facekit train` trains into --out, a second one (even with --force) and a resume exit 2
+    naming its pid; once it is killed (kill -9), the folder is free again."""
     out = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys; from facekit.runs import RunWriter; RunWriter.create({str(out)!r}, False); "
-         "print('locked', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env(),
+    first = subprocess.Popen(
+        [sys.executable, "-m", "facekit", "train", "--data", str(synthetic_dataset), "--out", str(out), *FAST, "--epochs", "10000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
     )  # fmt: skip
     try:
-        assert holder.stdout.readline().strip() == "locked"
-        for extra in ([], ["--force"]):
-            line = one_line_error(invoke("train", "--data", synthetic_dataset, "--out", out, *FAST, *extra), 2)
-            assert f"in use by another facekit process (pid {holder.pid})" in line and str(out) in line
-        assert [p.name for p in out.iterdir()] == [LOCK_FILE], "the refused training wrote nothing"
+        deadline = time.monotonic() + 300
+        while not (out / "config.json").is_file():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() is not None else "no setup"
+            time.sleep(0.2)
+        setup = {name: (out / name).read_bytes() for name in ("config.json", "split.json", "classes.json")}
+        for command in (["train", "--data", synthetic_dataset, "--out", out, *FAST, "--seed", "7"],
+                        ["train", "--data", synthetic_dataset, "--out", out, *FAST, "--force"],
+                        ["train", "--resume", out]):  # fmt: skip
+            line = one_line_error(invoke(*command), 2)
+            assert f"{out} is in use by another facekit process (pid {first.pid})" in line
+        assert {name: (out / name).read_bytes() for name in setup} == setup, "the first run's setup is untouched"
     finally:
-        holder.kill()  # kill -9: the kernel releases the lock with the process
-        holder.wait()
-    result = invoke("train", "--data", synthetic_dataset, "--out", out, *FAST)
+        first.kill()  # kill -9: the kernel releases the lock with the process
+        first.wait()
+    RunWriter.open(out).close()
+    result = invoke("train", "--data", synthetic_dataset, "--out", out, *FAST, "--force")
     assert result.exit_code == 0, result.output
-    assert Run(out).has_predictions
+    assert Run(out).has_predictions and Run(out).config["epochs"] == 2
 
 
 def test_a_second_training_into_a_finished_run_is_refused_and_changes_nothing(synthetic_dataset, tmp_path):
@@ -251,9 +257,7 @@ def test_latest_is_the_newest_run_with_results(synthetic_dataset, tmp_path, monk
     finished = Trainer(config(synthetic_dataset, tmp_path / "runs" / "a-finished", epochs=1)).train()
     time.sleep(0.01)
     with pytest.raises(KeyboardInterrupt):
-        with monkeypatch.context() as patch:
-            patch.setattr(Trainer, "train_epoch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
-            Trainer(config(synthetic_dataset, tmp_path / "runs" / "b-interrupted", epochs=1)).train()
+        Trainer(config(synthetic_dataset, tmp_path / "runs" / "b-interrupted", epochs=1), InterruptAt(1)).train()
     assert Run.open(None, tmp_path / "runs").path == finished
     monkeypatch.chdir(tmp_path)
     assert invoke("report", "--worst", "5", "--reporter", "table").exit_code == 0
