@@ -81,11 +81,13 @@ class TrainConfig:
         require(self.epochs >= 1, "--epochs", self.epochs, "at least 1")
         require(self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1")
         require(_finite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number above 0, e.g. 1e-4")
-        require(_finite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay", self.weight_decay, "a finite number, 0 or more")
+        require(_finite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay", self.weight_decay,
+                "a finite number, 0 or more")  # fmt: skip
         require(self.patience >= 0, "--patience", self.patience, "0 (never stop early) or more epochs")
         require(_finite(self.test_size) and 0 < self.test_size < 1, "--test-size", self.test_size,
                 "a fraction above 0 and below 1 (facekit report judges the test split)")  # fmt: skip
-        require(_finite(self.val_size) and 0 <= self.val_size < 1, "--val-size", self.val_size, "a fraction from 0 up to (not including) 1")
+        require(_finite(self.val_size) and 0 <= self.val_size < 1, "--val-size", self.val_size,
+                "a fraction from 0 up to (not including) 1")  # fmt: skip
         require(0 <= self.seed < 2**31, "--seed", self.seed, "from 0 to 2147483647")
         require(_finite(self.rotate) and 0 <= self.rotate <= 180, "--rotate", self.rotate,
                 "between 0 and 180 degrees (0 turns rotation off)")  # fmt: skip
@@ -536,7 +538,10 @@ class Trainer:
         )
         if result is None:
             return text + " No epoch had finished before it, so the run has no results."
-        text += f" The run keeps fold {fold}'s best epoch before it ({result['best_epoch']}) as its result: `facekit report {self.run_dir}`"
+        text += (
+            f" The run keeps fold {fold}'s best epoch before it ({result['best_epoch']}) as its result: "
+            f"`facekit report {self.run_dir}`"
+        )
         if fold + 1 < folds:
             text += f"; folds {fold + 1}-{folds - 1} were not trained (`facekit train --resume {self.run_dir}` trains them)"
         return text + "."
@@ -576,7 +581,9 @@ class Trainer:
             self.progress.message(f"resuming fold {fold_index} after epoch {state.epoch}")
 
         train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
-        val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed) if validated else None
+        val_loader = None
+        if validated:
+            val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
         last_state = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
         diverged_epoch = None
         try:
@@ -658,7 +665,9 @@ class Trainer:
         writer.write_predictions(test_idx, labels[test_idx], probs, run.classes, run.split["files"])
         kept_val_loss = next(r["val_loss"] for r in fold_results if r["fold"] == kept)
         shown = "-" if math.isnan(kept_val_loss) else f"{kept_val_loss:.3f}"  # "-": not validated
-        self.progress.message(f"kept fold {kept} (val loss {shown}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}")
+        self.progress.message(
+            f"kept fold {kept} (val loss {shown}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}"
+        )
 
 
 class TrainingInterrupted(KeyboardInterrupt):

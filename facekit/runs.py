@@ -60,8 +60,8 @@ _WRITE_FIXES = {
     errno.EDQUOT: "free some disk space (the disk quota is used up)",
     errno.EFBIG: "the file system refuses files this large; use a folder on another disk",
     errno.EROFS: "use a writable folder",
-    errno.EACCES: "use a folder you may write to",
-    errno.EPERM: "use a folder you may write to",
+    errno.EACCES: "check its permissions, or use another folder",
+    errno.EPERM: "check its permissions, or use another folder",
 }
 
 # Kept under its former name for modules that still import it from here.
@@ -86,7 +86,9 @@ def write_failure(exc: BaseException) -> OSError | None:
         return exc
     if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "PytorchStreamWriter" in str(exc)):
         context = exc.__context__
-        return context if isinstance(context, OSError) else OSError(errno.EIO, "the write did not complete (is the disk full?)")
+        if isinstance(context, OSError):
+            return context
+        return OSError(errno.EIO, "the write did not complete (is the disk full?)")
     return None
 
 
@@ -218,11 +220,12 @@ def _guarded(method: Callable) -> Callable:
                 raise
             # config.json is the setup's last file: without it there is no run to continue yet.
             then = (
-                f"the files written before are intact: then continue with `facekit train --resume {self.path}`"
+                f"then continue with `facekit train --resume {self.path}` (the files written before are intact)"
                 if (self.path / "config.json").is_file()
                 else "then train again"
             )
-            raise FacekitError(f"could not write the run folder: {os_error_line(cause, cause.filename or self.path)}; {then}") from exc
+            where = cause.filename or self.path
+            raise FacekitError(f"could not write the run folder: {os_error_line(cause, where)}, {then}") from exc
 
     return wrapper
 

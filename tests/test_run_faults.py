@@ -348,7 +348,7 @@ def test_a_full_disk_while_the_setup_is_written_leaves_no_folder(synthetic_datas
 
     monkeypatch.setattr(facekit.runs, "write_json", full_at_split)
     line = one_line_error(invoke("train", "--data", synthetic_dataset, *FAST, "--out", tmp_path / "run"), 1)
-    assert line.endswith("No space left on device; free some disk space; then train again")
+    assert line.endswith("No space left on device; free some disk space, then train again")
     assert not (tmp_path / "run").exists()
 
 
