@@ -471,8 +471,8 @@ class Trainer:
         """Continue an interrupted run from its last checkpoint, with its saved configuration.
 
         ``given`` holds the settings given again (TrainConfig field names): those in
-        RESUME_SETTINGS apply (and are saved in config.json), a value equal to the saved one is
-        accepted, and any other change is refused by name with a :class:`UsageError`.
+        RESUME_SETTINGS apply (the training ones are saved in config.json), a value equal to the
+        saved one is accepted, and any other change is refused by name with a :class:`UsageError`.
         """
         run_dir = Path(run_dir)
         run = Run.open(run_dir)
@@ -485,8 +485,9 @@ class Trainer:
             _check_training_changes(run, state, changes)
             _check_data_present(run)
             trainer.check_model()
-            if writer is not None and changes:
-                writer.update_config(changes)
+            lasting = {name: value for name, value in changes.items() if name in RESUME_TRAINING_SETTINGS}
+            if writer is not None and lasting:  # kept for later resumes; where it runs is this session's choice
+                writer.update_config(lasting)
             if state is None:
                 trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
             return trainer._run(state, writer)
