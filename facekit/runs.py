@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import errno
-import fcntl
 import functools
 import io
 import json
@@ -190,18 +189,42 @@ def _contents(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
 
 
-def _lock(path: Path) -> int:
-    """Take the run folder's exclusive lock; the kernel releases it when the process dies, so it never sticks."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+def _try_lock(fd: int) -> bool:
+    """Lock an open file exclusively without waiting; False when another process holds it.
+
+    POSIX ``flock``; on Windows a byte far past the pid (locked bytes cannot be read there).
+    Either way the operating system drops the lock when its process ends.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        os.lseek(fd, 1 << 20, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        finally:
+            os.lseek(fd, 0, os.SEEK_SET)
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        return False
+    return True
+
+
+def _lock(path: Path) -> int:
+    """Take the run folder's exclusive lock; the kernel releases it when the process dies, so it never sticks."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    if not _try_lock(fd):
         owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise UsageError(
             f"run folder {path} is in use by another facekit process (pid {owner}): wait for it to finish, "
             "or choose another --out"
-        ) from None
+        )
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
