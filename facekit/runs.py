@@ -621,6 +621,8 @@ def _prediction_problem(predictions: dict[str, np.ndarray], num_classes: int) ->
     empty = n == 0 and probs.size == 0  # no test images: probabilities of no particular width
     if any(a.ndim != 1 or len(a) != n for a in (index, y_true, y_pred)) or (probs.shape != (n, num_classes) and not empty):
         return f"arrays of mismatched shapes for {num_classes} classes"
+    if not np.issubdtype(probs.dtype, np.floating) or not np.isfinite(probs).all():
+        return "probabilities that are not finite numbers"
     labels = np.concatenate([y_true, y_pred])
     if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes):
         return f"class ids outside 0..{num_classes - 1}"

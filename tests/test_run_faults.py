@@ -420,7 +420,9 @@ def test_resume_after_images_were_removed_names_them(synthetic_dataset, tmp_path
      (lambda f: np.savez(f, index=np.arange(2), y_true=np.zeros(2, int), y_pred=np.zeros(2, int), probs=np.zeros((2, 9))),
       "arrays of mismatched shapes"),
      (lambda f: np.savez(f, index=np.arange(2), y_true=np.array([0, 7]), y_pred=np.zeros(2, int), probs=np.zeros((2, 4))),
-      "class ids outside 0..3")],
+      "class ids outside 0..3"),
+     (lambda f: np.savez(f, index=np.arange(2), y_true=np.zeros(2, int), y_pred=np.zeros(2, int), probs=np.full((2, 4), np.nan)),
+      "probabilities that are not finite numbers")],
 )  # fmt: skip
 def test_report_on_damaged_predictions_is_one_line(damage, problem, facekit_run, tmp_path):
     import shutil
