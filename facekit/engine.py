@@ -310,12 +310,14 @@ class Trainer:
         ``--input-size`` fail before anything is written, with the option to change."""
         name, size = self.arch.name, self.input_size
         try:
-            self._probe(size, pretrained=True)
-            return
+            model = self._probe(size, pretrained=True)
         except FacekitError:
             raise
         except Exception as exc:  # noqa: BLE001 -- a plugin's or torch's error, told apart below
             failure = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        else:
+            build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)  # is there anything to train?
+            return
         if self.config.weights is not None and self._probe_works(size):
             raise UsageError(
                 f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
@@ -326,7 +328,7 @@ class Trainer:
             raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}")
         raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})")
 
-    def _probe(self, size: int, *, pretrained: bool) -> None:
+    def _probe(self, size: int, *, pretrained: bool) -> nn.Module:
         model = create_model(
             self.arch.name,
             num_classes=2,
@@ -339,6 +341,7 @@ class Trainer:
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
+        return model
 
     def _probe_works(self, size: int) -> bool:
         try:

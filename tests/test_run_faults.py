@@ -550,3 +550,27 @@ def test_an_interrupted_training_names_its_folder(synthetic_dataset, tmp_path, m
     with pytest.raises(TrainingInterrupted) as caught:
         Trainer(config(synthetic_dataset, None), InterruptAt(1)).train()
     assert caught.value.run_dir is not None and (tmp_path / caught.value.run_dir / "config.json").is_file()
+
+
+NOTHING_TO_TRAIN = """
+from facekit import hookimpl
+from facekit.api import ArchitectureSpec
+
+def build(options):
+    from torch import nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, options.num_classes))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+@hookimpl
+def register_architectures(register):
+    register(ArchitectureSpec("frozen-solid", build, "Every layer frozen.", input_size=32))
+"""
+
+
+def test_an_architecture_with_nothing_to_train_fails_before_any_folder_is_made(facekit_plugin, synthetic_dataset, tmp_path):
+    facekit_plugin(NOTHING_TO_TRAIN, package="facekit-frozen-solid")
+    with pytest.raises(FacekitError, match="architecture 'frozen-solid' has no trainable parameter"):
+        Trainer(config(synthetic_dataset, tmp_path / "run", arch="frozen-solid", input_size=32)).train()
+    assert not (tmp_path / "run").exists()
