@@ -486,16 +486,21 @@ class Run:
             raise UsageError(f"{path} is not a facekit run (no config.json): pass a folder made by `facekit train`")
         return cls(path)
 
-    def _json(self, name: str, default: Any = None) -> Any:
+    def _json(self, name: str, default: Any = None, kind: type = dict, keys: Sequence[str] = ()) -> Any:
+        """A run file's JSON: a ``kind`` with ``keys``; a damaged file is one line naming it, never a traceback."""
         file = self.path / name
         if not file.is_file():
             if default is not None:
                 return default
             raise FacekitError(f"{file} is missing: the run did not finish (try `facekit train --resume {self.path}`)")
         try:
-            return json.loads(file.read_text())
+            data = json.loads(file.read_text())
         except (ValueError, OSError) as exc:  # truncated, not JSON, or unreadable
             raise FacekitError(f"{file} is damaged ({exc.__class__.__name__}: {exc}): this run cannot be read") from None
+        missing = [key for key in keys if key not in data] if isinstance(data, kind) else [f"a {kind.__name__}"]
+        if missing:
+            raise FacekitError(f"{file} is damaged (it lacks {missing[0]}): this run cannot be read")
+        return data
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -503,15 +508,15 @@ class Run:
 
     @cached_property
     def classes(self) -> list[str]:
-        return self._json("classes.json")
+        return self._json("classes.json", kind=list)
 
     @cached_property
     def split(self) -> dict[str, Any]:
-        return self._json("split.json")
+        return self._json("split.json", keys=("root", "files", "labels", "test", "folds"))
 
     @cached_property
     def history(self) -> list[dict[str, Any]]:
-        return self._json("history.json", default=[])
+        return self._json("history.json", default=[], kind=list)
 
     @cached_property
     def folds(self) -> dict[str, Any]:
@@ -519,7 +524,7 @@ class Run:
 
     @cached_property
     def normalization(self) -> dict[str, Any]:
-        return self._json("normalization.json")
+        return self._json("normalization.json", keys=("folds",))
 
     @property
     def has_predictions(self) -> bool:

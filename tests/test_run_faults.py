@@ -436,14 +436,21 @@ def test_report_on_damaged_predictions_is_one_line(damage, problem, facekit_run,
     assert Run(run).predictions()["probs"].shape[1] == 4
 
 
-def test_damaged_run_files_are_one_line(facekit_run, tmp_path):
+@pytest.mark.parametrize(
+    "name, text, problem",
+    [("classes.json", '["a", "b"', "JSONDecodeError"), ("classes.json", '{"a": 1}', "it lacks a list"),
+     ("split.json", '{"root": "x"}', "it lacks files"), ("config.json", "[]", "it lacks a dict")],
+)  # fmt: skip
+def test_damaged_run_files_are_one_line(name, text, problem, facekit_run, tmp_path):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(facekit_run, run)
-    (run / "classes.json").write_text('["a", "b"')
-    line = one_line_error(invoke("report", run), 1)
-    assert "classes.json is damaged (JSONDecodeError" in line
+    (run / name).write_text(text)
+    needs = [["report", run], ["train", "--resume", run]] + ([["kernels", run]] if name != "split.json" else [])
+    for command in needs:
+        line = one_line_error(invoke(*command), 1)
+        assert f"{name} is damaged ({problem}" in line, (command, line)
 
 
 # ------------------------------------------------------------------------------------------ 8
