@@ -450,6 +450,7 @@ class Trainer:
         """Start a new run and train it to the end; every check runs before its folder is made."""
         self.check_model()
         setup = self._setup()
+        self._check_loader(setup)
         if not self.dist.is_main:  # other ranks read the folder rank 0 makes (data-parallel runs name it with --out)
             self.run_dir = self.config.out
             return self._run(None, None)
@@ -463,6 +464,12 @@ class Trainer:
                 raise
             self.progress.message(f"run folder: {self.run_dir}")
             return self._run(None, writer)
+
+    def _check_loader(self, setup: dict[str, Any]) -> None:
+        """Open the chosen loader on one image, so a backend this machine lacks (``--loader dali``) fails now."""
+        norm = Normalization.from_dict(setup["normalization"]["folds"][0])
+        path = str(Path(self.config.data) / setup["files"][0])
+        self._loader([path], setup["labels"][:1], norm, train=True, seed=self.config.seed).close()
 
     def _new_writer(self) -> RunWriter:
         if self.config.out is not None:

@@ -581,3 +581,12 @@ def test_an_architecture_with_nothing_to_train_fails_before_any_folder_is_made(f
     with pytest.raises(FacekitError, match="architecture 'frozen-solid' has no trainable parameter"):
         Trainer(config(synthetic_dataset, tmp_path / "run", arch="frozen-solid", input_size=32)).train()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_loader_this_machine_lacks_fails_before_any_folder_is_made(synthetic_dataset, tmp_path, monkeypatch):
+    from facekit.data.loaders import dali
+
+    monkeypatch.setattr(dali, "dali_problem", lambda: "cannot import nvidia.dali: no such library")
+    line = one_line_error(invoke("train", "--data", synthetic_dataset, *FAST, "--loader", "dali", "--out", tmp_path / "run"), 2)
+    assert line.startswith("Error: --loader dali: DALI does not work here") and "--loader torch" in line
+    assert not (tmp_path / "run").exists()
