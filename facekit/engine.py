@@ -554,7 +554,8 @@ class Trainer:
             f"`facekit report {self.run_dir}`"
         )
         if fold + 1 < folds:
-            text += f"; folds {fold + 1}-{folds - 1} were not trained (`facekit train --resume {self.run_dir}` trains them)"
+            rest = f"fold {fold + 1} was" if fold + 2 == folds else f"folds {fold + 1}-{folds - 1} were"
+            text += f"; {rest} not trained (`facekit train --resume {self.run_dir}` would, with the same --lr)"
         return text + "."
 
     def _train_fold(

@@ -133,7 +133,7 @@ def test_default_run_names_started_in_the_same_second_never_collide(synthetic_da
      ("--input-size", "0"), ("--input-size", "16"), ("--input-size", "100000"), ("--seed", "-1"), ("--rotate", "nan"),
      ("--loader", "fast")],
 )  # fmt: skip
-def test_bad_numbers_are_refused_before_any_folder_is_made(option, value, synthetic_dataset, tmp_path, monkeypatch):
+def test_bad_settings_are_refused_before_any_folder_is_made(option, value, synthetic_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [a for a in FAST]
     if option in args:
@@ -203,7 +203,7 @@ def test_divergence_before_any_epoch_finished_says_so_and_resume_says_it_again(s
 
 def test_a_diverging_kfold_run_keeps_its_finished_folds(synthetic_dataset, tmp_path, monkeypatch):
     diverge_after(monkeypatch, fold=1, epoch=2)
-    with pytest.raises(TrainingDiverged, match=r"fold 1 at epoch 2: .*folds 2-2 were not trained \(`facekit train --resume"):
+    with pytest.raises(TrainingDiverged, match=r"fold 1 at epoch 2: .*fold 2 was not trained \(`facekit train --resume"):
         Trainer(config(synthetic_dataset, tmp_path / "run", split="kfold", folds=3)).train()
     run = Run(tmp_path / "run")
     assert [f["fold"] for f in run.folds["folds"]] == [0, 1] and run.has_predictions
