@@ -376,7 +376,7 @@ def test_read_only_folders_are_one_line(synthetic_dataset, tmp_path, monkeypatch
     import tempfile
 
     finished = Trainer(config(synthetic_dataset, tmp_path / "run", epochs=1)).train()
-    real_mkstemp, real_open, real_mkdir = tempfile.mkstemp, os.open, Path.mkdir
+    real_open, real_mkdir = os.open, Path.mkdir
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(args[0]) if args else None)
