@@ -23,9 +23,11 @@ from torch import nn
 
 from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
+from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, default_run_dir
+from facekit.schedules import Schedule, build_schedule, check_schedule
 
 
 @dataclass
@@ -45,7 +47,10 @@ class TrainConfig:
     weight_decay: float = 5e-3
     patience: int = 0  # early stopping after this many epochs without a better validation loss; 0 = off
     seed: int = 0
-    rotate: float = 15.0
+    rotate: float | None = None  # --rotate DEG: short for augment ["rotate:DEG"]; runs before --augment have only this
+    augment: list[str] | None = None  # training augmentation steps; None: ["rotate:15"] (see facekit.data.augment)
+    label_smoothing: float = 0.0
+    schedule: str = "constant"  # learning-rate schedule (facekit.schedules)
     input_size: int | None = None  # None: the architecture's own
     finetune: bool = False
     weights: Path | None = None
@@ -191,21 +196,25 @@ class Trainer:
     """Trains one run; ``train()`` starts it, ``Trainer.resume(run)`` continues it."""
 
     def __init__(self, config: TrainConfig, progress: Progress | None = None, run_dir: Path | None = None):
-        from facekit.plugins import architectures, losses, splits
+        from facekit.plugins import architectures, augmentations, losses, splits
 
-        self.config = config
         self.progress = progress or SilentProgress()
         self.dist = Distributed.current()
         # Look every name up first: a typo fails in a second, not after indexing the data.
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
+        self.loss_spec.check_label_smoothing(config.label_smoothing)
         self.split_spec = splits().get(config.split)
+        check_schedule(config.schedule)
+        if config.rotate is not None and not 0 <= config.rotate <= 180:
+            raise UsageError(f"--rotate must be between 0 and 180 degrees (got {config.rotate})")
+        self.augment = AugmentPipeline.from_args(augment_args(config.augment, config.rotate), augmentations())
+        # The run records the steps as they run; --rotate is folded into them.
+        self.config = config = dataclasses.replace(config, rotate=None, augment=self.augment.to_args())
         if config.epochs < 1:
             raise UsageError(f"--epochs must be at least 1 (got {config.epochs})")
         if config.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {config.batch_size})")
-        if not 0 <= config.rotate <= 180:
-            raise UsageError(f"--rotate must be between 0 and 180 degrees (got {config.rotate})")
         self.input_size = config.input_size or self.arch.input_size
         if self.input_size < 32:
             raise UsageError(f"--input-size must be at least 32 pixels (got {self.input_size})")
@@ -292,7 +301,7 @@ class Trainer:
             input_size=self.input_size,
             normalization=norm,
             train=train,
-            rotate=self.config.rotate if train else 0.0,
+            rotate=_rotation_only(self.augment) if train else 0.0,
             seed=seed,
             device=self.device,
             backend=self.config.loader,
@@ -314,8 +323,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True).long()
 
-    def train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> tuple[float, float, float, int]:
-        """One pass over ``loader``: mean loss, accuracy, seconds and images seen."""
+    def train_epoch(
+        self, model, loader, loss_fn, optimizer, scaler, schedule: Schedule | None = None
+    ) -> tuple[float, float, float, int]:
+        """One pass over ``loader``: mean loss, accuracy, seconds and images seen; ``schedule`` steps per batch."""
         model.train()
         keep_frozen_batchnorm_in_eval(model)
         total_loss = torch.zeros((), device=self.device)
@@ -331,6 +342,8 @@ class Trainer:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if schedule is not None:
+                schedule.step()
             # Accumulate on the device: a .item() per batch would stall the GPU every step.
             total_loss += loss.detach() * labels.shape[0]
             correct += (logits.argmax(1) == labels).sum()
@@ -409,23 +422,29 @@ class Trainer:
         optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
         counts = np.bincount(labels[train_idx], minlength=num_classes)
-        loss_fn = self.loss_spec.build(counts.tolist()).to(self.device)
+        loss_fn = self.loss_spec.make(counts.tolist(), label_smoothing=self.config.label_smoothing).to(self.device)
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
         best, early_stopping = BestKeeper(), EarlyStopping(self.config.patience)
+
+        train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
+        val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
+        # Built before a resumed optimizer state is loaded, as torch expects: the state then
+        # overwrites the learning rates the schedule set, and the schedule continues from its own.
+        schedule = build_schedule(self.config.schedule, optimizer, epochs=self.config.epochs, steps_per_epoch=len(train_loader))
 
         start_epoch = 1
         if state is not None:
             model.load_state_dict(state.model)
             optimizer.load_state_dict(state.optimizer)
+            if state.schedule is not None:  # None: a checkpoint from before schedules (constant)
+                schedule.load_state_dict(state.schedule)
             restore_rng_state(state.rng)
             best.load_state_dict(state.best)
             early_stopping.load_state_dict(state.early_stopping)
             start_epoch = state.epoch + 1
             self.progress.message(f"resuming fold {fold_index} after epoch {state.epoch}")
 
-        train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
-        val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
         last_state = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
         try:
             for epoch in range(start_epoch, self.config.epochs + 1):
@@ -433,7 +452,7 @@ class Trainer:
                     break
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
-                train_loss, train_acc, seconds, seen = self.train_epoch(model, train_loader, loss_fn, optimizer, scaler)
+                train_loss, train_acc, seconds, seen = self.train_epoch(model, train_loader, loss_fn, optimizer, scaler, schedule)
                 val_loss, val_acc, _ = self.evaluate(model, val_loader, val_loss_fn)
                 row = {
                     "fold": fold_index,
@@ -464,6 +483,7 @@ class Trainer:
                         fold_results=fold_results,
                         best=best.state_dict(),
                         early_stopping=early_stopping.state_dict(),
+                        schedule=schedule.state_dict(),
                     )
                     writer.save_fold_state(last_state, best=improved)
                     writer.write_history(history)
@@ -494,6 +514,15 @@ class Trainer:
         self.progress.message(
             f"kept fold {kept} (val loss {best_val_loss:.3f}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}"
         )
+
+
+def _rotation_only(pipeline: AugmentPipeline) -> float:
+    """The rotation range of a rotate-only pipeline (what the loaders take until they run pipelines)."""
+    if not pipeline.steps:
+        return 0.0
+    if [step.spec.name for step in pipeline.steps] != ["rotate"]:
+        raise UsageError(f"--augment {' '.join(pipeline.to_args())}: the loaders run only rotate:DEG for now")
+    return float(pipeline.steps[0].params)
 
 
 def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:

@@ -87,6 +87,7 @@ class FoldState:
     best: dict[str, Any]
     early_stopping: dict[str, Any]
     fold_done: bool = False
+    schedule: dict[str, Any] | None = None  # facekit.schedules.Schedule.state_dict(); None in older checkpoints
 
     @property
     def next_fold(self) -> int:
@@ -113,6 +114,7 @@ class FoldState:
             "best_epoch": self.best["best_epoch"],
             "stale": self.early_stopping["stale"],
             "fold_done": self.fold_done,
+            "schedule": self.schedule,
         }
 
     @classmethod
@@ -131,6 +133,7 @@ class FoldState:
             best={"best_val_loss": best_val_loss, "best_epoch": int(data["best_epoch"])},
             early_stopping={"best_val_loss": best_val_loss, "stale": int(data["stale"])},
             fold_done=bool(data.get("fold_done", False)),
+            schedule=data.get("schedule"),
         )
 
 

@@ -76,7 +76,15 @@ def train(
     weight_decay: float = typer.Option(5e-3, "--weight-decay", help="Adam weight decay."),
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better validation loss (0: never)."),
     seed: int = typer.Option(0, "--seed"),
-    rotate: float = typer.Option(15.0, "--rotate", help="Random rotation range in degrees for training images (0: off)."),
+    rotate: Optional[float] = typer.Option(
+        None, "--rotate", help="Random rotation range in degrees for training images (0: off); short for --augment rotate:DEG."
+    ),
+    augment: Optional[list[str]] = typer.Option(
+        None, "--augment", help="Training augmentation NAME[:ARG], repeatable: rotate, flip, crop, color, erase or a plugin's "
+        "(default rotate:15; giving it replaces the default)."
+    ),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing of the training loss (0 up to 1; 0: off)."),
+    schedule: str = typer.Option("constant", "--schedule", help="Learning-rate schedule over the run: constant, cosine or onecycle."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input size (default: the architecture's, 224)."),
     finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train every layer, not just the head."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Pretrained weights file (sha256 checked)."),
@@ -108,6 +116,7 @@ def train(
             data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
+            augment=augment, label_smoothing=label_smoothing, schedule=schedule,
             loader=loader, cache=cache, workers=workers, threads=threads, device=device, out=out, force=force,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()

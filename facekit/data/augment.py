@@ -21,9 +21,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from facekit.api import AugmentationSpec, Normalization
+from facekit.errors import UsageError
 from facekit.plugins import Registry
 
 DEFAULT_AUGMENT = ("rotate:15",)
+
+
+def augment_args(augment: Sequence[str] | None, rotate: float | None) -> list[str]:
+    """The ``--augment`` list a run uses: the one given, ``--rotate DEG`` as ``rotate:DEG``, or the default.
+
+    Runs saved before ``--augment`` existed have only ``rotate``, so they resume with the
+    rotation they were trained with. Giving both is a usage error: which one should win?
+    """
+    if augment is not None and rotate is not None:
+        raise UsageError(f"--rotate {rotate:g} and --augment: give one; --rotate DEG is short for --augment rotate:DEG")
+    if augment is not None:
+        return list(augment)
+    if rotate is not None:
+        return [f"rotate:{repr(float(rotate)).removesuffix('.0')}"]  # exact: the angles must not change
+    return list(DEFAULT_AUGMENT)
 
 
 @dataclass(frozen=True)
