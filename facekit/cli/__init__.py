@@ -220,9 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         plugin_set = PluginSet(strict=("--strict" in argv) or strict_from_env())
+        reset_plugins(plugin_set)
+        plugin_set.add_commands(app)
     except FacekitError as exc:
-        err_console.print(f"Error: {exc}", highlight=False)
-        raise SystemExit(1) from None
-    reset_plugins(plugin_set)
-    plugin_set.add_commands(app)
+        typer.echo(f"Error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
     app(args=argv, prog_name="facekit")
