@@ -110,3 +110,131 @@ def test_builtins_are_not_taken_from_a_foreign_module_claiming_the_facekit_name(
     object.__setattr__(ours, "dist", Dist())
     object.__setattr__(foreign, "dist", Dist())
     assert _is_builtin(ours) and not _is_builtin(foreign)
+
+
+# ------------------------------------------------------------------------ native kernel
+PLANTED_C = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void)
+{
+    FILE *f = fopen(MARKER, "w");
+    if (f) { fputs("planted code ran", f); fclose(f); }
+}
+void facekit_rotate_normalize(void) {}
+"""
+
+
+@pytest.fixture
+def native_cache(tmp_path, monkeypatch):
+    """A fresh kernel cache folder; the loaded kernel is forgotten before and after."""
+    import shutil
+
+    from facekit.data.loaders import _native
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler here: the kernel is never built or loaded")
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FACEKIT_NATIVE", raising=False)
+    _native.kernel.cache_clear()
+    yield _native
+    _native.kernel.cache_clear()
+
+
+def _plant(tmp_path, target):
+    """Compile a library whose constructor writes a marker file, and put it at ``target``."""
+    import subprocess
+
+    marker = tmp_path / "planted-code-ran"
+    source = tmp_path / "planted.c"
+    source.write_text(PLANTED_C)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    subprocess.run(["cc", f'-DMARKER="{marker}"', "-fPIC", "-shared", "-o", str(target), str(source)], check=True)
+    target.chmod(0o644)
+    return marker
+
+
+def _hash(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _no_sidecar(target, sidecar):
+    pass
+
+
+def _wrong_hash(target, sidecar):
+    sidecar.write_text("0" * 64 + "\n")
+
+
+def _group_writable_library(target, sidecar):
+    sidecar.write_text(_hash(target) + "\n")
+    target.chmod(0o664)
+
+
+def _world_writable_sidecar(target, sidecar):
+    sidecar.write_text(_hash(target) + "\n")
+    sidecar.chmod(0o666)
+
+
+def _foreign_owner(target, sidecar):
+    import os
+
+    if os.getuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    sidecar.write_text(_hash(target) + "\n")
+    os.chown(target, 4242, 4242)
+
+
+def _symlinked_library(target, sidecar):
+    moved = target.with_name("elsewhere.so")
+    target.rename(moved)
+    target.symlink_to(moved)
+    sidecar.write_text(_hash(moved) + "\n")
+
+
+@pytest.mark.parametrize(
+    "tamper", [_no_sidecar, _wrong_hash, _group_writable_library, _world_writable_sidecar, _foreign_owner, _symlinked_library]
+)
+def test_a_planted_kernel_is_never_loaded_but_rebuilt(native_cache, tmp_path, tamper):
+    extra = tuple(native_cache._cpu_flags())
+    target = native_cache.library_path(extra)
+    sidecar = target.with_name(target.name + ".sha256")
+    marker = _plant(tmp_path, target)
+    tamper(target, sidecar)
+    planted = target.resolve().read_bytes()
+
+    assert native_cache.kernel() is not None
+    assert not marker.exists(), "the planted library was loaded"
+    assert not target.is_symlink() and target.read_bytes() != planted
+    assert sidecar.read_text().strip() == _hash(target)
+    assert target.stat().st_mode & 0o022 == 0 and sidecar.stat().st_mode & 0o022 == 0
+
+
+def test_a_verified_kernel_is_reused_not_rebuilt(native_cache, monkeypatch):
+    assert native_cache.kernel() is not None
+    native_cache.kernel.cache_clear()
+    monkeypatch.setattr(native_cache, "_build", lambda *a: pytest.fail("a verified library was rebuilt"))
+    assert native_cache.kernel() is not None
+
+
+def test_a_kernel_folder_others_own_falls_back_to_torch_with_a_warning(native_cache, tmp_path):
+    import os
+
+    if os.getuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    target = native_cache.library_path(tuple(native_cache._cpu_flags()))
+    marker = _plant(tmp_path, target)
+    target.with_name(target.name + ".sha256").write_text(_hash(target) + "\n")
+    os.chown(target.parent, 4242, 4242)
+    with pytest.warns(RuntimeWarning, match="not a private folder of this user.*torch path"):
+        assert native_cache.kernel() is None
+    assert not marker.exists()
+
+
+def test_our_own_kernel_folder_made_under_a_loose_umask_is_tightened(native_cache):
+    folder = native_cache._cache_dir()
+    folder.mkdir(parents=True)
+    folder.chmod(0o777)
+    assert native_cache.kernel() is not None
+    assert folder.stat().st_mode & 0o777 == 0o755
