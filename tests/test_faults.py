@@ -238,3 +238,198 @@ def test_our_own_kernel_folder_made_under_a_loose_umask_is_tightened(native_cach
     folder.chmod(0o777)
     assert native_cache.kernel() is not None
     assert folder.stat().st_mode & 0o777 == 0o755
+
+
+# --------------------------------------------------------------------------- index cache
+def _index_cache_file(cache):
+    (entry,) = (cache / "index").glob("*.json")
+    return entry
+
+
+def _edit_payload(edit, rehash):
+    """Change the cached index with ``edit``; with ``rehash`` the tamperer also fixes the checksum."""
+    import hashlib
+    import json
+
+    def tamper(entry):
+        data = json.loads(entry.read_text())
+        edit(data["index"])
+        if rehash:
+            data["sha256"] = hashlib.sha256(json.dumps(data["index"], sort_keys=True).encode()).hexdigest()
+        entry.write_text(json.dumps(data))
+
+    return tamper
+
+
+def _swap_labels(index):
+    index["labels"][0], index["labels"][-1] = index["labels"][-1], index["labels"][0]
+
+
+def _outside_root(index):
+    index["files"][0] = "../../etc/passwd"
+
+
+def _absolute(index):
+    index["files"][0] = "/etc/passwd"
+
+
+INDEX_TAMPERING = {
+    "labels changed": lambda index: index["labels"].__setitem__(0, 1),
+    "labels swapped": _swap_labels,
+    "labels shorter than files": lambda index: index["labels"].pop(),
+    "files shorter than labels": lambda index: index["files"].pop(),
+    "label out of range": lambda index: index["labels"].__setitem__(0, 99),
+    "negative label": lambda index: index["labels"].__setitem__(0, -1),
+    "path outside the root": _outside_root,
+    "absolute path": _absolute,
+    "a file dropped": lambda index: (index["files"].pop(), index["labels"].pop()),
+    "a class renamed": lambda index: index["classes"].__setitem__(0, "mallory"),
+    "another root": lambda index: index.__setitem__("root", "/somewhere/else"),
+    "bad file forgotten": lambda index: index["bad"].clear(),
+    "labels not numbers": lambda index: index["labels"].__setitem__(0, "x"),
+}
+
+
+def _garbage(text):
+    return lambda entry: entry.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [_edit_payload(edit, rehash) for edit in INDEX_TAMPERING.values() for rehash in (False, True)]
+    + [_garbage(""), _garbage("{not json"), _garbage("[]"), _garbage('{"sha256": 1}'), _garbage('{"index": {}, "sha256": "0"}')],
+    ids=[f"{name}{' (rehashed)' if rehash else ''}" for name in INDEX_TAMPERING for rehash in (False, True)]
+    + ["empty", "not json", "a list", "no index", "empty index"],
+)
+def test_a_tampered_or_damaged_index_cache_is_rebuilt(tmp_path, monkeypatch, tamper):
+    from facekit.data.index import index_dataset
+    from facekit.data.synth import make_synthetic_dataset
+
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_synthetic_dataset(tmp_path / "ds", identities=3, per_identity=3, size=16)
+    (root / "person_02" / "broken.png").write_bytes(b"")
+    fresh = index_dataset(root)
+    entry = _index_cache_file(tmp_path / "cache")
+    tamper(entry)
+
+    again = index_dataset(root)
+    assert again.to_dict() == fresh.to_dict()
+    assert index_dataset(root, cache=False).to_dict() == fresh.to_dict()
+    assert _index_cache_file(tmp_path / "cache").read_text() != "", "the damaged entry is rewritten"
+
+
+def test_index_cache_writes_leave_no_temporaries_and_clean_stale_ones(tmp_path, monkeypatch):
+    import errno
+    import os
+    import time
+
+    import facekit.files
+    from facekit.data.index import index_dataset
+    from facekit.data.synth import make_synthetic_dataset
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(cache))
+    root = make_synthetic_dataset(tmp_path / "ds", identities=2, per_identity=2, size=16)
+    (cache / "index").mkdir(parents=True)
+    stale = cache / "index" / ".0123.json.abcd.tmp"
+    stale.write_bytes(b"")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = cache / "index" / ".4567.json.efgh.tmp"  # a live writer's: too young to remove
+    fresh.write_bytes(b"")
+
+    real_replace = os.replace
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(facekit.files.os, "replace", disk_full)
+    index_dataset(root)  # a full disk costs the cache, not the index
+    monkeypatch.setattr(facekit.files.os, "replace", real_replace)
+    assert sorted(p.name for p in (cache / "index").iterdir()) == [fresh.name]
+    index_dataset(root)
+    assert len(list((cache / "index").glob("*.json"))) == 1
+
+
+def test_one_identity_is_refused_naming_the_folder(tmp_path, monkeypatch):
+    from facekit.data.index import index_dataset
+    from facekit.data.synth import make_synthetic_dataset
+    from facekit.errors import UsageError
+
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    single = make_synthetic_dataset(tmp_path / "single", identities=1, per_identity=4, size=16)
+    with pytest.raises(UsageError, match=rf"{single}: only one identity \(person_00\).*at least 2"):
+        index_dataset(single)
+    # Two folders, but one holds only bad files: still a single class.
+    make_synthetic_dataset(tmp_path / "mostly", identities=1, per_identity=4, size=16)
+    (tmp_path / "mostly" / "zz_broken").mkdir()
+    (tmp_path / "mostly" / "zz_broken" / "x.png").write_bytes(b"")
+    with pytest.raises(UsageError, match="only one identity"):
+        index_dataset(tmp_path / "mostly")
+
+
+def test_cli_train_and_check_refuse_one_identity(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from facekit.cli import app
+    from facekit.data.synth import make_synthetic_dataset
+
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    single = make_synthetic_dataset(tmp_path / "single", identities=1, per_identity=4, size=16)
+    result = CliRunner().invoke(app, ["train", "--data", str(single), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "only one identity (person_00)" in result.output
+    assert "Traceback" not in result.output
+    check = CliRunner().invoke(app, ["data", "check", str(single)])
+    assert check.exit_code == 1 and "at least 2" in check.output
+
+
+def _deny(monkeypatch, *denied):
+    """Make listing the folders ``denied`` fail as it does for a folder without read permission."""
+    import os
+
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) in {os.fspath(d) for d in denied}:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_an_unreadable_identity_folder_is_named_with_permission_denied(tmp_path, monkeypatch):
+    from facekit.data.check import check_dataset
+    from facekit.data.index import index_dataset
+    from facekit.data.synth import make_synthetic_dataset
+
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_synthetic_dataset(tmp_path / "ds", identities=3, per_identity=3, size=16)
+    (root / "person_00" / "nested").mkdir()
+    _deny(monkeypatch, root / "person_01", root / "person_00" / "nested")
+    index = index_dataset(root)
+    reasons = {bad.path: bad.reason for bad in index.bad}
+    assert reasons == {"person_01/": "folder unreadable: permission denied", "person_00/nested/": "folder unreadable: permission denied"}
+    assert index.empty_classes == ["person_01"] and index.classes == ["person_00", "person_02"]
+    assert index_dataset(root).to_dict() == index.to_dict(), "the cached index keeps the unreadable folders"
+    report = check_dataset(root)
+    assert {b.path for b in report.bad} == set(reasons)
+    monkeypatch.undo()
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    assert index_dataset(root).bad == [], "readable again: the cache is not reused"
+
+
+def test_an_unreadable_data_root_is_one_line(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from facekit.data.index import index_dataset
+    from facekit.errors import UsageError
+
+    root = tmp_path / "ds"
+    (root / "a").mkdir(parents=True)
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(UsageError, match=f"{root}: permission denied"):
+        index_dataset(root)
