@@ -433,3 +433,168 @@ def test_an_unreadable_data_root_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "iterdir", denied)
     with pytest.raises(UsageError, match=f"{root}: permission denied"):
         index_dataset(root)
+
+
+# --------------------------------------------------------------------------- stats cache
+class _Quiet:
+    def message(self, text):
+        pass
+
+
+def _stats_setup(tmp_path, monkeypatch):
+    from facekit.data.synth import make_synthetic_dataset
+
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_synthetic_dataset(tmp_path / "ds", identities=2, per_identity=3, size=16)
+    return sorted(str(p) for p in root.rglob("*.png"))
+
+
+def _resave(cache, sums, rehash):
+    """Overwrite the cached sums; with ``rehash`` the tamperer also fixes the recorded checksum."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, sums)
+    cache.write_bytes(buffer.getvalue())
+    if rehash:
+        cache.with_name(cache.name + ".sha256").write_text(hashlib.sha256(buffer.getvalue()).hexdigest())
+
+
+def _scaled(sums):
+    return sums * 10
+
+
+def _shorter(sums):
+    return sums[:-1]
+
+
+def _with_nan(sums):
+    sums = sums.copy()
+    sums[0, 0, 0] = float("nan")
+    return sums
+
+
+def _negative(sums):
+    return -sums
+
+
+def _squares_too_small(sums):
+    sums = sums.copy()
+    sums[..., 1] = 0.0
+    return sums
+
+
+def _float32(sums):
+    return sums.astype("float32")
+
+
+def _transposed(sums):
+    return sums.transpose(0, 2, 1).copy()
+
+
+STATS_TAMPERING = [_scaled, _shorter, _with_nan, _negative, _squares_too_small, _float32, _transposed]
+
+
+@pytest.mark.parametrize("rehash", [False, True], ids=["checksum stale", "checksum fixed"])
+@pytest.mark.parametrize("tamper", STATS_TAMPERING, ids=[t.__name__.strip("_") for t in STATS_TAMPERING])
+def test_a_tampered_stats_cache_is_recomputed(tmp_path, monkeypatch, tamper, rehash):
+    import numpy as np
+
+    from facekit.data.stats import cached_channel_sums, normalization_from_sums
+
+    paths = _stats_setup(tmp_path, monkeypatch)
+    fresh = cached_channel_sums(paths, 16, _Quiet())
+    (cache,) = (tmp_path / "cache" / "stats").glob("*.npy")
+    _resave(cache, tamper(fresh), rehash)
+
+    again = cached_channel_sums(paths, 16, _Quiet())
+    np.testing.assert_array_equal(again, fresh)
+    norm = normalization_from_sums(again, range(len(paths)), 16 * 16)
+    assert min(norm.std) > 0.01, "a tampered cache must never reach normalization.json"
+    np.testing.assert_array_equal(cached_channel_sums(paths, 16, _Quiet()), fresh)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "no checksum", "pickled object"])
+def test_a_damaged_stats_cache_is_recomputed(tmp_path, monkeypatch, damage):
+
+    import numpy as np
+
+    from facekit.data.stats import cached_channel_sums
+
+    paths = _stats_setup(tmp_path, monkeypatch)
+    fresh = cached_channel_sums(paths, 16, _Quiet())
+    (cache,) = (tmp_path / "cache" / "stats").glob("*.npy")
+    if damage == "garbage":
+        cache.write_bytes(b"\x93NUMPY garbage")
+    elif damage == "empty":
+        cache.write_bytes(b"")
+    elif damage == "no checksum":
+        cache.with_name(cache.name + ".sha256").unlink()
+    else:
+        import hashlib
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, np.array([{"planted": 1}], dtype=object), allow_pickle=True)
+        cache.write_bytes(buffer.getvalue())
+        cache.with_name(cache.name + ".sha256").write_text(hashlib.sha256(buffer.getvalue()).hexdigest())
+    np.testing.assert_array_equal(cached_channel_sums(paths, 16, _Quiet()), fresh)
+
+
+def _cache_dir_is_a_file(tmp_path, monkeypatch):
+    (tmp_path / "not-a-folder").write_text("x")
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "not-a-folder"))
+
+
+def _disk_full(tmp_path, monkeypatch):
+    import errno
+
+    import facekit.files
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(facekit.files.os, "replace", full)
+
+
+def _read_only(tmp_path, monkeypatch):
+    import facekit.files
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(facekit.files.tempfile, "mkstemp", denied)
+
+
+@pytest.mark.parametrize("unwritable", [_cache_dir_is_a_file, _disk_full, _read_only])
+def test_an_unwritable_stats_cache_warns_and_goes_on(tmp_path, monkeypatch, unwritable):
+    import numpy as np
+
+    from facekit.data.stats import cached_channel_sums, channel_sums
+
+    paths = _stats_setup(tmp_path, monkeypatch)
+    unwritable(tmp_path, monkeypatch)
+    with pytest.warns(RuntimeWarning, match=r"cannot write the statistics cache .*going on without it") as caught:
+        sums = cached_channel_sums(paths, 16, _Quiet())
+    assert all("\n" not in str(w.message) for w in caught)
+    np.testing.assert_array_equal(sums, channel_sums(paths, 16))
+    stats = tmp_path / "cache" / "stats"
+    assert not stats.is_dir() or list(stats.iterdir()) == [], "no temporary or partial file is left"
+
+
+def test_training_goes_on_when_the_cache_folder_cannot_be_written(tmp_path, monkeypatch, synthetic_dataset):
+    from typer.testing import CliRunner
+
+    from facekit.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    _cache_dir_is_a_file(tmp_path, monkeypatch)
+    fast = ["--input-size", "48", "--epochs", "1", "--batch-size", "8", "--loader", "torch", "--workers", "0",
+            "--rotate", "0", "--threads", "1"]  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="statistics cache"):
+        result = CliRunner().invoke(app, ["train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "run"), *fast])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and (tmp_path / "run" / "normalization.json").is_file()
