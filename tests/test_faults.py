@@ -374,7 +374,6 @@ def test_cli_train_and_check_refuse_one_identity(tmp_path, monkeypatch):
     from facekit.data.synth import make_synthetic_dataset
 
     monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
     single = make_synthetic_dataset(tmp_path / "single", identities=1, per_identity=4, size=16)
     result = CliRunner().invoke(app, ["train", "--data", str(single), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "only one identity (person_00)" in result.output
@@ -590,7 +589,6 @@ def test_training_goes_on_when_the_cache_folder_cannot_be_written(tmp_path, monk
 
     from facekit.cli import app
 
-    monkeypatch.chdir(tmp_path)
     _cache_dir_is_a_file(tmp_path, monkeypatch)
     fast = ["--input-size", "48", "--epochs", "1", "--batch-size", "8", "--loader", "torch", "--workers", "0",
             "--rotate", "0", "--threads", "1"]  # fmt: skip
