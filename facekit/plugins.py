@@ -157,6 +157,7 @@ class PluginSet:
         ]
 
     def _problem(self, message: str) -> None:
+        message = " ".join(message.split())  # one line, whatever the plugin's exception text holds
         if self.strict:
             raise FacekitError(message + f" (strict plugin loading: unset {STRICT_ENV} / drop --strict to skip it)")
         self.problems.append(message)
@@ -185,10 +186,17 @@ class PluginSet:
     def _add(self, info: PluginInfo) -> None:
         try:
             self.pm.register(info.module, name=f"{info.package}:{info.name}")
-        except ValueError as exc:  # the same module registered twice, or a hook not in our specs
+        except (ValueError, pluggy.PluginValidationError) as exc:  # registered twice, or a hook that does not fit its spec
             self._problem(f"plugin {info.name!r} from package {info.package} was not registered: {exc}")
             return
         self.plugins.append(info)
+        # pluggy accepts hooks it has no spec for; a misspelled hook would then never run, unnoticed.
+        unknown = sorted(caller.name for caller in self.pm.get_hookcallers(info.module) or [] if caller.spec is None)
+        if unknown:
+            self._problem(
+                f"plugin {info.name!r} from package {info.package} implements {', '.join(unknown)}, which facekit "
+                f"does not call; known hooks: {', '.join(hook_names())}"
+            )
 
     def _fill(self, kind: str, hook: str) -> None:
         registry = self.registries[kind]

@@ -70,6 +70,23 @@ def test_a_plugin_hook_that_exits_is_a_broken_plugin(facekit_plugin, hook, state
     assert "baseline" in plugin_set.registries["architectures"]
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from facekit import hookimpl\n\n@hookimpl\ndef register_architectures(registry):\n    pass\n",
+        "from facekit import hookimpl\n\n@hookimpl(hookwrapper=True)\ndef register_losses(register):\n    return 1\n",
+        "from facekit import hookimpl\n\n@hookimpl\ndef register_architecture(register):\n    pass\n",
+    ],
+    ids=["wrong argument name", "hookwrapper that is no generator", "misspelled hook"],
+)
+def test_a_plugin_whose_hooks_do_not_fit_is_a_broken_plugin(facekit_plugin, source):
+    with pytest.warns(PluginWarning, match="facekit-misfit"):
+        plugin_set = facekit_plugin(source, package="facekit-misfit")
+    assert "baseline" in plugin_set.registries["architectures"]
+    with pytest.raises(FacekitError, match="facekit-misfit"):
+        facekit_plugin(source, package="facekit-misfit", strict=True)
+
+
 def test_the_users_own_ctrl_c_while_plugins_load_still_interrupts(facekit_plugin):
     source = "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n"
     with pytest.raises(KeyboardInterrupt):
