@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from facekit.errors import FacekitError
-from facekit.plugins import PluginSet, PluginWarning
+from facekit.plugins import PluginWarning
 
 CLAIMS_BASELINE = """
 from facekit import hookimpl
