@@ -143,7 +143,8 @@ void facekit_rotate_normalize(void) {}
 
 @pytest.fixture
 def native_cache(tmp_path, monkeypatch):
-    """A fresh kernel cache folder; the loaded kernel is forgotten before and after."""
+    """A fresh kernel cache folder, and a kernel() of its own: the process-wide one stays as it was."""
+    import functools
     import shutil
 
     from facekit.data.loaders import _native
@@ -152,9 +153,8 @@ def native_cache(tmp_path, monkeypatch):
         pytest.skip("no C compiler here: the kernel is never built or loaded")
     monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FACEKIT_NATIVE", raising=False)
-    _native.kernel.cache_clear()
-    yield _native
-    _native.kernel.cache_clear()
+    monkeypatch.setattr(_native, "kernel", functools.lru_cache(maxsize=1)(_native.kernel.__wrapped__))
+    return _native
 
 
 def _plant(tmp_path, target):
