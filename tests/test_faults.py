@@ -644,3 +644,25 @@ def test_the_readme_tour_says_how_to_reach_the_facekit_command():
     tour = readme[readme.index("## A short tour") :]
     assert "source .venv/bin/activate" in tour[: tour.index("```")] and ".venv/bin/facekit" in tour
     assert "docs/method.md" in readme and (Path(__file__).resolve().parents[1] / "docs" / "method.md").is_file()
+
+
+@pytest.mark.parametrize("source", ["import sys\nsys.exit(0)\n", "raise KeyboardInterrupt\n"])
+def test_the_real_command_survives_a_plugin_that_exits_at_import(tmp_path, source):
+    """In a fresh process, as a user runs it: one warning line, and the command still does its work."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from facekit.testing import make_fake_distribution
+
+    site = make_fake_distribution(tmp_path / "site", "facekit-rude", {"rude_plugin": source}, {"rude": "rude_plugin"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    result = subprocess.run(
+        [sys.executable, "-m", "facekit", "plugins", "--all", "--json"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "baseline" in json.dumps(json.loads(result.stdout))
+    warning = [line for line in result.stderr.splitlines() if "facekit-rude" in line]
+    assert len(warning) == 1 and warning[0].startswith("Warning: plugin 'rude' from package facekit-rude failed to load")
+    assert "Traceback" not in result.stderr
