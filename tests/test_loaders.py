@@ -179,16 +179,16 @@ def test_a_file_that_breaks_mid_epoch_is_skipped_with_a_warning(synth, tmp_path)
 
 def test_normalization_equals_numpy_over_the_training_images(synth):
     files, _ = synth
-    sums = channel_sums(files, 24)
+    sums = channel_sums(files, 32)
     train = np.array([0, 3, 4, 9, 15, 19])
-    norm = normalization_from_sums(sums, train, 24 * 24)
+    norm = normalization_from_sums(sums, train, 32 * 32)
     from facekit.data.loaders._common import decode_resized
 
-    pixels = np.stack([decode_resized(files[i], 24).numpy() for i in train]).astype(np.float64) / 255
+    pixels = np.stack([decode_resized(files[i], 32).numpy() for i in train]).astype(np.float64) / 255
     assert np.allclose(norm.mean, pixels.mean(axis=(0, 2, 3)), atol=1e-9)
     assert np.allclose(norm.std, pixels.std(axis=(0, 2, 3)), atol=1e-9)
     # And the loader applies it: the training images come out with mean 0, std 1 per channel.
-    out = _epoch(_loader([files[i] for i in train], [0] * 6, "torch", input_size=24, normalization=norm))[0]
+    out = _epoch(_loader([files[i] for i in train], [0] * 6, "torch", input_size=32, normalization=norm))[0]
     assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
 
