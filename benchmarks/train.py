@@ -15,7 +15,6 @@ It runs the engine's own training step (facekit.engine.Trainer), so what it meas
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -23,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.anchors import ANCHOR_COLUMNS, bench_anchors, repeated_files, training_setup
 from benchmarks.environment import describe_environment, markdown_table
 from facekit.api import IMAGENET, Normalization
 from facekit.data.index import index_dataset
 from facekit.engine import Trainer, TrainConfig
+from facekit.files import atomic_write, write_json
 
 # Face-set-like statistics; the benchmark measures speed, so exact values do not matter.
 FACE_STATS = Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
@@ -143,25 +144,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--finetune", action="store_true", help="Train every layer of pretrained backbones.")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of (a), (b), (c); the best of each counts.")
+    parser.add_argument("--anchors", action="store_true", help="Also time the two reference loaders (benchmarks.anchors).")
     parser.add_argument("--out", default="results/train.json")
     args = parser.parse_args(argv)
 
     index = index_dataset(args.data)
     # Repeat the file list when the data set is shorter than the timed epoch (fast GPUs).
-    order = list(itertools.islice(itertools.cycle(range(len(index.files))), args.images))
-    files = [index.paths()[i] for i in order]
-    labels = index.labels[order]
+    files, labels = repeated_files(index, args.images)
+    columns = COLUMNS + (ANCHOR_COLUMNS if args.anchors else [])
     rows = []
     for arch in args.arch:
         row = bench_arch(arch, files, labels, index.num_classes, args, args.loader)
+        if args.anchors:  # the reference loaders, same files, same run, same training step
+            setup = training_setup(
+                arch, index.num_classes, data=args.data, batch_size=args.batch_size, input_size=args.input_size,
+                device=args.device, finetune=args.finetune,
+            )  # fmt: skip
+            row |= bench_anchors(setup, files, labels, norm=setup[0].arch.normalization or FACE_STATS)
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {"benchmark": "train", "environment": describe_environment(), "data": str(args.data), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(rows, COLUMNS)
-    out.with_suffix(".md").write_text(table + "\n")
+    write_json(args.out, result)
+    table = markdown_table(rows, columns)
+    atomic_write(Path(args.out).with_suffix(".md"), (table + "\n").encode())
     print(table)
     return result
 
