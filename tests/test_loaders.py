@@ -307,3 +307,16 @@ def test_bf16_channels_last_output_equals_float32_to_bf16_rounding(native):
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
     # bf16 keeps 8 significant bits: relative rounding at most 2^-8.
     assert ((got.float() - expected).abs() <= expected.abs() * 2**-8 + 1e-6).all()
+
+
+def test_channels_last_uint8_batches_normalize_like_contiguous_ones():
+    # DALI on a GPU hands over HWC batches as channels-last NCHW views; the GPU path (grid_sample
+    # + addcmul, run here on the CPU) must read them by their strides.
+    generator = torch.Generator().manual_seed(2)
+    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    hwc_view = batch.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert hwc_view.is_contiguous(memory_format=torch.channels_last) and not hwc_view.is_contiguous()
+    augment = RotateNormalize(Normalization((0.5, 0.4, 0.3), (0.25, 0.2, 0.3)), torch.device("cpu"))
+    augment.native = False
+    for angles in (torch.zeros(4), torch.tensor([0.0, 10.0, -3.0, 15.0])):
+        assert torch.equal(augment(hwc_view, angles), augment(batch, angles))
