@@ -6,7 +6,9 @@
 Input efficiency = (b)/(a) and (c)/(a). Also evaluation (inference) images/s.
 
 It runs the engine's own training step (facekit.engine.Trainer), so what it measures is what
-`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU.
+`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU. The loaders
+augment as `facekit train` does: rotation (rotate:15) unless `--augment STEP` (repeatable,
+the same steps) chooses others; compare its (b)/(a) with the rotation-only run's.
 
     python -m benchmarks.train --data ../shared/data/lfw_min8 --arch baseline tronnet resnet18 \
         --images 512 --out results/train.json
@@ -57,7 +59,7 @@ def timed_eval(trainer: Trainer, model, batches: DeviceTensors) -> float:
 def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int, args, loader_backend: str) -> dict:
     setup = training_setup(
         arch, num_classes, data=args.data, batch_size=args.batch_size, input_size=args.input_size, device=args.device,
-        finetune=args.finetune, loader=loader_backend, workers=args.workers,
+        finetune=args.finetune, loader=loader_backend, workers=args.workers, augment=args.augment,
     )  # fmt: skip
     trainer, model = setup[0], setup[1]
     norm = trainer.arch.normalization or FACE_STATS
@@ -68,7 +70,8 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
     y = torch.randint(0, num_classes, (args.batch_size,), device=trainer.device)
     tensors = DeviceTensors([(x, y)] * n_batches)
     training_rate(setup, DeviceTensors([(x, y)] * 2))  # warm-up, cuDNN autotune
-    row = {"arch": arch, "input_size": size, "batch_size": args.batch_size, "images": len(files)}
+    row = {"arch": arch, "augment": " ".join(trainer.config.augment), "input_size": size, "batch_size": args.batch_size,
+           "images": len(files)}  # fmt: skip
     loaders = {}
     for key, cache in (("loader_files", False), ("loader_cached", True)):
         loaders[key] = trainer._loader(files, labels, norm, train=True, seed=0)
@@ -99,6 +102,7 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
 COLUMNS = [
     ("arch", "architecture", "{}"),
     ("backend", "loader", "{}"),
+    ("augment", "augmentation", "{}"),
     ("device_tensors", "(a) device tensors img/s", "{:.0f}"),
     ("loader_files", "(b) loader, files img/s", "{:.0f}"),
     ("loader_cached", "(c) loader, cache img/s", "{:.0f}"),
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loader", default="auto")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--finetune", action="store_true", help="Train every layer of pretrained backbones.")
+    parser.add_argument(
+        "--augment", action="append", metavar="STEP", help="Training augmentation, repeatable, as `facekit train --augment` (default rotate:15)."
+    )
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of (a), (b), (c); the best of each counts.")
     parser.add_argument("--anchors", action="store_true", help="Also time the two reference loaders (benchmarks.anchors).")
     parser.add_argument("--out", default="results/train.json")

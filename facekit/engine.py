@@ -301,7 +301,7 @@ class Trainer:
             input_size=self.input_size,
             normalization=norm,
             train=train,
-            rotate=_rotation_only(self.augment) if train else 0.0,
+            augment=self.augment,  # evaluation loaders never augment
             seed=seed,
             device=self.device,
             backend=self.config.loader,
@@ -514,15 +514,6 @@ class Trainer:
         self.progress.message(
             f"kept fold {kept} (val loss {best_val_loss:.3f}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}"
         )
-
-
-def _rotation_only(pipeline: AugmentPipeline) -> float:
-    """The rotation range of a rotate-only pipeline (what the loaders take until they run pipelines)."""
-    if not pipeline.steps:
-        return 0.0
-    if [step.spec.name for step in pipeline.steps] != ["rotate"]:
-        raise UsageError(f"--augment {' '.join(pipeline.to_args())}: the loaders run only rotate:DEG for now")
-    return float(pipeline.steps[0].params)
 
 
 def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:

@@ -9,10 +9,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from facekit.api import Normalization
 from facekit.cli import app
-from facekit.data.augment import augment_args
+from facekit.data.augment import AugmentPipeline, augment_args
+from facekit.data.index import index_dataset
+from facekit.data.loaders import available_backends, make_loader
+from facekit.data.loaders._common import RotateNormalize, decode_resized
+from facekit.data.synth import make_synthetic_dataset
 from facekit.engine import SilentProgress, Trainer, TrainConfig
 from facekit.errors import UsageError
+from facekit.plugins import augmentations
 from facekit.runs import Run, load_checkpoint
 
 
@@ -89,11 +95,11 @@ def _last_lrs(run_dir: Path) -> list[float]:
     return [g["lr"] for g in load_checkpoint(run_dir / "checkpoints" / "fold-0-last.pt")["optimizer"]["param_groups"]]
 
 
-def test_config_records_the_options_and_a_resumed_cosine_run_matches_an_uninterrupted_one(synthetic_dataset, tmp_path):
-    options = dict(epochs=3, augment=["rotate:10"], label_smoothing=0.1, schedule="cosine")
+def test_config_records_the_options_and_a_resumed_augmented_cosine_run_matches_an_uninterrupted_one(synthetic_dataset, tmp_path):
+    options = dict(epochs=3, augment=["color:0.3", "rotate:10", "flip", "crop:0.8"], label_smoothing=0.1, schedule="cosine")
     straight = Run(Trainer(config(synthetic_dataset, tmp_path / "straight", **options)).train())
     assert {k: straight.config[k] for k in ("augment", "rotate", "label_smoothing", "schedule")} == {
-        "augment": ["rotate:10"], "rotate": None, "label_smoothing": 0.1, "schedule": "cosine",
+        "augment": ["rotate:10", "flip", "crop:0.8", "color:0.3"], "rotate": None, "label_smoothing": 0.1, "schedule": "cosine",
     }  # fmt: skip
     last = load_checkpoint(tmp_path / "straight" / "checkpoints" / "fold-0-last.pt")
     steps = last["schedule"]["total_steps"]
@@ -174,3 +180,132 @@ def test_cli_records_the_options(synthetic_dataset, tmp_path):
     assert result.exit_code == 0, result.output
     config = Run(out).config
     assert (config["augment"], config["label_smoothing"], config["schedule"]) == (["rotate:5"], 0.05, "onecycle")
+
+
+# ------------------------------------------------------------------ the loaders
+# Parity tolerance, torch backend vs DALI's CPU graph on the same files: decoding and resizing
+# differ by up to MEAN 0.5 / MAX 16 grey levels (tests/test_loaders.py), the augmentation
+# steps by up to 0.5 / 4 on identical inputs (tests/test_augment.py). The steps can stretch a
+# resize difference but color scales it by at most 1.4 x 1.4 (about 2), so we allow
+# 2 x 0.5 + 0.5 on average and 2 x 16 + 4 at any pixel.
+AUGMENT_MEAN_TOLERANCE, AUGMENT_MAX_TOLERANCE = 1.5, 36.0
+PIXELS = Normalization((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))  # output in grey levels
+MULTI_STEP = ["rotate:15", "flip", "crop:0.5", "color:0.4", "erase:0.7"]
+needs_dali = pytest.mark.skipif("dali" not in available_backends(), reason="NVIDIA DALI is not installed or does not work here")
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("data") / "ds", identities=3, per_identity=6, size=48, fmt="jpg")
+    index = index_dataset(root, cache=False)
+    return index.paths(), np.arange(len(index.paths()))  # the label is the file's position: shows the order
+
+
+def _pipeline(*args: str) -> AugmentPipeline:
+    return AugmentPipeline.from_args(list(args), augmentations())
+
+
+def _loader(files, labels, backend, **options):
+    settings = dict(batch_size=5, input_size=32, normalization=PIXELS, train=True, seed=6, backend=backend, num_workers=0)
+    return make_loader(files, labels, **(settings | options))
+
+
+def _epoch(loader):
+    images, labels = zip(*loader)
+    return torch.cat(images), torch.cat(labels)
+
+
+def _decoded(files, positions) -> torch.Tensor:
+    return torch.stack([decode_resized(files[p], 32) for p in positions.tolist()])
+
+
+def test_the_default_rotation_is_bit_identical_to_the_pre_plugin_loaders(faces):
+    files, labels = faces
+    loader = _loader(files, labels, "torch")  # no rotate, no augment: rotate:15
+    for epoch in (0, 1):
+        images, positions = _epoch(loader)
+        # The plan before augmentations were plugins: permutation, then one uniform angle per file.
+        rng = np.random.default_rng([6, epoch])
+        order = rng.permutation(len(files))
+        angles = rng.uniform(-15, 15, len(files)).astype(np.float32)
+        assert positions.tolist() == order.tolist()
+        expected = RotateNormalize(PIXELS, torch.device("cpu"))(_decoded(files, positions), angles)
+        assert torch.equal(images, expected)
+
+
+def test_torch_backend_runs_the_pipeline_on_the_plans_draws_with_and_without_cache(faces):
+    files, labels = faces
+    pipeline = _pipeline(*MULTI_STEP)
+    plain = _loader(files, labels, "torch", augment=pipeline)
+    cached = _loader(files, labels, "torch", augment=pipeline, cache=True)
+    for epoch in (0, 1):  # the cached loader fills its cache, then reads it
+        images, positions = _epoch(plain)
+        plan = plain.plan(epoch)
+        assert positions.tolist() == plan.indices.tolist()
+        expected = pipeline.apply(_decoded(files, positions), plan.samples, PIXELS)
+        assert torch.equal(images, expected)
+        from_cache, cached_positions = _epoch(cached)
+        assert torch.equal(cached_positions, positions) and torch.equal(from_cache, images)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
+def test_evaluation_loaders_never_augment(faces, backend):
+    files, labels = faces
+    loader = _loader(files, labels, backend, train=False, augment=_pipeline(*MULTI_STEP))
+    assert loader.options.augment == AugmentPipeline()
+    images, positions = _epoch(loader)
+    assert positions.tolist() == list(range(len(files)))
+    plain = _decoded(files, positions).float()
+    tolerance = 0 if backend == "torch" else 16.0  # DALI resizes with its own filter
+    assert (images - plain).abs().max() <= tolerance
+
+
+def test_rotate_and_augment_together_are_refused(faces):
+    files, labels = faces
+    with pytest.raises(UsageError, match=r"^--rotate 10 and --augment: give one"):
+        _loader(files, labels, "torch", rotate=10.0, augment=_pipeline("flip"))
+
+
+@needs_dali
+def test_dali_cpu_graph_and_torch_give_the_same_augmented_batches(faces):
+    files, labels = faces
+    pipeline = _pipeline(*MULTI_STEP)
+    dali, torch_ = _loader(files, labels, "dali", augment=pipeline), _loader(files, labels, "torch", augment=pipeline)
+    for epoch in (0, 1):
+        (a, a_positions), (b, b_positions) = _epoch(dali), _epoch(torch_)
+        assert dali._in_graph, "the DALI graph augments (not torch after DALI)"
+        assert torch.equal(a_positions, b_positions)
+        diff = (a - b).abs()
+        assert diff.mean() <= AUGMENT_MEAN_TOLERANCE and diff.max() <= AUGMENT_MAX_TOLERANCE, (epoch, diff.mean(), diff.max())
+        plain = _decoded(files, b_positions).float()
+        assert (b - plain).abs().mean() > 10 * AUGMENT_MEAN_TOLERANCE  # the batches are augmented at all
+
+
+@needs_dali
+def test_a_step_without_dali_version_runs_in_torch_after_dali(faces, facekit_plugin):
+    plugin_set = facekit_plugin(INVERT, package="facekit-invert")
+    files, labels = faces
+    pipeline = AugmentPipeline.from_args(["invert:1"], plugin_set.registries["augmentations"])
+    dali = _loader(files, labels, "dali", augment=pipeline)
+    images, positions = _epoch(dali)
+    assert not dali._in_graph
+    plain = _epoch(_loader(files, labels, "dali", rotate=0.0))[0]  # same order: the draws do not move it
+    assert torch.equal(images, 255 - plain)
+
+
+INVERT = """
+import numpy as np
+from facekit import hookimpl
+from facekit.api import AugmentationSpec
+
+def sample(rng, n, params):
+    return (rng.random((n, 1)) < params).astype(np.float32)
+
+def invert(images, samples, params):
+    chosen = samples[:, 0].view(-1, 1, 1, 1) > 0.5
+    return images.where(~chosen, 255 - images)
+
+@hookimpl
+def register_augmentations(register):
+    register(AugmentationSpec("invert", lambda arg: float(arg or 0.5), sample, invert, "Photo negative."))
+"""

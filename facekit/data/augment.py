@@ -70,6 +70,15 @@ class AugmentPipeline:
         # Stable sort: geometric steps first, then the others, each in the order given.
         self.steps = tuple(sorted(steps, key=lambda step: not step.spec.geometric))
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AugmentPipeline) and self.steps == other.steps
+
+    def __hash__(self) -> int:
+        return hash(self.steps)
+
+    def __repr__(self) -> str:
+        return f"AugmentPipeline({self.to_args()})"
+
     @classmethod
     def from_args(cls, args: Sequence[str], registry: Registry) -> "AugmentPipeline":
         """Parse ``["rotate:15", "flip", "crop:0.8"]``; an unknown name or bad argument is a UsageError."""

@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from facekit.data.loaders._common import EpochPlan, RotateNormalize, plan_epoch, shard_size
+from facekit.data.loaders._common import BatchAugment, EpochPlan, RawBatch, plan_epoch, shard_size
 from facekit.data.loaders.options import LoaderOptions
 from facekit.errors import UsageError
 
@@ -17,8 +17,8 @@ from facekit.errors import UsageError
 class Loader:
     """One epoch per ``iter()``: ``(images, labels)`` batches on ``options.device``.
 
-    Subclasses provide ``_raw_batches`` (uint8 NCHW images, positions, angles); the base class
-    rotates and normalizes them (one fused pass, see :class:`RotateNormalize`) and keeps the
+    Subclasses provide ``_raw_batches`` (uint8 NCHW images, positions, augmentation draws); the
+    base class augments and normalizes them (:class:`BatchAugment`) and keeps the
     decoded-image cache. ``options`` must be validated (:meth:`LoaderOptions.validate`).
     """
 
@@ -34,7 +34,7 @@ class Loader:
         self.batch_size = options.batch_size
         self.input_size = options.input_size
         self.cache = options.cache  # may be switched before the first epoch (the benchmarks do)
-        self._augment = RotateNormalize(options.normalization, self.device)
+        self._augment = BatchAugment(options.augment, options.normalization, self.device)
         self._augment.configure(dtype=options.output_dtype, channels_last=options.channels_last)
         self._labels_on_device = self.labels.to(self.device)
         self._epoch = 0
@@ -55,14 +55,14 @@ class Loader:
         return -(-self.num_samples // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """The next ``iter()`` plays this epoch (shuffle and angles depend on seed + epoch)."""
+        """The next ``iter()`` plays this epoch (shuffle and augmentation depend on seed + epoch)."""
         self._epoch = int(epoch)
 
     def plan(self, epoch: int) -> EpochPlan:
-        """This shard's samples, in order, and their angles for ``epoch``."""
+        """This shard's samples, in order, and their augmentation draws for ``epoch``."""
         o = self.options
         return plan_epoch(
-            len(self.files), epoch=epoch, seed=o.seed, train=o.train, rotate=o.rotate,
+            len(self.files), epoch=epoch, seed=o.seed, train=o.train, augment=o.augment,
             shard_id=o.shard_id, num_shards=o.num_shards,
         )  # fmt: skip
 
@@ -85,13 +85,17 @@ class Loader:
         self.close()
 
     # -- backend hooks ----------------------------------------------------------------------
-    def _raw_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(uint8 NCHW images on device, positions int64, angles float32) per batch."""
+    def _raw_batches(self, plan: EpochPlan) -> Iterator[RawBatch]:
+        """(uint8 NCHW images on device, positions int64, per-step draws) per batch.
+
+        The draws are the plan's rows for the images delivered, or None when the backend already
+        augmented the images (DALI's graph).
+        """
         raise NotImplementedError
 
     def _full_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, positions, angles in self._raw_batches(plan):
-            yield self._augment(images, angles), self._labels_on_device[_to_device(positions, self.device)]
+        for images, positions, samples in self._raw_batches(plan):
+            yield self._augment(images, samples), self._labels_on_device[_to_device(positions, self.device)]
 
     # -- the decoded-image cache --------------------------------------------------------------
     def _filling_cache(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -99,13 +103,13 @@ class Loader:
         if self._cached is None:
             self._cached = torch.empty((len(self.files), 3, size, size), dtype=torch.uint8, device=self.device)
             self._cached_ok = torch.zeros(len(self.files), dtype=torch.bool, device=self.device)
-        for images, positions, angles in self._raw_batches(plan):
+        for images, positions, samples in self._raw_batches(plan):
             on_device = _to_device(positions, self.device)
             # index_copy_/index_select on the flattened view: the 4-D uint8 versions are ~100x slower
             # on CPU. reshape, not view: a GPU batch may arrive channels-last.
             self._cached.view(len(self.files), -1).index_copy_(0, on_device, images.contiguous().reshape(len(images), -1))
             self._cached_ok[on_device] = True
-            yield self._augment(images, angles), self._labels_on_device[on_device]
+            yield self._augment(images, samples), self._labels_on_device[on_device]
         # Reached only when the epoch ran to its end. A data-parallel training shard reads a random
         # subset, so it keeps decoding until every image has been tried once.
         self._attempted[plan.indices] = True
@@ -115,15 +119,15 @@ class Loader:
         # Which entries hold an image, read on the host once: a device-side test per batch would
         # make the CPU wait for the GPU every batch and stop it queueing work ahead.
         decoded = self._cached_ok.cpu().numpy()
-        for positions, angles in plan.batches(self.batch_size):
+        for positions, samples in plan.batches(self.batch_size):
             if not decoded[positions].all():  # files that failed to decode stay skipped
                 keep = decoded[positions]
-                positions, angles = positions[keep], angles[keep]
+                positions, samples = positions[keep], tuple(drawn[keep] for drawn in samples)
             if len(positions) == 0:
                 continue
             index = _to_device(torch.from_numpy(positions), self.device)
             # Reads the selected images straight from the cache (no gathered copy).
-            yield self._augment(self._cached, angles, index=index), self._labels_on_device[index]
+            yield self._augment(self._cached, samples, index=index), self._labels_on_device[index]
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
