@@ -309,3 +309,21 @@ def invert(images, samples, params):
 def register_augmentations(register):
     register(AugmentationSpec("invert", lambda arg: float(arg or 0.5), sample, invert, "Photo negative."))
 """
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_dali
+def test_on_the_gpu_dalis_graph_and_torchs_steps_agree_and_stay_on_the_device(faces):
+    files, labels = faces
+    pipeline, cuda = _pipeline(*MULTI_STEP), torch.device("cuda")
+    dali = _loader(files, labels, "dali", augment=pipeline, device=cuda)
+    torch_ = _loader(files, labels, "torch", augment=pipeline, device=cuda)
+    cached = _loader(files, labels, "torch", augment=pipeline, device=cuda, cache=True)
+    for _ in range(2):
+        (a, a_positions), (b, b_positions), (c, _) = _epoch(dali), _epoch(torch_), _epoch(cached)
+        assert a.is_cuda and b.is_cuda and dali._in_graph
+        assert torch.equal(a_positions.cpu(), b_positions.cpu())
+        # nvJPEG and the GPU resize add up to about a grey level on average (tests/test_gpu.py)
+        # to the CPU parity figure above.
+        assert (a - b).abs().mean().item() <= AUGMENT_MEAN_TOLERANCE + 1.0
+        assert (b - c).abs().max().item() < 1e-3  # the cache holds the same images

@@ -103,10 +103,11 @@ class AugmentPipeline:
             samples.append(drawn.reshape(num_files, -1))
         return EpochDraws(order, tuple(samples))
 
-    def apply(self, images, samples: Sequence, normalization: Normalization):
-        """Augment a uint8 NCHW batch with its draws (one (n, k) array per step) and normalize.
+    def transform(self, images, samples: Sequence):
+        """The steps alone on a uint8 NCHW batch with its draws (one (n, k) array per step).
 
-        Runs on the batch's device; returns float32 NCHW ``(pixel / 255 - mean) / std``.
+        Runs on the batch's device; returns float32 NCHW grey levels (0-255), not normalized.
+        Draws already on that device are used as they are (no copy, no wait for the device).
         """
         import torch
 
@@ -114,6 +115,16 @@ class AugmentPipeline:
         for step, drawn in zip(self.steps, samples, strict=True):
             drawn = torch.as_tensor(drawn, dtype=torch.float32, device=out.device)
             out = step.spec.apply_torch(out, drawn, step.params)
+        return out
+
+    def apply(self, images, samples: Sequence, normalization: Normalization):
+        """Augment a uint8 NCHW batch with its draws (one (n, k) array per step) and normalize.
+
+        Runs on the batch's device; returns float32 NCHW ``(pixel / 255 - mean) / std``.
+        """
+        import torch
+
+        out = self.transform(images, samples)
         mean = torch.tensor(normalization.mean, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
         std = torch.tensor(normalization.std, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift, in one pass over the batch.

@@ -66,6 +66,13 @@ class EpochPlan:
             yield self.indices[start:stop], tuple(drawn[start:stop] for drawn in self.samples)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without making the host wait for the device's queue."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
 # What a backend's ``_raw_batches`` yields: uint8 NCHW images on the device, their int64 positions,
 # and their per-step draws (None when the backend already augmented them).
 RawBatch = tuple[torch.Tensor, torch.Tensor, "tuple[np.ndarray, ...] | None"]
@@ -143,15 +150,17 @@ class RotateNormalize:
             return self._layout(out)
         if index is not None:
             images = images.reshape(len(images), -1).index_select(0, index).view(-1, *images.shape[1:])
-        n, c, h, w = images.shape
-        out = torch.empty(
-            (n, c, h, w), dtype=self.dtype, device=images.device,
-            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
-        )  # fmt: skip
         if bool((angles != 0).any()):
             images = self._rotate(images, angles)
-        # One pass: normalize, cast and lay out (uint8 or rotated float in, self.dtype out).
-        return torch.addcmul(self.shift, images, self.scale, out=out)
+        return self.normalize(images)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels * scale + shift`` in one pass: uint8 or float grey levels in, the output dtype and layout out."""
+        out = torch.empty(
+            pixels.shape, dtype=self.dtype, device=pixels.device,
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
+        )  # fmt: skip
+        return torch.addcmul(self.shift, pixels, self.scale, out=out)
 
     def _layout(self, batch: torch.Tensor) -> torch.Tensor:
         if self.dtype != batch.dtype:
@@ -193,13 +202,13 @@ class BatchAugment:
 
     No augmentation, or rotation alone (the default), takes :class:`RotateNormalize`'s path: the
     fused C kernel on the CPU, exactly as before augmentations were plugins. Any other pipeline
-    runs its torch steps (:meth:`AugmentPipeline.apply`) on the batch's device. Batches that
-    DALI already augmented in its graph come with ``samples=None`` and are only normalized.
+    runs its torch steps (:meth:`AugmentPipeline.transform`) on the batch's device, its draws
+    sent up without making the host wait for the device, then normalizes in one pass. Batches
+    that DALI already augmented in its graph come with ``samples=None`` and are only normalized.
     """
 
     def __init__(self, augment: AugmentPipeline, normalization: Normalization, device: torch.device):
         self.augment = augment
-        self.normalization = normalization
         self.rotate_normalize = RotateNormalize(normalization, device)
         self.fused = [step.spec.name for step in augment.steps] in ([], ["rotate"])
 
@@ -218,7 +227,8 @@ class BatchAugment:
             return self.rotate_normalize(images, samples[0][:, 0], index)
         if index is not None:
             images = images.reshape(len(images), -1).index_select(0, index).view(-1, *images.shape[1:])
-        return self.rotate_normalize._layout(self.augment.apply(images, samples, self.normalization))
+        drawn = tuple(to_device(torch.from_numpy(np.ascontiguousarray(d)), images.device) for d in samples)
+        return self.rotate_normalize.normalize(self.augment.transform(images, drawn))
 
 
 class _OutputPool:

@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from facekit.data.loaders._common import BatchAugment, EpochPlan, RawBatch, plan_epoch, shard_size
+from facekit.data.loaders._common import BatchAugment, EpochPlan, RawBatch, plan_epoch, shard_size, to_device
 from facekit.data.loaders.options import LoaderOptions
 from facekit.errors import UsageError
 
@@ -95,7 +95,7 @@ class Loader:
 
     def _full_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, positions, samples in self._raw_batches(plan):
-            yield self._augment(images, samples), self._labels_on_device[_to_device(positions, self.device)]
+            yield self._augment(images, samples), self._labels_on_device[to_device(positions, self.device)]
 
     # -- the decoded-image cache --------------------------------------------------------------
     def _filling_cache(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -104,7 +104,7 @@ class Loader:
             self._cached = torch.empty((len(self.files), 3, size, size), dtype=torch.uint8, device=self.device)
             self._cached_ok = torch.zeros(len(self.files), dtype=torch.bool, device=self.device)
         for images, positions, samples in self._raw_batches(plan):
-            on_device = _to_device(positions, self.device)
+            on_device = to_device(positions, self.device)
             # index_copy_/index_select on the flattened view: the 4-D uint8 versions are ~100x slower
             # on CPU. reshape, not view: a GPU batch may arrive channels-last.
             self._cached.view(len(self.files), -1).index_copy_(0, on_device, images.contiguous().reshape(len(images), -1))
@@ -125,16 +125,9 @@ class Loader:
                 positions, samples = positions[keep], tuple(drawn[keep] for drawn in samples)
             if len(positions) == 0:
                 continue
-            index = _to_device(torch.from_numpy(positions), self.device)
+            index = to_device(torch.from_numpy(positions), self.device)
             # Reads the selected images straight from the cache (no gathered copy).
             yield self._augment(self._cached, samples, index=index), self._labels_on_device[index]
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor on ``device`` without making the host wait for the device's queue."""
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
 
 
 def warn_skipped(paths: Sequence[str]) -> None:
