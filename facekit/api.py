@@ -105,6 +105,7 @@ class ArchitectureSpec:
     input_size: int = 224
     normalization: Normalization | None = None
     pretrained: bool = False  # needs weights that may have to be found or downloaded
+    param_groups: Callable[["nn.Module", float], list[dict[str, Any]]] | None = None  # (model, lr) -> optimizer groups, e.g. a lower backbone lr; None: every trainable parameter at lr
 
 
 @dataclass(frozen=True)
