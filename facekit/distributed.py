@@ -23,12 +23,14 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from facekit.errors import FacekitError, UsageError
+
+T = TypeVar("T")
 
 TIMEOUT_ENV = "FACEKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 30 * 60  # rank 0 may index and measure a large data set while the others wait
@@ -191,6 +193,33 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if torch.distributed.get_rank() == src else None]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def from_main(place: Distributed, produce: Callable[[], T]) -> T:
+    """Rank 0 calls ``produce()`` and every rank gets its result, or raises the FacekitError it raised.
+
+    Reading or writing the run folder is rank 0's job; the others learn the outcome from it, so a
+    multi-node job needs no shared file system and a bad option fails with the same line everywhere.
+    """
+    if not place.is_distributed:
+        return produce()
+    outcome: tuple[bool, Any] = (True, None)
+    if place.is_main:
+        try:
+            outcome = (True, produce())
+        except FacekitError as exc:
+            outcome = (False, (type(exc), str(exc)))
+            broadcast_object(outcome)
+            raise
+    ok, value = broadcast_object(outcome)
+    if not ok:
+        error_type, message = value
+        try:
+            error = error_type(message)
+        except TypeError:  # an error class with its own constructor: the line is what matters
+            error = FacekitError(message)
+        raise error
+    return value
 
 
 def gather_shards(part: np.ndarray) -> np.ndarray | None:

@@ -5,13 +5,17 @@ The multi-process tests are marked ``distributed`` (deselect with ``-m "not dist
 
 import datetime
 import json
+import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,15 +92,11 @@ def test_the_launcher_refuses_no_processes_and_nesting(monkeypatch):
 
 
 # ------------------------------------------------------------------ two gloo processes
-WORKER = """
-    import json, os, sys, time
-    import numpy as np, torch
-    from facekit import distributed
-    from facekit.errors import FacekitError
-
-    mode, out = sys.argv[1], sys.argv[2]
-    place = distributed.Distributed.from_env()
-    result = {}
+def pair_worker(rank: int, mode: str, environ: dict[str, str], out: str) -> None:
+    """One of two processes wired up the way torchrun wires them (env:// on 127.0.0.1)."""
+    os.environ.update(environ, RANK=str(rank), LOCAL_RANK=str(rank))
+    place = Distributed.from_env()
+    result: dict = {}
     try:
         with distributed.joined(place), distributed.translate_failures(place, run_dir="RUN-DIR"):
             result["sums"] = distributed.sum_across_ranks([place.rank + 1, 10])
@@ -109,13 +109,12 @@ WORKER = """
             if mode == "dies" and place.rank == 1:
                 os._exit(3)  # no goodbye: the connection just closes
             if mode == "stalls" and place.rank == 1:
-                time.sleep(2 * float(os.environ[distributed.TIMEOUT_ENV]))  # then finds rank 0 gone
+                time.sleep(float(environ[distributed.TIMEOUT_ENV]) + 1.5)  # then finds rank 0 gone
             distributed.barrier()
     except FacekitError as exc:
         result["error"] = str(exc)
-    with open(f"{out}-{place.rank}.json", "w") as handle:
-        json.dump(result, handle)
-"""
+    Path(f"{out}-{rank}.json").write_text(json.dumps(result))
+    os._exit(0)  # past pytest's own exit handlers, which belong to the parent
 
 
 def free_port() -> int:
@@ -124,37 +123,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_pair(tmp_path: Path, mode: str, timeout_s: float = 60) -> list[dict]:
+    """Two processes forked from this one (torch is already imported: no start-up cost) join one gloo group."""
+    environ = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    environ[distributed.TIMEOUT_ENV] = str(timeout_s)
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=pair_worker, args=(rank, mode, environ, str(tmp_path / "result"))) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=BOUND_S)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    results = []
+    for rank, p in enumerate(procs):
+        file = tmp_path / f"result-{rank}.json"
+        results.append(json.loads(file.read_text()) if file.is_file() else {"exit": p.exitcode})
+    return results
+
+
 def worker_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1", **extra)
     return env
-
-
-def run_pair(tmp_path: Path, mode: str, timeout_s: float = 60) -> list[dict]:
-    """Two worker processes wired up the way torchrun wires them (env:// on 127.0.0.1)."""
-    script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER))
-    common = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
-    common[distributed.TIMEOUT_ENV] = str(timeout_s)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), mode, str(tmp_path / "result")],
-            env=worker_env(RANK=str(rank), LOCAL_RANK=str(rank), **common),
-        )
-        for rank in range(2)
-    ]
-    try:
-        codes = [p.wait(timeout=BOUND_S) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    results = []
-    for rank in range(2):
-        file = tmp_path / f"result-{rank}.json"
-        results.append(json.loads(file.read_text()) if file.is_file() else {"exit": codes[rank]})
-    return results
 
 
 @pytest.mark.distributed
@@ -176,3 +169,170 @@ def test_a_silent_peer_times_out_instead_of_hanging(tmp_path):
     assert late["sums"] == [3.0, 20.0] and late["gathered"] is None  # rank 1 got its share, then stalled
     assert late["error"].startswith("rank 1 lost contact with the other ranks (")
     assert waiting["error"].startswith("rank 0 lost contact with the other ranks (Timed out")
+
+
+# ------------------------------------------------------- training on two processes, end to end
+# No batch norm and no dropout: what each rank computes on its half of a batch is exactly what one
+# process computes on those images, so the two runs differ only by the order in which floating
+# point sums are taken (gradients averaged over the ranks by gloo, losses summed over them).
+PLAIN_NET = """
+    import os
+    import time
+
+    from torch import nn
+
+    from facekit.api import ArchitectureSpec, hookimpl
+
+
+    class PlainNet(nn.Module):
+        def __init__(self, num_classes):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+            )
+            self.head = nn.Linear(16, num_classes)
+
+        def forward(self, x):
+            if self.training and os.environ.get("PLAIN_NET_STEP_S"):
+                time.sleep(float(os.environ["PLAIN_NET_STEP_S"]))  # time for a test to kill the run mid-way
+            return self.head(self.features(x))
+
+
+    @hookimpl
+    def register_architectures(register):
+        register(ArchitectureSpec("plain", lambda options: PlainNet(options.num_classes), "no batch norm", input_size=32))
+"""
+# 32 images: 16 train (2 global batches of 8, 4 per rank), 8 validation, 8 test.
+TRAIN_ARGS = dict(arch="plain", epochs=3, batch_size=8, lr=1e-2, seed=5, rotate=10.0, loader="torch", workers=0,
+                  test_size=0.25, val_size=0.25, device="cpu", threads=1)  # fmt: skip
+# float32 sums taken in another order differ in the last bits (~1e-7); three epochs of Adam keep
+# them well below this.
+TOLERANCE = 1e-5
+FIGURES = ("train_loss", "val_loss", "train_acc", "val_acc")
+
+
+def cli_args(data: Path, out: Path) -> list[str]:
+    args = ["train", "--data", str(data), "--out", str(out)]
+    for key, value in TRAIN_ARGS.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def plain_net_site(tmp_path_factory) -> Path:
+    from facekit.testing import make_fake_distribution
+
+    site = tmp_path_factory.mktemp("site-packages")
+    return make_fake_distribution(site, "facekit-plain-net", {"plain_net": textwrap.dedent(PLAIN_NET)}, {"plain": "plain_net"})
+
+
+def facekit_env(site: Path, **extra: str) -> dict[str, str]:
+    env = worker_env(**extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+    return env
+
+
+@pytest.fixture(scope="module")
+def single_process_run(plain_net_site, synthetic_dataset, tmp_path_factory) -> Path:
+    """The reference: one process, in this one, with the same global batch and seed."""
+    from facekit.engine import TrainConfig, Trainer
+    from facekit.plugins import PluginSet, reset_plugins
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(plain_net_site))
+        previous = reset_plugins(PluginSet())
+        try:
+            out = tmp_path_factory.mktemp("single") / "run"
+            return Trainer(TrainConfig(data=synthetic_dataset, out=out, **TRAIN_ARGS)).train()
+        finally:
+            reset_plugins(previous)
+            sys.modules.pop("plain_net", None)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(plain_net_site, synthetic_dataset, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """``facekit train --nproc 2``: torchrun, two gloo processes; returns (its working folder, run, --json result)."""
+    workdir = tmp_path_factory.mktemp("nproc")
+    args = [*cli_args(synthetic_dataset, workdir / "run"), "--json", "--nproc", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "facekit", *args], cwd=workdir, env=facekit_env(plain_net_site),
+        capture_output=True, text=True, timeout=BOUND_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, workdir / "run", json.loads(done.stdout)
+
+
+def close(a: float, b: float) -> bool:
+    return abs(a - b) <= TOLERANCE * max(1.0, abs(a), abs(b))
+
+
+@pytest.mark.distributed
+def test_two_processes_learn_what_one_process_learns_with_the_same_global_batch(single_process_run, two_process_run):
+    from facekit.runs import Run
+
+    workdir, run_dir, printed = two_process_run
+    one, two = Run(single_process_run), Run(run_dir)
+    assert printed["run"] == str(run_dir)  # rank 0 alone printed the result (stdout is one JSON document)
+    assert sorted(p.name for p in workdir.iterdir()) == ["run"]  # one run folder, nothing under runs/
+    assert two.config["world_size"] == 2 and one.config["world_size"] == 1
+    assert [(r["fold"], r["epoch"], r["world_size"]) for r in two.history] == [(0, e, 2) for e in (1, 2, 3)]
+    assert len(one.history) == len(two.history)
+    assert two.history[-1]["train_loss"] < two.history[0]["train_loss"]  # it learns
+    for a, b in zip(one.history, two.history):
+        for figure in FIGURES:
+            assert close(a[figure], b[figure]), (figure, a[figure], b[figure])
+    assert two.folds["kept"] == one.folds["kept"] and two.folds["folds"][0]["best_epoch"] == one.folds["folds"][0]["best_epoch"]
+
+
+@pytest.mark.distributed
+def test_rank_0_writes_the_test_predictions_once_in_test_split_order(single_process_run, two_process_run):
+    from facekit.runs import Run
+
+    _, run_dir, _ = two_process_run
+    one, two = Run(single_process_run).predictions(), Run(run_dir).predictions()
+    test = Run(run_dir).split["test"]
+    assert two["index"].tolist() == test  # every test image, once, in order (gathered from both ranks)
+    assert two["probs"].shape == one["probs"].shape
+    assert np.allclose(two["probs"], one["probs"], rtol=0, atol=TOLERANCE)
+    assert two["y_pred"].tolist() == one["y_pred"].tolist()
+    rows = (run_dir / "predictions.csv").read_text().splitlines()[1:]
+    files = Run(run_dir).split["files"]
+    assert [row.split(",")[0] for row in rows] == [files[i] for i in test]
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "facekit", *args]
+
+
+@pytest.mark.distributed
+def test_a_killed_distributed_run_resumes_under_torchrun_to_the_uninterrupted_history(
+    plain_net_site, synthetic_dataset, two_process_run, tmp_path
+):
+    from facekit.runs import Run
+
+    run_dir = tmp_path / "run"
+    first_epoch = run_dir / "checkpoints" / "fold-0-last.pt"
+    slow = facekit_env(plain_net_site, PLAIN_NET_STEP_S="0.5")  # an epoch takes at least a second
+    job = subprocess.Popen(torchrun(*cli_args(synthetic_dataset, run_dir), "-q"), env=slow, start_new_session=True)
+    try:
+        for _ in range(BOUND_S * 20):
+            if first_epoch.is_file() or job.poll() is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # torchrun and both ranks, with no chance to tidy up
+        job.wait(timeout=BOUND_S)
+    interrupted = Run(run_dir)
+    assert first_epoch.is_file() and not interrupted.has_predictions
+    assert 1 <= len(interrupted.history) < 3
+
+    done = subprocess.run(
+        torchrun("train", "--resume", str(run_dir), "-q"), env=facekit_env(plain_net_site),
+        capture_output=True, text=True, timeout=BOUND_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed, straight = Run(run_dir), Run(two_process_run[1])
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for a, b in zip(straight.history, resumed.history):
+        assert {k: a[k] for k in FIGURES} == {k: b[k] for k in FIGURES}  # bit for bit
+    assert np.array_equal(resumed.predictions()["probs"], straight.predictions()["probs"])

@@ -63,6 +63,7 @@ def root(
 # ----------------------------------------------------------------------------- train
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="Folder with one sub-folder of images per identity."),
     arch: str = typer.Option("baseline", "--arch", help="Architecture (see `facekit plugins --all`)."),
     loss: str = typer.Option("plain", "--loss", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
@@ -91,13 +92,20 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", help="Train data-parallel on N processes of this machine (one per GPU): starts torchrun for you."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (implies --quiet)."),
 ) -> None:
     """Train a model; the run folder holds everything `facekit report` reads."""
     from facekit.cli.progress import ConsoleProgress
+    from facekit.distributed import Distributed, launch
     from facekit.engine import Trainer, TrainConfig
 
+    if nproc is not None:
+        launch(nproc, _typed_arguments(ctx, leave_out="nproc"))
+        return
     progress = ConsoleProgress(err_console if as_json else console, quiet=quiet or as_json)
     if resume is not None:
         run_dir = Trainer.resume(resume, progress)
@@ -111,7 +119,23 @@ def train(
             loader=loader, cache=cache, workers=workers, threads=threads, device=device, out=out, force=force,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
-    _print_result(run_dir, as_json)
+    if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job
+        _print_result(run_dir, as_json)
+
+
+def _typed_arguments(ctx: typer.Context, leave_out: str) -> list[str]:
+    """The arguments that repeat ``ctx``'s command (options left at their defaults left out), less ``leave_out``."""
+    args = ["--strict"] if ctx.parent is not None and ctx.parent.params.get("strict") else []
+    args.append(ctx.info_name or "")
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name == leave_out or value == param.default:
+            continue
+        if getattr(param, "is_flag", False):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
 
 
 def _print_result(run_dir: Path, as_json: bool) -> None:
