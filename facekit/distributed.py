@@ -135,7 +135,7 @@ def joined(place: Distributed) -> Iterator[Distributed]:
     if not torch.distributed.is_available():
         raise FacekitError("this PyTorch build has no torch.distributed: install a build with it to train on several processes")
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and torch.distributed.is_nccl_available() else "gloo"
-    if backend != "gloo":
+    if backend != "gloo" and place.local_rank < torch.cuda.device_count():
         torch.cuda.set_device(place.local_rank)  # NCCL's communicators bind to the current device
     with translate_failures(place):
         torch.distributed.init_process_group(backend, timeout=timeout(), rank=place.rank, world_size=place.world_size)
