@@ -505,9 +505,12 @@ class Trainer:
         return result
 
     def _finish(self, run: Run, writer: RunWriter | None, files, labels, norms, fold_results) -> None:
+        def keep_best_fold() -> tuple[int, dict[str, Any]]:
+            kept = writer.keep_best_fold(fold_results)
+            return kept, load_checkpoint(run.checkpoint_path("best"))["model"]
+
         # Rank 0 keeps the best fold and sends its weights; every rank evaluates its shard of the test split.
-        kept = distributed.from_main(self.dist, lambda: writer.keep_best_fold(fold_results))
-        weights = distributed.from_main(self.dist, lambda: load_checkpoint(run.checkpoint_path("best"))["model"])
+        kept, weights = distributed.from_main(self.dist, keep_best_fold)
         model = run.model_with(weights, device=self.device, channels_last=self.channels_last)
         test_idx = np.asarray(run.split["test"], dtype=int)
         loader = self._loader([files[i] for i in test_idx], labels[test_idx], norms[kept], train=False, seed=self.config.seed)

@@ -92,6 +92,10 @@ def test_the_launcher_refuses_no_processes_and_nesting(monkeypatch):
 
 
 # ------------------------------------------------------------------ two gloo processes
+def refuse() -> None:
+    raise UsageError("run folder RUN already exists")
+
+
 def pair_worker(rank: int, mode: str, environ: dict[str, str], out: str) -> None:
     """One of two processes wired up the way torchrun wires them (env:// on 127.0.0.1)."""
     os.environ.update(environ, RANK=str(rank), LOCAL_RANK=str(rank))
@@ -106,7 +110,12 @@ def pair_worker(rank: int, mode: str, environ: dict[str, str], out: str) -> None
             part = np.arange(7, dtype=np.float32)[place.rank :: place.world_size, None] * [1, -1]
             gathered = distributed.gather_shards(part)
             result["gathered"] = None if gathered is None else gathered.tolist()
+            try:  # rank 0's refusal reaches every rank as the same error
+                distributed.from_main(place, refuse)
+            except UsageError as exc:
+                result["refusal"] = str(exc)
             if mode == "dies" and place.rank == 1:
+                Path(f"{out}-{rank}.json").write_text(json.dumps(result))
                 os._exit(3)  # no goodbye: the connection just closes
             if mode == "stalls" and place.rank == 1:
                 time.sleep(float(environ[distributed.TIMEOUT_ENV]) + 1.5)  # then finds rank 0 gone
@@ -123,7 +132,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_pair(tmp_path: Path, mode: str, timeout_s: float = 60) -> list[dict]:
+def run_pair(tmp_path: Path, mode: str, timeout_s: float = 60) -> tuple[list[dict], list[int | None]]:
     """Two processes forked from this one (torch is already imported: no start-up cost) join one gloo group."""
     environ = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
     environ[distributed.TIMEOUT_ENV] = str(timeout_s)
@@ -136,11 +145,7 @@ def run_pair(tmp_path: Path, mode: str, timeout_s: float = 60) -> list[dict]:
     for p in procs:
         if p.is_alive():
             p.kill()
-    results = []
-    for rank, p in enumerate(procs):
-        file = tmp_path / f"result-{rank}.json"
-        results.append(json.loads(file.read_text()) if file.is_file() else {"exit": p.exitcode})
-    return results
+    return [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in range(2)], [p.exitcode for p in procs]
 
 
 def worker_env(**extra: str) -> dict[str, str]:
@@ -152,11 +157,12 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.distributed
 def test_two_processes_sum_share_gather_and_a_dead_peer_ends_the_other_with_one_clear_line(tmp_path):
-    survivor, dead = run_pair(tmp_path, "dies")
-    assert survivor["sums"] == [3.0, 20.0]
-    assert survivor["setup"] == [0, [0.0, 1.0, 2.0]]
-    assert survivor["gathered"] == [[i, -i] for i in range(7)]
-    assert dead == {"exit": 3}  # rank 1 died after its part of the gather
+    (survivor, dead), codes = run_pair(tmp_path, "dies")
+    assert survivor["sums"] == dead["sums"] == [3.0, 20.0]
+    assert survivor["setup"] == dead["setup"] == [0, [0.0, 1.0, 2.0]]
+    assert survivor["gathered"] == [[i, -i] for i in range(7)] and dead["gathered"] is None
+    assert survivor["refusal"] == dead["refusal"] == "run folder RUN already exists"
+    assert codes == [0, 3]  # rank 1 died after all that, without a word
     assert survivor["error"].startswith("rank 0 lost contact with the other ranks (")
     assert "see the other ranks' logs" in survivor["error"]
     assert survivor["error"].endswith("resume with `facekit train --resume RUN-DIR`")
@@ -165,7 +171,7 @@ def test_two_processes_sum_share_gather_and_a_dead_peer_ends_the_other_with_one_
 
 @pytest.mark.distributed
 def test_a_silent_peer_times_out_instead_of_hanging(tmp_path):
-    waiting, late = run_pair(tmp_path, "stalls", timeout_s=3)
+    (waiting, late), _ = run_pair(tmp_path, "stalls", timeout_s=3)
     assert late["sums"] == [3.0, 20.0] and late["gathered"] is None  # rank 1 got its share, then stalled
     assert late["error"].startswith("rank 1 lost contact with the other ranks (")
     assert waiting["error"].startswith("rank 0 lost contact with the other ranks (Timed out")
