@@ -92,6 +92,26 @@ def test_the_launcher_refuses_no_processes_and_nesting(monkeypatch):
         distributed.launch(2, ["train"])
 
 
+@pytest.mark.parametrize(
+    "exitcode, code, says",
+    [(2, 2, "rank 1 of 2 failed first (exit code 2); its message is above"), (-9, 1, "rank 1 of 2 was killed (SIGKILL)")],
+)
+def test_the_launcher_runs_torchrun_and_passes_the_first_failure_on(monkeypatch, exitcode, code, says):
+    import torch.distributed.run as torchrun_module
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def failing_run(args):
+        assert (args.standalone, args.nproc_per_node, args.module, args.training_script) == (True, "2", True, "facekit")
+        assert args.training_script_args == ["train", "--data", "faces"]
+        raise ChildFailedError("facekit", {1: ProcessFailure(local_rank=1, pid=1, exitcode=exitcode, error_file="")})
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr(torchrun_module, "run", failing_run)
+    with pytest.raises(distributed.RankFailed) as failure:
+        distributed.launch(2, ["train", "--data", "faces"])
+    assert str(failure.value).startswith(says) and failure.value.exit_code == code
+
+
 # ------------------------------------------------------------------ two gloo processes
 def refuse() -> None:
     raise UsageError("run folder RUN already exists")
