@@ -19,8 +19,10 @@ from facekit.report import (
     build_report,
     check_format,
     compare_runs,
+    comparison_json,
     print_written,
     render_report,
+    report_json,
     rich_table,
     select_reporters,
     write_comparison,
@@ -38,23 +40,32 @@ def report(
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for files (default: RUN/report/)."),
     compare: Optional[list[Path]] = typer.Option(
-        None, "--compare", help="Another run to put side by side (repeat the option); with RUN, RUN is the first."
+        None, "--compare",
+        help="Another run to put side by side (repeat the option: --compare A --compare B)."
+        " Columns follow RUN first, then each --compare in order.",
     ),
     reporter: Optional[list[str]] = typer.Option(
-        None, "--reporter", help="Run only these reporters (repeat the option; default: all default reporters)."
+        None, "--reporter",
+        help="Run only these reporters (repeat the option; default: all default reporters, none with --json).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the whole report (or comparison) as JSON on stdout, and nothing else there."
     ),
     runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", help="Where to look for the latest run."),
 ) -> None:
     """Per-class metrics of a run's test predictions: top and worst classes, averages,
     confusions, folds, and plots. Never retrains: it reads RUN/predictions.npz."""
     fmt = check_format(format)
-    console = Console()
+    # With --json, stdout carries the JSON alone: what reporters print and the list of files
+    # written go to stderr.
+    console = Console(stderr=True) if as_json else Console()
     if compare:
-        _compare(([run] if run else []) + list(compare), fmt, out, console)
+        _compare(([run] if run else []) + list(compare), fmt, out, console, as_json)
         return
 
     opened = Run.open(run, runs_dir)
-    selected = select_reporters(reporter)  # fail on a bad name before any work
+    # --json replaces the tables; reporters run there only when named.
+    selected = select_reporters(reporter) if reporter or not as_json else []  # bad names fail before any work
     context = ReportContext(
         run=opened,
         report=build_report(opened, top=top, worst=worst, confusions=confusions),
@@ -62,12 +73,18 @@ def report(
         out_dir=out or opened.path / REPORT_DIR,
         format=fmt,
     )
-    print_written(console, render_report(context, selected))
+    written = render_report(context, selected)
+    if as_json:
+        typer.echo(report_json(context.report), nl=False)
+    print_written(console, written)
 
 
-def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console) -> None:
+def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console, as_json: bool) -> None:
     comparison = compare_runs([Run.open(path) for path in paths])
-    console.print(rich_table(comparison.table(), console.width))
+    if as_json:
+        typer.echo(comparison_json(comparison), nl=False)
+    else:
+        console.print(rich_table(comparison.table(), console.width))
     if fmt:
         print_written(console, [write_comparison(comparison, fmt, out or Path("."))])
 
