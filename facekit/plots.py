@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from facekit.metrics import ClassMetrics, spearman
 
@@ -210,7 +210,7 @@ def plot_score_distribution(
                  label=f"macro average {metrics.macro('aggregated'):.3f}")
     left.set_xlabel("Aggregated score on the test split")
     left.set_ylabel("Classes")
-    left.legend(loc="upper center", fontsize=8, frameon=False)
+    left.legend(loc="best", fontsize=8, frameon=False)
     left.grid(axis="y", alpha=0.3)
     left.set_title(f"Distribution over {ids.size} measured classes", fontsize=10)
 
@@ -221,21 +221,24 @@ def plot_score_distribution(
                  np.unique(np.geomspace(max(distinct[0], 1), distinct[-1] + 1, 13).astype(int)))
         if distinct[0] < edges[0]:  # classes with no training images get their own group
             edges = np.insert(edges, 0, 0)
-        groups = [(low, high, scores[(counts >= low) & (counts < high)]) for low, high in zip(edges, edges[1:])]
-        groups = [(low, high, group) for low, high, group in groups if group.size]
-        x = np.array([np.sqrt(low * (high - 1)) for low, high, _ in groups], dtype=float)
+        inside = [(counts >= low) & (counts < high) for low, high in zip(edges, edges[1:])]
+        # Each group: the fewest and most training images of its classes, and their scores.
+        groups = [(counts[mask].min(), counts[mask].max(), scores[mask]) for mask in inside if mask.any()]
+        x = np.array([np.sqrt(low * high) for low, high, _ in groups], dtype=float)
         quartiles = np.array([np.percentile(group, [25, 50, 75]) for _, _, group in groups])
         right.errorbar(x, quartiles[:, 1], yerr=[quartiles[:, 1] - quartiles[:, 0], quartiles[:, 2] - quartiles[:, 1]],
                        marker="o", capsize=4, color="C0", label="median; bar: middle half of the classes")
         for position, (_, _, group), median in zip(x, groups, quartiles[:, 1]):
             right.annotate(f"{group.size}", (position, median), xytext=(6, 4), textcoords="offset points", fontsize=7)
-        right.legend(loc="lower right", fontsize=8, frameon=False)
+        right.legend(loc="best", fontsize=8, frameon=False)
     if counts.size and counts.min() < 1:
         right.set_xscale("symlog", linthresh=1)
     else:
         right.set_xscale("log")
-    right.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    right.xaxis.set_minor_formatter(NullFormatter())
+    if counts.size:  # one tick per group, named by its range of training images
+        right.set_xticks(x, [f"{low}" if high == low else f"{low}-{high}" for low, high, _ in groups],
+                         rotation=45 if len(groups) > 6 else 0, fontsize=8)
+        right.xaxis.set_minor_locator(NullLocator())
     right.set_ylim(-0.05, 1.05)
     right.set_xlabel("Training images of the class (log scale)")
     right.set_ylabel("Aggregated score")
