@@ -101,16 +101,30 @@ def fabricate_run(run_dir: Path, classes: int, per_class: int, seed: int = 0) ->
     np.savez(run_dir / "predictions.npz", **arrays)
 
 
+# Runs one command and reports its time and peak memory. A process started from this (large)
+# benchmark process inherits its memory high-water mark in ru_maxrss (vfork + exec fold the
+# parent's peak into the child's), so the command is started from this small launcher instead.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+stderr = process.stderr.read()
+_, status, usage = os.wait4(process.pid, 0)
+seconds = time.perf_counter() - start
+print(json.dumps({"status": os.waitstatus_to_exitcode(status), "seconds": seconds,
+                  "maxrss_kib": usage.ru_maxrss, "stderr": stderr.decode(errors="replace")[-2000:]}))
+"""
+
+
 def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run ``command``; its wall time and its own peak resident memory (os.wait4's rusage)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stderr.decode(errors='replace')[-2000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}  # ru_maxrss: KiB
+    """Run ``command``; its wall time and its own peak resident memory (ru_maxrss from os.wait4)."""
+    launched = subprocess.run([sys.executable, "-c", LAUNCHER, *command], env=env, capture_output=True, text=True)
+    if launched.returncode != 0:
+        raise SystemExit(f"the launcher failed:\n{launched.stderr[-2000:]}")
+    result = json.loads(launched.stdout)
+    if result["status"] != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result['stderr']}")
+    return {"seconds": round(result["seconds"], 2), "peak_rss_mb": round(result["maxrss_kib"] / 1024, 1)}
 
 
 def measure_classes(classes: int, per_class: int, train: bool, work: Path, threads: int) -> dict:
@@ -135,7 +149,6 @@ def measure_classes(classes: int, per_class: int, train: bool, work: Path, threa
         fabricate_run(run_dir, classes, per_class)
     row["report_run"] = "trained" if train else "fabricated"
     row["report"] = measure([*facekit, "report", str(run_dir), "--format", "csv"], env)
-    shutil.rmtree(data)  # 50k folders: free the disk before the next size
     return row
 
 
@@ -208,19 +221,20 @@ def main(argv: list[str] | None = None) -> dict:
         for classes in args.classes:
             rows.append(measure_classes(classes, args.per_class, classes <= args.train_up_to, work, args.threads))
             print(json.dumps(rows[-1]), flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "image_size": IMAGE_SIZE, "threads": args.threads, "rows": rows, "slopes": slopes(rows),
-    }
-    from facekit.files import write_json
+        result = {
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "load_average": os.getloadavg()[0],
+            "image_size": IMAGE_SIZE, "threads": args.threads, "rows": rows, "slopes": slopes(rows),
+        }
+        from facekit.files import write_json
 
-    write_json(args.out, result)
-    print(markdown(result))
-    if args.update_doc:
-        update_doc(markdown(result))
+        write_json(args.out, result)
+        print(markdown(result), flush=True)
+        if args.update_doc:
+            update_doc(markdown(result))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # 200k small files at 50k classes: this takes a while
     return result
 
 
