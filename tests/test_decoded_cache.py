@@ -1,0 +1,333 @@
+"""The disk-backed decoded-image cache: written once, shared by processes, damage rebuilt; the cache policy.
+
+The cache stores whatever a decoder produced; these tests use a stand-in decoder (bytes derived
+from each file's content) so they run in a second and need no image library.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facekit.data import decoded_cache
+from facekit.data.decoded_cache import (
+    MISSING,
+    UNDECODABLE,
+    WRITTEN,
+    DiskImageCache,
+    cache_bytes,
+    cache_key,
+    choose_cache,
+)
+from facekit.errors import FacekitError, UsageError
+
+SIZE = 16
+GB = 10**9
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def make_files(folder: Path, count: int, big: int = 0) -> list[str]:
+    """``count`` files with distinct contents; the first ``big`` are 200 KiB (past the hashed head and tail)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:04d}.jpg"
+        body = f"image {i}\n".encode() * (20_000 if i < big else 3)
+        path.write_bytes(body)
+        paths.append(str(path))
+    return paths
+
+
+def fake_decode(path: str) -> np.ndarray:
+    """A deterministic stand-in for decoding: (3, SIZE, SIZE) uint8 from the file's bytes."""
+    seed = hashlib.sha256(Path(path).read_bytes()).digest()
+    return np.random.default_rng(list(seed[:8])).integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8)
+
+
+def fill(cache: DiskImageCache, files: list[str], order: np.ndarray, batch: int = 7) -> int:
+    """Decode the files ``cache`` lacks, in ``order``, a batch at a time; returns how many were decoded."""
+    decoded = 0
+    for start in range(0, len(order), batch):
+        rows = order[start : start + batch]
+        rows = rows[cache.state[rows] == MISSING]
+        if len(rows):
+            cache.put(rows, np.stack([fake_decode(files[r]) for r in rows]))
+            decoded += len(rows)
+            cache.commit()
+    return decoded
+
+
+def _child_fill(cache_dir: str, files: list[str], seed: int, barrier, results) -> None:
+    """Another process (spawned): open the cache, fill it in its own order, report what it decoded."""
+    os.environ["FACEKIT_CACHE_DIR"] = cache_dir
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        if barrier is not None:
+            barrier.wait()  # both processes fill at the same time
+        order = np.random.default_rng(seed).permutation(len(files)) if seed >= 0 else np.arange(len(files))
+        results.put(fill(cache, files, order, batch=3))
+
+
+def run_processes(files: list[str], seeds: list[int]) -> list[int]:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(len(seeds)) if len(seeds) > 1 else None
+    results = context.Queue()
+    workers = [
+        context.Process(target=_child_fill, args=(os.environ["FACEKIT_CACHE_DIR"], files, seed, barrier, results))
+        for seed in seeds
+    ]
+    for worker in workers:
+        worker.start()
+    counts = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    return counts
+
+
+def expected_images(files: list[str]) -> np.ndarray:
+    return np.stack([fake_decode(f) for f in files])
+
+
+# ----------------------------------------------------------------------------- reuse
+def test_written_once_then_read_by_another_process_without_decoding(tmp_path):
+    files = make_files(tmp_path / "data", 20)
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        assert cache.notes == [] and not cache.complete
+        assert fill(cache, files, np.arange(len(files))) == 20
+        assert cache.complete
+        folder = cache.folder
+    assert folder.parent == tmp_path / "cache" / "decoded"
+    assert (folder / "images.u8").stat().st_size == cache_bytes(20, SIZE) == 20 * 3 * SIZE * SIZE
+
+    assert run_processes(files, [-1]) == [0]  # another process: nothing left to decode
+    with DiskImageCache.open(files, SIZE, decoder="fake") as again:
+        assert again.folder == folder and again.complete
+        assert np.array_equal(again.images, expected_images(files))
+        assert (again.state == WRITTEN).all()
+
+
+def test_entries_are_marked_only_when_committed(tmp_path):
+    files = make_files(tmp_path / "data", 6)
+    writer = DiskImageCache.open(files, SIZE, decoder="fake")
+    writer.put(np.array([4, 1]), np.stack([fake_decode(files[4]), fake_decode(files[1])]))
+    reader = DiskImageCache.open(files, SIZE, decoder="fake")
+    assert (reader.state == MISSING).all()  # written but not flushed: nobody may rely on it yet
+    writer.commit()
+    assert reader.state.tolist() == [MISSING, WRITTEN, MISSING, MISSING, WRITTEN, MISSING]
+    assert np.array_equal(reader.images[4], fake_decode(files[4]))  # another writer's bytes, through the map
+    writer.put_undecodable(np.array([0, 2, 3, 5]))
+    assert not reader.complete
+    writer.close()
+    assert reader.complete and reader.state.tolist() == [UNDECODABLE, WRITTEN, UNDECODABLE, UNDECODABLE, WRITTEN, UNDECODABLE]
+    reader.close()
+
+
+def test_two_processes_filling_at_once_give_one_complete_correct_cache(tmp_path):
+    files = make_files(tmp_path / "data", 120)
+    decoded = run_processes(files, [1, 2])
+    assert sum(decoded) >= 120  # together they covered everything; overlaps are decoded twice, harmlessly
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        assert cache.notes == [] and cache.complete
+        assert (cache.state == WRITTEN).all()
+        assert np.array_equal(cache.images, expected_images(files))
+
+
+# ----------------------------------------------------------------------------- damage
+def _truncate_images(folder: Path) -> None:
+    with open(folder / "images.u8", "r+b") as handle:
+        handle.truncate(100)
+
+
+def _garble_manifest(folder: Path) -> None:
+    (folder / "manifest.json").write_text('{"format": 1, "key"')
+
+
+def _other_shape(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"input_size": SIZE * 2}))
+
+
+def _bad_state(folder: Path) -> None:
+    with open(folder / "state.u8", "r+b") as handle:
+        handle.seek(3)
+        handle.write(b"\x07")
+
+
+def _no_state(folder: Path) -> None:
+    (folder / "state.u8").unlink()
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (_truncate_images, "images.u8 has 100 bytes"),
+        (_garble_manifest, "unreadable manifest.json"),
+        (_other_shape, "manifest.json does not match"),
+        (_bad_state, "state.u8 holds values that are not entry states"),
+        (_no_state, "state.u8 is missing"),
+    ],
+)
+def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, damage, problem):
+    files = make_files(tmp_path / "data", 10)
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        fill(cache, files, np.arange(10))
+        folder = cache.folder
+    damage(folder)
+    with DiskImageCache.open(files, SIZE, decoder="fake") as rebuilt:
+        assert len(rebuilt.notes) == 1 and problem in rebuilt.notes[0] and "rebuilding" in rebuilt.notes[0]
+        assert not rebuilt.complete and (rebuilt.state == MISSING).all()
+        assert fill(rebuilt, files, np.arange(10)) == 10
+        assert np.array_equal(rebuilt.images, expected_images(files))
+    with DiskImageCache.open(files, SIZE, decoder="fake") as healthy:
+        assert healthy.notes == [] and healthy.complete
+
+
+def test_a_process_still_mapping_the_old_files_survives_a_rebuild(tmp_path):
+    files = make_files(tmp_path / "data", 4)
+    old = DiskImageCache.open(files, SIZE, decoder="fake")
+    fill(old, files, np.arange(4))
+    _garble_manifest(old.folder)
+    new = DiskImageCache.open(files, SIZE, decoder="fake")
+    assert np.array_equal(old.images, expected_images(files))  # its map still reads the old file
+    fill(old, files, np.arange(4))  # and its writes go there, not into the new one
+    assert (new.state == MISSING).all()
+    old.close()
+    new.close()
+
+
+# ----------------------------------------------------------------------------- the key
+def test_the_key_follows_content_size_and_decoder_not_paths(tmp_path):
+    files = make_files(tmp_path / "data", 5, big=2)
+    key = cache_key(files, SIZE, "torch")
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "data", copy)  # new paths and modification times, same bytes
+    copied = [str(copy / Path(f).name) for f in files]
+    assert cache_key(copied, SIZE, "torch") == key
+    assert cache_key(files, SIZE + 1, "torch") != key
+    assert cache_key(files, SIZE, "dali") != key
+    assert cache_key(list(reversed(files)), SIZE, "torch") != key  # rows follow the file order
+
+    body = bytearray(Path(copied[0]).read_bytes())  # 200 KiB: change a byte in the hashed tail
+    body[-10] ^= 1
+    Path(copied[0]).write_bytes(body)
+    assert cache_key(copied, SIZE, "torch") != key
+
+
+def test_the_content_digest_is_memoized_by_path_size_and_mtime(tmp_path, monkeypatch):
+    files = make_files(tmp_path / "data", 5)
+    key = cache_key(files, SIZE, "torch")
+    reads = []
+    real = decoded_cache._file_identity
+    monkeypatch.setattr(decoded_cache, "_file_identity", lambda path: reads.append(path) or real(path))
+    assert cache_key(files, 2 * SIZE, "torch") != key and reads == []  # memo hit: no file is read
+    os.utime(files[3], ns=(1, 1))
+    assert cache_key(files, SIZE, "torch") == key and len(reads) == 5  # stat changed: re-read, same content
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    files = make_files(tmp_path / "data", 3)
+    os.unlink(files[1])
+    with pytest.raises(FacekitError, match=rf"{files[1]}: cannot read it"):
+        cache_key(files, SIZE, "torch")
+
+
+# ----------------------------------------------------------------------------- space
+def test_the_free_space_check_refuses_with_a_clear_message(tmp_path, monkeypatch):
+    files = make_files(tmp_path / "data", 8)
+    monkeypatch.setattr(decoded_cache, "free_disk_bytes", lambda folder: 10**6)
+    with pytest.raises(FacekitError) as caught:
+        DiskImageCache.open(files, SIZE, decoder="fake")
+    message = str(caught.value)
+    assert "the decoded-image cache needs" in message and "1.0 MB free" in message
+    assert "FACEKIT_CACHE_DIR" in message and "--cache off" in message
+    folder = Path(message.split(" at ")[1].split(" but ")[0])
+    assert not (folder / "manifest.json").exists() and not (folder / "images.u8").exists()
+
+
+def test_a_full_disk_while_filling_stops_caching_with_a_warning(tmp_path, monkeypatch):
+    files = make_files(tmp_path / "data", 6)
+    cache = DiskImageCache.open(files, SIZE, decoder="fake")
+    fill(cache, files, np.arange(2))
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decoded_cache.os, "pwrite", full)
+    with pytest.warns(RuntimeWarning, match="cannot write \\(the disk is full\\); images it lacks are decoded"):
+        cache.put(np.array([2]), fake_decode(files[2])[None])
+    cache.put(np.array([3]), fake_decode(files[3])[None])  # no second warning, nothing written
+    cache.close()
+    assert cache.state.tolist() == [WRITTEN, WRITTEN, MISSING, MISSING, MISSING, MISSING]
+
+
+# ----------------------------------------------------------------------------- the policy
+@pytest.fixture
+def memory(monkeypatch):
+    """Set the free bytes the policy sees: ``memory(cuda=..., cpu=..., disk=...)``."""
+
+    def set_free(cuda=None, cpu=None, disk=10**15):
+        free = {"cuda": cuda, "cpu": cpu}
+        monkeypatch.setattr(decoded_cache, "available_memory", lambda device: free[str(device).split(":")[0]])
+        monkeypatch.setattr(decoded_cache, "free_disk_bytes", lambda folder: disk)
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    return set_free
+
+
+CASIA = 494_414  # images; at 224 px: 74.4 GB
+
+
+@pytest.mark.parametrize(
+    "device, free, auto, memory_choice",
+    [
+        ("cuda:0", dict(cuda=160 * GB, cpu=10 * GB), "device", "device"),
+        ("cuda:0", dict(cuda=80 * GB, cpu=200 * GB), "ram", "ram"),  # fits the GPU, but not within half
+        ("cuda:0", dict(cuda=80 * GB, cpu=100 * GB), "disk", None),
+        ("cpu", dict(cpu=150 * GB), "ram", "ram"),
+        ("cpu", dict(cpu=140 * GB), "disk", None),
+        ("cpu", dict(cpu=None), "disk", None),  # memory unknown: never gamble on it
+        ("cpu", dict(cpu=10 * GB, disk=70 * GB), "off", None),  # no room anywhere
+    ],
+)
+def test_the_policy_puts_the_images_where_they_fit(memory, device, free, auto, memory_choice):
+    memory(**free)
+    assert cache_bytes(CASIA, 224) == 74_423_150_592
+    assert choose_cache(CASIA, 224, device, "auto") == auto
+    assert choose_cache(CASIA, 224, device, "disk") == "disk"
+    assert choose_cache(CASIA, 224, device, "off") == "off"
+    if memory_choice is not None:
+        assert choose_cache(CASIA, 224, device, "memory") == memory_choice
+    else:
+        with pytest.raises(UsageError, match=r"--cache memory: 494,414 decoded images at 224 px take 74.4 GB.*use --cache disk"):
+            choose_cache(CASIA, 224, device, "memory")
+
+
+def test_the_policy_counts_one_ram_copy_per_local_process(memory, monkeypatch):
+    memory(cpu=200 * GB)
+    assert choose_cache(CASIA, 224, "cpu", "auto") == "ram"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert choose_cache(CASIA, 224, "cpu", "auto") == "disk"
+
+
+def test_the_policy_rejects_unknown_values_and_skips_empty_sets(memory):
+    memory(cpu=GB)
+    with pytest.raises(UsageError, match="--cache sometimes: choose one of auto, memory, disk, off"):
+        choose_cache(10, 224, "cpu", "sometimes")
+    assert choose_cache(0, 224, "cpu", "disk") == "off"
+
+
+def test_available_memory_reads_this_machine():
+    free = decoded_cache.available_memory("cpu")
+    assert free is not None and 0 < free < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
