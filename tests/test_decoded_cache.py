@@ -24,6 +24,7 @@ from facekit.data.decoded_cache import (
     WRITTEN,
     DiskImageCache,
     cache_bytes,
+    cache_choice,
     cache_key,
     choose_cache,
 )
@@ -326,6 +327,7 @@ def test_the_policy_rejects_unknown_values_and_skips_empty_sets(memory):
     with pytest.raises(UsageError, match="--cache sometimes: choose one of auto, memory, disk, off"):
         choose_cache(10, 224, "cpu", "sometimes")
     assert choose_cache(0, 224, "cpu", "disk") == "off"
+    assert (cache_choice(True), cache_choice(False), cache_choice("Disk")) == ("auto", "off", "disk")  # the old flag
 
 
 def test_available_memory_reads_this_machine():

@@ -82,14 +82,16 @@ def format_bytes(size: float) -> str:
 def available_memory(device) -> int | None:
     """Bytes free for a new allocation on ``device`` (a torch.device or its name), or None when unknown.
 
-    CUDA: the driver's free memory. CPU: ``MemAvailable`` from /proc/meminfo (what can be
-    allocated without swapping), else the free physical pages.
+    CUDA: the driver's free memory plus what torch's allocator holds unused (freed tensors it
+    keeps for reuse). CPU: ``MemAvailable`` from /proc/meminfo (what can be allocated without
+    swapping), else the free physical pages.
     """
     kind = getattr(device, "type", str(device).split(":")[0])
     if kind == "cuda":
         import torch
 
-        return int(torch.cuda.mem_get_info(device)[0])
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + unused
     if kind != "cpu":
         return None
     try:
@@ -116,10 +118,20 @@ def _fits(size: int, free: int | None, copies: int = 1) -> bool:
     return free is not None and size * copies <= free * MEMORY_SHARE
 
 
-def choose_cache(num_images: int, input_size: int, device, requested: str) -> str:
+def cache_choice(value: str | bool) -> str:
+    """A ``--cache`` value, checked: one of :data:`CACHE_CHOICES`; True (the old flag) is "auto", False "off"."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    choice = str(value).lower()
+    if choice not in CACHE_CHOICES:
+        raise UsageError(f"--cache {value}: choose one of {', '.join(CACHE_CHOICES)}")
+    return choice
+
+
+def choose_cache(num_images: int, input_size: int, device, requested: str | bool) -> str:
     """Where the decoded images of a loader go: "device", "ram", "disk" or "off".
 
-    ``requested`` is the ``--cache`` value:
+    ``requested`` is the ``--cache`` value (see :func:`cache_choice`):
 
     - ``auto``: the device's memory when the images take at most half of what is free there,
       else host RAM on the same terms (a CUDA run copies each batch over), else the disk cache
@@ -132,9 +144,7 @@ def choose_cache(num_images: int, input_size: int, device, requested: str) -> st
     (``LOCAL_WORLD_SIZE``), and the RAM check counts them all; the disk cache is one copy for
     all of them (the page cache shares it).
     """
-    choice = requested.lower()
-    if choice not in CACHE_CHOICES:
-        raise UsageError(f"--cache {requested}: choose one of {', '.join(CACHE_CHOICES)}")
+    choice = cache_choice(requested)
     if choice in ("off", "disk") or num_images == 0:
         return "off" if num_images == 0 else choice
     size = cache_bytes(num_images, input_size)
