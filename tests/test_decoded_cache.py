@@ -333,3 +333,161 @@ def test_the_policy_rejects_unknown_values_and_skips_empty_sets(memory):
 def test_available_memory_reads_this_machine():
     free = decoded_cache.available_memory("cpu")
     assert free is not None and 0 < free < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+# ----------------------------------------------------------------------------- in the loader
+# torch and the loaders are imported inside these tests: the processes spawned above import
+# this module, and stay quick without them.
+PIXELS = dict(mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    from facekit.data.index import index_dataset
+    from facekit.data.synth import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("data") / "ds", identities=4, per_identity=5, size=48, fmt="jpg")
+    index = index_dataset(root, cache=False)
+    return index.paths(), index.labels
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """The files the torch loader decodes (one worker-free process, so every decode is seen here)."""
+    from facekit.data.loaders import torch_loader
+
+    seen: list[str] = []
+    real = torch_loader.decode_resized
+    monkeypatch.setattr(torch_loader, "decode_resized", lambda path, size: seen.append(path) or real(path, size))
+    return seen
+
+
+def _loader(files, labels, cache, **kw):
+    from facekit.api import Normalization
+    from facekit.data.loaders import make_loader
+
+    options = dict(batch_size=6, input_size=32, normalization=Normalization(**PIXELS), train=True, rotate=10.0,
+                   seed=4, backend="torch", num_workers=0, cache=cache)  # fmt: skip
+    return make_loader(files, labels, **(options | kw))
+
+
+def _epoch(loader, epoch):
+    import torch
+
+    loader.set_epoch(epoch)
+    images, labels = zip(*loader)
+    return torch.cat(images), torch.cat(labels)
+
+
+def test_a_loader_fills_the_disk_cache_once_and_a_new_loader_reads_it_without_decoding(faces, decodes):
+    import torch
+
+    files, labels = faces
+    plain = _loader(files, labels, "off")
+    expected = [_epoch(plain, epoch) for epoch in range(3)]
+    decodes.clear()
+
+    first = _loader(files, labels, "disk")
+    assert first.cache_in_use.startswith("disk, 0.1 MB at ") and str(decoded_cache.cache_dir()) in first.cache_in_use
+    for epoch in range(2):
+        images, got = _epoch(first, epoch)
+        assert torch.equal(got, expected[epoch][1]) and torch.equal(images, expected[epoch][0])
+    assert len(decodes) == len(files)  # the first epoch decoded every image, the second none
+    first.close()
+
+    second = _loader(files, labels, "disk")
+    images, got = _epoch(second, 2)
+    assert len(decodes) == len(files)  # a new loader (a new run) decodes nothing
+    assert torch.equal(got, expected[2][1]) and torch.equal(images, expected[2][0])
+    second.close()
+
+
+def test_every_split_of_a_data_set_shares_one_disk_cache(faces, decodes):
+    files, labels = faces
+    train, val = list(range(0, 20, 2)), list(range(1, 20, 2))
+    for part in (train, val):
+        loader = _loader([files[i] for i in part], labels[part], "disk", cache_files=files)
+        _epoch(loader, 0)
+        _epoch(loader, 1)
+        loader.close()
+    assert sorted(decodes) == sorted(files)  # each image once, by the split that reads it
+    whole = _loader(files, labels, "disk")
+    _epoch(whole, 0)
+    whole.close()
+    assert len(decodes) == len(files)
+
+
+def test_a_file_that_does_not_decode_stays_skipped_in_later_runs(faces, decodes, tmp_path):
+    files, labels = faces
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    some, some_labels = [*files[:7], str(broken)], [*labels[:7], 0]
+    first = _loader(some, some_labels, "disk")
+    with pytest.warns(RuntimeWarning, match="broken.jpg"):
+        assert len(_epoch(first, 0)[1]) == 7
+    first.close()
+    again = _loader(some, some_labels, "disk")
+    decodes.clear()
+    assert len(_epoch(again, 1)[1]) == 7 and decodes == []  # read from the cache, the broken file skipped
+    assert again._store.state.tolist() == [WRITTEN] * 7 + [UNDECODABLE]
+    again.close()
+
+
+@pytest.mark.parametrize("cache, kind", [("auto", "ram, "), (True, "ram, "), ("memory", "ram, "), (False, "off"), ("off", "off")])
+def test_the_loader_says_which_cache_it_uses(faces, cache, kind):
+    files, labels = faces
+    loader = _loader(files, labels, cache)
+    assert loader.cache_in_use.startswith(kind)
+    loader.close()
+
+
+def test_a_run_records_its_cache(synthetic_dataset, tmp_path):
+    from facekit.engine import SilentProgress, Trainer, TrainConfig
+
+    class Messages(SilentProgress):
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    progress = Messages()
+    config = TrainConfig(data=synthetic_dataset, out=tmp_path / "run", input_size=64, epochs=2, batch_size=8, rotate=0.0,
+                         loader="torch", workers=0, test_size=0.25, val_size=0.25, seed=3, cache="disk")  # fmt: skip
+    run_dir = Trainer(config, progress).train()
+    history = json.loads((run_dir / "history.json").read_text())
+    used = {row["cache"] for row in history}
+    assert len(used) == 1 and used.pop() == f"disk, 0.4 MB at {next((tmp_path / 'cache' / 'decoded').glob('*/images.u8')).parent}"
+    assert f"decoded-image cache: {history[0]['cache']}" in progress.lines
+    assert json.loads((run_dir / "config.json").read_text())["cache"] == "disk"
+
+
+@pytest.mark.parametrize(
+    "args, cache",
+    [(["--cache"], "auto"), (["--cache", "--epochs", "1"], "auto"), (["--cache", "disk"], "disk"),
+     (["--cache=memory"], "memory"), (["--no-cache"], "off"), ([], "off")],
+)  # fmt: skip
+def test_the_cache_option(monkeypatch, args, cache):
+    from typer.testing import CliRunner
+
+    from facekit import engine
+    from facekit.cli import app
+
+    seen = []
+
+    def stop(config, progress=None):
+        seen.append(config.cache)
+        raise UsageError("stopped here")
+
+    monkeypatch.setattr(engine, "Trainer", stop)
+    result = CliRunner().invoke(app, ["train", "--data", "faces", *args])
+    assert result.exit_code == 2 and "stopped here" in result.output and seen == [cache]
+
+
+def test_an_unknown_cache_value_is_one_usage_line(synthetic_dataset):
+    from typer.testing import CliRunner
+
+    from facekit.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(synthetic_dataset), "--cache", "sometimes"])
+    assert result.exit_code == 2 and "--cache sometimes: choose one of auto, memory, disk, off" in result.output
