@@ -34,7 +34,6 @@ sizes and modification times (``decoded/fingerprints/``): a later run only stats
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -68,6 +67,10 @@ _HASH_THREADS = 8  # reading is I/O-bound: more threads than cores keep the disk
 
 Progress = Callable[[int], None]  # called with the number of files just hashed
 
+# File locks (fcntl) and positioned writes are POSIX; elsewhere only the memory caches exist.
+DISK_CACHE_WORKS = os.name == "posix"
+_flush = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
 
 def cache_bytes(num_images: int, input_size: int) -> int:
     """Bytes of the decoded images: ``num_images * 3 * input_size**2``."""
@@ -75,6 +78,7 @@ def cache_bytes(num_images: int, input_size: int) -> int:
 
 
 def format_bytes(size: float) -> str:
+    """``74.4 GB`` or ``40.8 MB``: how cache sizes are shown."""
     return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
@@ -161,8 +165,7 @@ def choose_cache(num_images: int, input_size: int, device, requested: str | bool
             f"more than half of the free memory of {where} ({format_bytes(ram or 0)} of RAM available); "
             "use --cache disk (or auto)"
         )
-    folder = cache_dir() / "decoded"
-    if size + DISK_MARGIN_BYTES <= free_disk_bytes(folder):
+    if DISK_CACHE_WORKS and size + DISK_MARGIN_BYTES <= free_disk_bytes(cache_dir() / "decoded"):
         return "disk"
     return "off"
 
@@ -226,6 +229,10 @@ def cache_key(files: Sequence[str | Path], input_size: int, decoder: str, progre
 @contextmanager
 def _locked(lock_file: Path) -> Iterator[None]:
     """An exclusive lock between processes (released when the process dies, too)."""
+    if not DISK_CACHE_WORKS:
+        raise FacekitError("the disk cache needs POSIX file locks, which this system lacks; use --cache memory or off")
+    import fcntl
+
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -342,7 +349,7 @@ class DiskImageCache:
             return
         try:
             if self._pending:
-                os.fdatasync(self._fd)  # the bytes first: a mark must never point at unwritten data
+                _flush(self._fd)  # the bytes first: a mark must never point at unwritten data
                 self.state[np.concatenate(self._pending)] = WRITTEN
             if self._undecodable:
                 self.state[np.concatenate(self._undecodable)] = UNDECODABLE
