@@ -246,8 +246,8 @@ def _locked(lock_file: Path) -> Iterator[None]:
 class DiskImageCache:
     """Decoded uint8 images ``(N, 3, S, S)`` in a memory-mapped file shared by runs and ranks.
 
-    Open with :meth:`open`. Read :attr:`images` (a read-only-in-spirit view of the file: rows
-    whose :attr:`state` is not WRITTEN hold zeros) and :attr:`state`; add decoded images with
+    Open with :meth:`open`. Read :attr:`images` (a read-only map of the file: rows whose
+    :attr:`state` is not WRITTEN hold zeros) and :attr:`state`; add decoded images with
     :meth:`put` and undecodable files with :meth:`put_undecodable`, then :meth:`commit` (or
     :meth:`close`) to flush them and mark them for everyone.
     """
@@ -260,9 +260,9 @@ class DiskImageCache:
         self.shape = (num_images, 3, input_size, input_size)
         self.row_bytes = 3 * input_size * input_size
         self._fd: int | None = os.open(folder / "images.u8", os.O_RDWR)
-        # Copy-on-write: the loader may hand the view to code that expects a writable array, and
-        # nothing written to it can reach the file; unwritten pages still show other writers' data.
-        self.images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="c", shape=self.shape)
+        # A shared read-only map: it sees every writer's images as they land, and is not charged
+        # against the memory limit (a private writable map of 74 GB can be refused by the kernel).
+        self.images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=self.shape)
         self.state = np.memmap(folder / "state.u8", dtype=np.uint8, mode="r+", shape=(num_images,))
         self._pending: list[np.ndarray] = []
         self._pending_bytes = 0

@@ -191,7 +191,9 @@ class _DiskStore:
 
     def __init__(self, cache: DiskImageCache):
         self.cache = cache
-        self.images = torch.from_numpy(cache.images)  # host memory map
+        with warnings.catch_warnings():  # the map is read-only, and only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+            self.images = torch.from_numpy(cache.images)
         self.state = cache.state
 
     def put(self, rows: np.ndarray, images: torch.Tensor) -> None:
