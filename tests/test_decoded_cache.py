@@ -433,6 +433,24 @@ def test_a_file_that_does_not_decode_stays_skipped_in_later_runs(faces, decodes,
     again.close()
 
 
+@pytest.mark.parametrize("cache, kind", [("disk", "disk, "), ("auto", "ram, ")])
+def test_a_host_cache_feeds_a_gpu(faces, monkeypatch, cache, kind):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    monkeypatch.setattr(decoded_cache, "available_memory", lambda device: 0 if "cuda" in str(device) else 10**12)
+    files, labels = faces
+    expected = _epoch(_loader(files, labels, "off", device="cuda"), 1)
+    loader = _loader(files, labels, cache, device="cuda")
+    assert loader.cache_in_use.startswith(kind)
+    for _ in range(2):  # fills the cache, then gathers from it into pinned memory and copies over
+        images, got = _epoch(loader, 1)
+        assert images.device.type == "cuda" and torch.equal(got, expected[1])
+        assert (images - expected[0]).abs().max() < 1e-3
+    loader.close()
+
+
 @pytest.mark.parametrize("cache, kind", [("auto", "ram, "), (True, "ram, "), ("memory", "ram, "), (False, "off"), ("off", "off")])
 def test_the_loader_says_which_cache_it_uses(faces, cache, kind):
     files, labels = faces
