@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from facekit.api import Normalization
+from facekit.data.decoded_cache import cache_choice
 from facekit.errors import UsageError
 
 BACKENDS = ("dali", "torch")
@@ -39,6 +40,11 @@ class LoaderOptions:
     ``output_dtype`` and ``channels_last`` let a CUDA trainer receive batches in the precision
     and memory layout its first convolution uses (bf16, channels-last) instead of converting
     float32 NCHW batches itself.
+
+    ``cache`` is a ``--cache`` value (:func:`~facekit.data.decoded_cache.choose_cache`; True and
+    False, the old flag, mean "auto" and "off"). ``cache_files`` are the files a disk cache
+    covers, when the loader reads a part of a data set: give the whole set's files, and every
+    split and fold of it shares one cache (default: the loader's own files).
     """
 
     batch_size: int
@@ -49,7 +55,8 @@ class LoaderOptions:
     seed: int = 0
     device: torch.device | str = "cpu"
     backend: str = "auto"
-    cache: bool = False
+    cache: str | bool = "off"
+    cache_files: tuple[str, ...] | None = None
     num_workers: int | None = None  # None: default_workers()
     shard_id: int = 0
     num_shards: int = 1
@@ -76,6 +83,8 @@ class LoaderOptions:
             self,
             device=torch.device(self.device),
             backend=self.backend.lower(),
+            cache=cache_choice(self.cache),
+            cache_files=None if self.cache_files is None else tuple(map(str, self.cache_files)),
             rotate=float(self.rotate) if self.train else 0.0,
             num_workers=default_workers() if self.num_workers is None else self.num_workers,
         )
