@@ -29,6 +29,7 @@ from facekit import distributed
 from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.data.augment import AugmentPipeline, augment_args
+from facekit.data.decoded_cache import cache_choice
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
@@ -62,7 +63,7 @@ class TrainConfig:
     weights: Path | None = None
     trust_weights: bool = False
     loader: str = "auto"
-    cache: bool = False
+    cache: str | bool = "off"  # auto, memory, disk or off (see facekit.data.decoded_cache); a bool from older runs
     workers: int | None = None
     threads: int | None = None  # torch CPU threads; None: torch's default (one per core)
     device: str = "auto"
@@ -209,6 +210,8 @@ class Trainer:
             raise UsageError(f"--input-size must be at least 32 pixels (got {self.input_size})")
         self.rank_batch_size = self.dist.per_rank_batch(config.batch_size)
         self.device = self.dist.device(resolve_device(config.device))
+        self.cache = cache_choice(config.cache)
+        self._cache_files: tuple[str, ...] | None = None  # the data set's files: one disk cache for every split
         if config.threads is not None:
             if config.threads < 1:
                 raise UsageError(f"--threads must be at least 1 (got {config.threads})")
@@ -311,7 +314,8 @@ class Trainer:
             seed=seed,
             device=self.device,
             backend=self.config.loader,
-            cache=self.config.cache,
+            cache=self.cache,
+            cache_files=self._cache_files,
             num_workers=self.config.workers,
             shard_id=self.dist.rank,
             num_shards=self.dist.world_size,
@@ -416,6 +420,7 @@ class Trainer:
         writer = RunWriter(self.run_dir) if self.dist.is_main else None
         classes, split = run.classes, run.split
         files = [str(Path(split["root"]) / f) for f in split["files"]]
+        self._cache_files = tuple(files)
         labels = np.asarray(split["labels"], dtype=np.int64)
         norms = [Normalization.from_dict(n) for n in run.normalization["folds"]]
         history: list[dict[str, Any]] = list(resume_state.history) if resume_state else []
@@ -470,6 +475,8 @@ class Trainer:
 
         last_state = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
         try:
+            if self.cache != "off":
+                self.progress.message(f"decoded-image cache: {train_loader.cache_in_use}")
             for epoch in range(start_epoch, self.config.epochs + 1):
                 if early_stopping.should_stop:
                     break
@@ -487,6 +494,7 @@ class Trainer:
                     "images_per_s": seen / seconds if seconds > 0 else 0.0,
                     "seconds": seconds,
                     "loader": train_loader.backend,
+                    "cache": train_loader.cache_in_use,
                     "device": str(self.device),
                     "world_size": self.dist.world_size,
                 }

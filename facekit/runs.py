@@ -327,6 +327,13 @@ class Run:
         with np.load(file) as data:
             return {key: data[key] for key in data.files}
 
+    def test_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``y_true`` and ``y_pred`` alone: reports never read ``probs`` (N x C, gigabytes at 50k classes)."""
+        if not self.has_predictions:
+            self.predictions()  # raises the missing-file error
+        with np.load(self.path / "predictions.npz") as data:  # an npz reads each array on access only
+            return data["y_true"], data["y_pred"]
+
     def train_counts(self, fold: int | None = None) -> np.ndarray:
         """Training images per class for ``fold`` (default: the kept fold)."""
         fold = self.kept_fold if fold is None else fold

@@ -158,9 +158,9 @@ class DaliLoader(Loader):
 
     def _graph_augments(self) -> bool:
         """Augment inside DALI: every step has a DALI version, it is not rotation alone (the fused
-        kernel's), and the decoded-image cache, which must hold plain images, is off."""
+        kernel's), and there is no decoded-image cache to fill (it must hold plain images)."""
         augment = self.options.augment
-        return augment.runs_in_dali and not self._augment.fused and not self.cache
+        return augment.runs_in_dali and not self._augment.fused and self._open_store() is None
 
     def _to_torch(self, batch) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor

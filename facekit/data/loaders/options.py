@@ -9,6 +9,7 @@ import torch
 
 from facekit.api import Normalization
 from facekit.data.augment import AugmentPipeline, augment_args
+from facekit.data.decoded_cache import cache_choice
 from facekit.errors import UsageError
 from facekit.plugins import augmentations
 
@@ -44,6 +45,11 @@ class LoaderOptions:
     ``rotate=DEG`` is short for the pipeline ``rotate:DEG`` (giving both is a usage error), and
     with neither training images get the default, ``rotate:15``. Validated options of an
     evaluation loader hold the empty pipeline: validation and test images are never augmented.
+
+    ``cache`` is a ``--cache`` value (:func:`~facekit.data.decoded_cache.choose_cache`; True and
+    False, the old flag, mean "auto" and "off"). ``cache_files`` are the files a disk cache
+    covers, when the loader reads a part of a data set: give the whole set's files, and every
+    split and fold of it shares one cache (default: the loader's own files).
     """
 
     batch_size: int
@@ -55,7 +61,8 @@ class LoaderOptions:
     seed: int = 0
     device: torch.device | str = "cpu"
     backend: str = "auto"
-    cache: bool = False
+    cache: str | bool = "off"
+    cache_files: tuple[str, ...] | None = None
     num_workers: int | None = None  # None: default_workers()
     shard_id: int = 0
     num_shards: int = 1
@@ -82,6 +89,8 @@ class LoaderOptions:
             self,
             device=torch.device(self.device),
             backend=self.backend.lower(),
+            cache=cache_choice(self.cache),
+            cache_files=None if self.cache_files is None else tuple(map(str, self.cache_files)),
             rotate=None,
             augment=self._pipeline(),
             num_workers=default_workers() if self.num_workers is None else self.num_workers,
