@@ -6,7 +6,9 @@
 Input efficiency = (b)/(a) and (c)/(a). Also evaluation (inference) images/s.
 
 It runs the engine's own training step (facekit.engine.Trainer), so what it measures is what
-`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU.
+`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU. The loaders
+augment as `facekit train` does: rotation (rotate:15) unless `--augment STEP` (repeatable,
+the same steps) chooses others; compare its (b)/(a) with the rotation-only run's.
 
     python -m benchmarks.train --data ../shared/data/lfw_min8 --arch baseline tronnet resnet18 \
         --images 512 --out results/train.json
@@ -15,7 +17,6 @@ It runs the engine's own training step (facekit.engine.Trainer), so what it meas
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -23,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.anchors import ANCHOR_COLUMNS, bench_anchors, repeated_files, synchronize, training_rate, training_setup
 from benchmarks.environment import describe_environment, markdown_table
 from facekit.api import Normalization
 from facekit.data.index import index_dataset
-from facekit.engine import Trainer, TrainConfig, build_optimizer
-from facekit.factory import create_model
+from facekit.engine import Trainer
+from facekit.files import atomic_write, write_json
 
 # Face-set-like statistics; the benchmark measures speed, so exact values do not matter.
 FACE_STATS = Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
@@ -46,20 +48,6 @@ class DeviceTensors:
         return len(self.batches)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_epoch(trainer: Trainer, model, loader, loss_fn, optimizer, scaler) -> float:
-    """Images/s of one full training epoch (synchronised, so GPU work is counted)."""
-    synchronize(trainer.device)
-    start = time.perf_counter()
-    _, _, _, seen = trainer.train_epoch(model, loader, loss_fn, optimizer, scaler)
-    synchronize(trainer.device)
-    return seen / (time.perf_counter() - start)
-
-
 def timed_eval(trainer: Trainer, model, batches: DeviceTensors) -> float:
     synchronize(trainer.device)
     start = time.perf_counter()
@@ -69,19 +57,11 @@ def timed_eval(trainer: Trainer, model, batches: DeviceTensors) -> float:
 
 
 def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int, args, loader_backend: str) -> dict:
-    config = TrainConfig(
-        data=Path(args.data), arch=arch, batch_size=args.batch_size, device=args.device, loader=loader_backend,
-        workers=args.workers, rotate=15.0, input_size=args.input_size, finetune=args.finetune,
+    setup = training_setup(
+        arch, num_classes, data=args.data, batch_size=args.batch_size, input_size=args.input_size, device=args.device,
+        finetune=args.finetune, loader=loader_backend, workers=args.workers, augment=args.augment,
     )  # fmt: skip
-    trainer = Trainer(config)
-    torch.manual_seed(0)
-    model = create_model(
-        arch, num_classes=num_classes, input_size=trainer.input_size, finetune=args.finetune, pretrained=False,
-        device=trainer.device, channels_last=trainer.channels_last,
-    )  # fmt: skip
-    optimizer = build_optimizer(model, trainer.arch, lr=1e-4, weight_decay=0.0)
-    scaler = torch.amp.GradScaler(trainer.device.type, enabled=trainer.amp and not torch.cuda.is_bf16_supported())
-    loss_fn = torch.nn.CrossEntropyLoss()
+    trainer, model = setup[0], setup[1]
     norm = trainer.arch.normalization or FACE_STATS
     size = trainer.input_size
 
@@ -89,8 +69,9 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
     x = torch.randn(args.batch_size, 3, size, size, device=trainer.device)
     y = torch.randint(0, num_classes, (args.batch_size,), device=trainer.device)
     tensors = DeviceTensors([(x, y)] * n_batches)
-    timed_epoch(trainer, model, DeviceTensors([(x, y)] * 2), loss_fn, optimizer, scaler)  # warm-up, cuDNN autotune
-    row = {"arch": arch, "input_size": size, "batch_size": args.batch_size, "images": len(files)}
+    training_rate(setup, DeviceTensors([(x, y)] * 2))  # warm-up, cuDNN autotune
+    row = {"arch": arch, "augment": " ".join(trainer.config.augment), "input_size": size, "batch_size": args.batch_size,
+           "images": len(files)}  # fmt: skip
     loaders = {}
     for key, cache in (("loader_files", False), ("loader_cached", True)):
         loaders[key] = trainer._loader(files, labels, norm, train=True, seed=0)
@@ -98,15 +79,15 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
         row["backend"] = loaders[key].backend
     try:
         loaders["loader_cached"].set_epoch(0)  # fill the cache: its later epochs are the warm ones
-        timed_epoch(trainer, model, loaders["loader_cached"], loss_fn, optimizer, scaler)
+        training_rate(setup, loaders["loader_cached"])
         # (a), (b), (c) in turn, several rounds, best of each: a shared machine's load drifts,
         # and a fixed order would hand the drift to whichever is timed last.
         rates: dict[str, list[float]] = {"device_tensors": [], "loader_files": [], "loader_cached": [], "eval": []}
         for round_ in range(args.rounds):
-            rates["device_tensors"].append(timed_epoch(trainer, model, tensors, loss_fn, optimizer, scaler))
+            rates["device_tensors"].append(training_rate(setup, tensors))
             for key, loader in loaders.items():
                 loader.set_epoch(round_ + 1)
-                rates[key].append(timed_epoch(trainer, model, loader, loss_fn, optimizer, scaler))
+                rates[key].append(training_rate(setup, loader))
             rates["eval"].append(timed_eval(trainer, model, tensors))
     finally:
         for loader in loaders.values():
@@ -121,6 +102,7 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
 COLUMNS = [
     ("arch", "architecture", "{}"),
     ("backend", "loader", "{}"),
+    ("augment", "augmentation", "{}"),
     ("device_tensors", "(a) device tensors img/s", "{:.0f}"),
     ("loader_files", "(b) loader, files img/s", "{:.0f}"),
     ("loader_cached", "(c) loader, cache img/s", "{:.0f}"),
@@ -141,26 +123,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loader", default="auto")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--finetune", action="store_true", help="Train every layer of pretrained backbones.")
+    parser.add_argument(
+        "--augment", action="append", metavar="STEP", help="Training augmentation, repeatable, as `facekit train --augment` (default rotate:15)."
+    )
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of (a), (b), (c); the best of each counts.")
+    parser.add_argument("--anchors", action="store_true", help="Also time the two reference loaders (benchmarks.anchors).")
     parser.add_argument("--out", default="results/train.json")
     args = parser.parse_args(argv)
 
     index = index_dataset(args.data)
     # Repeat the file list when the data set is shorter than the timed epoch (fast GPUs).
-    order = list(itertools.islice(itertools.cycle(range(len(index.files))), args.images))
-    files = [index.paths()[i] for i in order]
-    labels = index.labels[order]
+    files, labels = repeated_files(index, args.images)
+    columns = COLUMNS + (ANCHOR_COLUMNS if args.anchors else [])
     rows = []
     for arch in args.arch:
         row = bench_arch(arch, files, labels, index.num_classes, args, args.loader)
+        if args.anchors:  # the reference loaders, same files, same run, same training step
+            setup = training_setup(
+                arch, index.num_classes, data=args.data, batch_size=args.batch_size, input_size=args.input_size,
+                device=args.device, finetune=args.finetune,
+            )  # fmt: skip
+            row |= bench_anchors(setup, files, labels, norm=setup[0].arch.normalization or FACE_STATS)
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {"benchmark": "train", "environment": describe_environment(), "data": str(args.data), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(rows, COLUMNS)
-    out.with_suffix(".md").write_text(table + "\n")
+    write_json(args.out, result)
+    table = markdown_table(rows, columns)
+    atomic_write(Path(args.out).with_suffix(".md"), (table + "\n").encode())
     print(table)
     return result
 

@@ -4,16 +4,21 @@ It knows architectures, losses and splits only through their spec contracts (fac
 It only trains: everything a run produces is written by its run folder's keeper
 (:class:`facekit.runs.RunWriter`), checkpointed every epoch, so an interruption never loses
 more than one epoch.
+
+Started by torchrun it trains data-parallel (:mod:`facekit.distributed`): the model is wrapped
+in ``DistributedDataParallel``, each rank reads its shard of every epoch, ``--batch-size`` is the
+global batch, losses and counts are summed over the ranks (so every rank sees the same figures and
+stops at the same epoch), and rank 0 alone reads and writes the run folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,14 +27,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from facekit import distributed
 from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
-from facekit.data.loaders import BACKENDS
+from facekit.data.augment import AugmentPipeline, augment_args
+from facekit.data.decoded_cache import cache_choice
+from facekit.data.loaders.options import BACKENDS, MIN_INPUT_SIZE
+from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
-from facekit.runs import FoldState, Run, RunWriter, default_run_dir
+from facekit.runs import FoldState, Run, RunWriter, default_run_dir, load_checkpoint
+from facekit.schedules import Schedule, build_schedule, check_schedule
 
-MIN_INPUT_SIZE = 32  # below this no built-in network learns anything useful; an architecture may need more
 MAX_INPUT_SIZE = 4096  # one 4096x4096 image is 200 MB as float32 already; more only exhausts memory
 # Settings a resume may change: how long and where it trains, not what it trains (that would no
 # longer continue the same run). Others given with --resume are refused by name.
@@ -56,13 +65,16 @@ class TrainConfig:
     weight_decay: float = 5e-3
     patience: int = 0  # early stopping after this many epochs without a better validation loss; 0 = off
     seed: int = 0
-    rotate: float = 15.0
+    rotate: float | None = None  # --rotate DEG: short for augment ["rotate:DEG"]; runs before --augment have only this
+    augment: list[str] | None = None  # training augmentation steps; None: ["rotate:15"] (see facekit.data.augment)
+    label_smoothing: float = 0.0
+    schedule: str = "constant"  # learning-rate schedule (facekit.schedules)
     input_size: int | None = None  # None: the architecture's own
     finetune: bool = False
     weights: Path | None = None
     trust_weights: bool = False
     loader: str = "auto"
-    cache: bool = False
+    cache: str | bool = "off"  # auto, memory, disk or off (see facekit.data.decoded_cache); a bool from older runs
     workers: int | None = None
     threads: int | None = None  # torch CPU threads; None: torch's default (one per core)
     device: str = "auto"
@@ -89,13 +101,14 @@ class TrainConfig:
         require(_finite(self.val_size) and 0 <= self.val_size < 1, "--val-size", self.val_size,
                 "a fraction from 0 up to (not including) 1")  # fmt: skip
         require(0 <= self.seed < 2**31, "--seed", self.seed, "from 0 to 2147483647")
-        require(_finite(self.rotate) and 0 <= self.rotate <= 180, "--rotate", self.rotate,
+        require(self.rotate is None or (_finite(self.rotate) and 0 <= self.rotate <= 180), "--rotate", self.rotate,
                 "between 0 and 180 degrees (0 turns rotation off)")  # fmt: skip
         require(self.input_size is None or MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE, "--input-size",
                 self.input_size, f"from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")  # fmt: skip
         require(self.loader.lower() in ("auto", *BACKENDS), "--loader", self.loader, f"one of auto, {', '.join(BACKENDS)}")
         require(self.workers is None or self.workers >= 0, "--workers", self.workers, "0 (load in this process) or more")
         require(self.threads is None or self.threads >= 1, "--threads", self.threads, "at least 1")
+        check_schedule(self.schedule)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -135,24 +148,6 @@ class SilentProgress:
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         pass
-
-
-@dataclass
-class Distributed:
-    """This process's place in a (future) data-parallel job; a single process is rank 0 of 1."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def current(cls) -> "Distributed":
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
-        return cls()
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -228,23 +223,31 @@ class Trainer:
     """Trains one run; ``train()`` starts it, ``Trainer.resume(run)`` continues it."""
 
     def __init__(self, config: TrainConfig, progress: Progress | None = None, run_dir: Path | None = None):
-        from facekit.plugins import architectures, losses, splits
+        from facekit.plugins import architectures, augmentations, losses, splits
 
-        self.config = config
-        self.progress = progress or SilentProgress()
-        self.dist = Distributed.current()
-        # Check every setting first: a typo or a bad number fails in a second, before any file is written.
+        self.dist = Distributed.from_env()
+        # Rank 0 talks to the user; N copies of every progress bar would say nothing more.
+        self.progress = (progress or SilentProgress()) if self.dist.is_main else SilentProgress()
+        # Check every setting and name first: a typo or a bad number fails in a second, before any
+        # file is written. The checks are deterministic, so every rank refuses alike.
         config.validate()
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
+        self.loss_spec.check_label_smoothing(config.label_smoothing)
         self.split_spec = splits().get(config.split)
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
                 f"--weights {config.weights}: architecture {self.arch.name!r} takes no pretrained weights "
                 "(it trains from scratch); drop --weights, or choose a pretrained architecture"
             )
+        self.augment = AugmentPipeline.from_args(augment_args(config.augment, config.rotate), augmentations())
+        # The run records the steps as they run; --rotate is folded into them.
+        self.config = config = dataclasses.replace(config, rotate=None, augment=self.augment.to_args())
         self.input_size = self.arch.input_size if config.input_size is None else config.input_size
-        self.device = resolve_device(config.device)
+        self.rank_batch_size = self.dist.per_rank_batch(config.batch_size)
+        self.device = self.dist.device(resolve_device(config.device))
+        self.cache = cache_choice(config.cache)
+        self._cache_files: tuple[str, ...] | None = None  # the data set's files: one disk cache for every split
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         on_cuda = self.device.type == "cuda"
@@ -274,9 +277,10 @@ class Trainer:
         if self.arch.normalization is not None:
             norm = self.arch.normalization.to_dict()
             return {"source": f"architecture {self.arch.name}", "folds": [norm for _ in plan.folds]}
+        from facekit.data.stats import cached_channel_sums, normalization_from_sums
+
         sums = cached_channel_sums(paths, self.input_size, self.progress)
         pixels = self.input_size * self.input_size
-        from facekit.data.stats import normalization_from_sums
 
         folds = [normalization_from_sums(sums, fold.train, pixels).to_dict() for fold in plan.folds]
         return {"source": "training split", "folds": folds}
@@ -293,6 +297,7 @@ class Trainer:
             "device_used": str(self.device),
             "amp": self.amp,
             "channels_last": self.channels_last,
+            "world_size": self.dist.world_size,
         }
         return dict(
             config=config,
@@ -370,31 +375,53 @@ class Trainer:
             channels_last=self.channels_last,
         )
 
+    def _data_parallel(self, model: nn.Module) -> nn.Module:
+        """The model that trains: itself, or wrapped in DistributedDataParallel under torchrun.
+
+        On CUDA, batch norms become SyncBatchNorm, so their batch statistics cover the global batch
+        as in one process; on the CPU (gloo) each rank normalizes over its own part of the batch.
+        """
+        if not self.dist.is_distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.device.type == "cuda":
+            return DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(model), device_ids=[self.device.index])
+        return DistributedDataParallel(model)
+
     def _loader(self, files: list[str], labels: np.ndarray, norm: Normalization, *, train: bool, seed: int):
         from facekit.data.loaders import make_loader
 
         return make_loader(
             files,
             labels,
-            batch_size=self.config.batch_size,
+            batch_size=self.rank_batch_size,
             input_size=self.input_size,
             normalization=norm,
             train=train,
-            rotate=self.config.rotate if train else 0.0,
+            augment=self.augment,  # evaluation loaders never augment
             seed=seed,
             device=self.device,
             backend=self.config.loader,
-            cache=self.config.cache,
+            cache=self.cache,
+            cache_files=self._cache_files,
             num_workers=self.config.workers,
             shard_id=self.dist.rank,
             num_shards=self.dist.world_size,
+            # Batches arrive in the dtype and layout the first convolution runs in, so the step
+            # does not convert a float32 NCHW copy of every batch.
+            output_dtype=self._autocast_dtype() if self.amp else torch.float32,
+            channels_last=self.channels_last,
         )
+
+    @staticmethod
+    def _autocast_dtype() -> torch.dtype:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def _autocast(self):
         if not self.amp:
             return torch.autocast(device_type=self.device.type, enabled=False)
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return torch.autocast(device_type="cuda", dtype=self._autocast_dtype())
 
     def _prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
@@ -402,8 +429,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True).long()
 
-    def train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> tuple[float, float, float, int]:
-        """One pass over ``loader``: mean loss, accuracy, seconds and images seen."""
+    def train_epoch(
+        self, model, loader, loss_fn, optimizer, scaler, schedule: Schedule | None = None
+    ) -> tuple[float, float, float, int]:
+        """One pass over ``loader``: mean loss, accuracy, seconds and images seen (over all ranks); ``schedule`` steps per batch."""
         model.train()
         keep_frozen_batchnorm_in_eval(model)
         total_loss = torch.zeros((), device=self.device)
@@ -419,18 +448,25 @@ class Trainer:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if schedule is not None:
+                schedule.step()
             # Accumulate on the device: a .item() per batch would stall the GPU every step.
             total_loss += loss.detach() * labels.shape[0]
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.shape[0]
             self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss.detach()), labels.shape[0])
         elapsed = time.perf_counter() - start
-        seen = max(seen, 1)
-        return float(total_loss) / seen, float(correct) / seen, elapsed, seen
+        total, right, seen = distributed.sum_across_ranks([float(total_loss), float(correct), seen])
+        seen = max(int(seen), 1)
+        return total / seen, right / seen, elapsed, seen
 
     @torch.no_grad()
     def evaluate(self, model, loader, loss_fn) -> tuple[float, float, np.ndarray]:
-        """Mean loss, accuracy and the softmax probabilities of every image, in loader order."""
+        """Mean loss and accuracy (over all ranks), and the softmax probabilities of this rank's images in loader order.
+
+        Give it the bare model, never the DistributedDataParallel wrapper: evaluation shards differ
+        in length by one, and the wrapper would wait for a forward pass that never comes.
+        """
         model.eval()
         total_loss, correct, seen, probs = 0.0, 0, 0, []
         for images, labels in loader:
@@ -441,29 +477,39 @@ class Trainer:
             correct += int((logits.argmax(1) == labels).sum())
             seen += labels.shape[0]
             probs.append(torch.softmax(logits, 1).cpu())
-        seen = max(seen, 1)
+        total_loss, correct, seen = distributed.sum_across_ranks([total_loss, correct, seen])
+        seen = max(int(seen), 1)
         stacked = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
         return total_loss / seen, correct / seen, stacked
 
     # ----------------------------------------------------------------- running
     def train(self) -> Path:
-        """Start a new run and train it to the end; every check runs before its folder is made."""
-        self.check_model()
-        setup = self._setup()
-        self._check_loader(setup)
-        if not self.dist.is_main:  # other ranks read the folder rank 0 makes (data-parallel runs name it with --out)
-            self.run_dir = self.config.out
-            return self._run(None, None)
-        writer = self._new_writer()
-        self.run_dir = writer.path
-        with writer:
-            try:
-                writer.write_setup(**setup)
-            except BaseException:
-                writer.discard()  # a run folder without its setup is no run: leave none behind
-                raise
+        """Start a new run and train it to the end; every check runs before its folder is made.
+
+        Rank 0 alone indexes the data and makes the folder (its name is free only once it exists);
+        the other ranks learn the folder and its setup from it, so they need no --out.
+        """
+        with distributed.joined(self.dist), distributed.translate_failures(self.dist, self.config.out), ExitStack() as held:
+            self.check_model()  # on every rank: it is deterministic, so each refuses alike
+            writers: list[RunWriter] = []  # rank 0's, once make_run made the folder
+
+            def make_run() -> tuple[Path, dict[str, Any]]:
+                setup = self._setup()
+                self._check_loader(setup)
+                writer = held.enter_context(self._new_writer())  # locked until training ends
+                try:
+                    writer.write_setup(**setup)
+                except BaseException:
+                    writer.discard()  # a run folder without its setup is no run: leave none behind
+                    raise
+                writers.append(writer)
+                return writer.path, Run(writer.path).setup()
+
+            run_dir, setup = distributed.from_main(self.dist, make_run)
+            self.run_dir = Path(run_dir)
             self.progress.message(f"run folder: {self.run_dir}")
-            return self._run(None, writer)
+            with distributed.translate_failures(self.dist, self.run_dir):
+                return self._run(Run.with_setup(self.run_dir, setup), None, writers[0] if writers else None)
 
     def _check_loader(self, setup: dict[str, Any]) -> None:
         """Open the chosen loader on one image, so a backend this machine lacks (``--loader dali``) fails now."""
@@ -483,38 +529,47 @@ class Trainer:
         ``given`` holds the settings given again (TrainConfig field names): those in
         RESUME_SETTINGS apply (the training ones are saved in config.json), a value equal to the
         saved one is accepted, and any other change is refused by name with a :class:`UsageError`.
+        Rank 0 alone reads the run, checks the changes and holds its lock; the other ranks get the
+        setup, the state and the changes from it.
         """
         run_dir = Path(run_dir)
-        run = Run.open(run_dir)
-        saved = TrainConfig.from_dict(run.config)  # its input_size is the resolved one
-        changes = _resume_changes(run, saved, given)
-        trainer = cls(dataclasses.replace(saved, **changes), progress, run_dir=run_dir)
-        writer = RunWriter.open(run_dir) if trainer.dist.is_main else None
-        try:
-            state = run.latest_state()
-            _check_training_changes(run, state, changes)
-            _check_data_present(run)
+        place = Distributed.from_env()
+        with distributed.joined(place), distributed.translate_failures(place, run_dir), ExitStack() as held:
+            writers: list[RunWriter] = []
+
+            def open_run() -> tuple[dict[str, Any], FoldState | None, dict[str, Any]]:
+                run = Run.open(run_dir)
+                changes = _resume_changes(run, TrainConfig.from_dict(run.config), given)
+                writers.append(held.enter_context(RunWriter.open(run_dir)))  # locked until training ends
+                state = run.latest_state()
+                _check_training_changes(run, state, changes)
+                _check_data_present(run)
+                return run.setup(), state, changes
+
+            setup, state, changes = distributed.from_main(place, open_run)
+            writer = writers[0] if writers else None
+            # The saved config's input_size is the resolved one.
+            trainer = cls(dataclasses.replace(TrainConfig.from_dict(setup["config"]), **changes), progress, run_dir=run_dir)
             trainer.check_model()
             lasting = {name: value for name, value in changes.items() if name in RESUME_TRAINING_SETTINGS}
-            if writer is not None and lasting:  # kept for later resumes; where it runs is this session's choice
-                writer.update_config(lasting)
+            if lasting:  # kept for later resumes; where it runs is this session's choice
+                setup["config"] = setup["config"] | lasting
+                if writer is not None:
+                    writer.update_config(lasting)
             if state is None:
                 trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
-            return trainer._run(state, writer)
-        finally:
-            if writer is not None:
-                writer.close()
+            return trainer._run(Run.with_setup(run_dir, setup), state, writer)
 
-    def _run(self, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
+    def _run(self, run: Run, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
         try:
-            return self._train_folds(resume_state, writer)
+            return self._train_folds(run, resume_state, writer)
         except KeyboardInterrupt:
             raise TrainingInterrupted(self.run_dir) from None
 
-    def _train_folds(self, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
-        run = Run(self.run_dir)
+    def _train_folds(self, run: Run, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
         classes, split = run.classes, run.split
         files = [str(Path(split["root"]) / f) for f in split["files"]]
+        self._cache_files = tuple(files)
         labels = np.asarray(split["labels"], dtype=np.int64)
         norms = [Normalization.from_dict(n) for n in run.normalization["folds"]]
         history: list[dict[str, Any]] = list(resume_state.history) if resume_state else []
@@ -536,7 +591,7 @@ class Trainer:
                 divergence = (fold_index, diverged_epoch, result)
                 break
 
-        if writer is not None and fold_results:
+        if fold_results:  # the same on every rank: losses are summed over the ranks
             self._finish(run, writer, files, labels, norms, fold_results)
         if divergence is not None:
             raise TrainingDiverged(self._divergence_message(*divergence, folds=len(split["folds"])))
@@ -568,10 +623,12 @@ class Trainer:
         seed_everything(seed)
         num_classes = len(classes)
         model = self._build_model(num_classes)
+        trained = self._data_parallel(model)
+        model = getattr(trained, "module", model)  # the bare model: evaluation and checkpoints
         optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
         counts = np.bincount(labels[train_idx], minlength=num_classes)
-        loss_fn = self.loss_spec.build(counts.tolist()).to(self.device)
+        loss_fn = self.loss_spec.make(counts.tolist(), label_smoothing=self.config.label_smoothing).to(self.device)
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
         best, early_stopping = BestKeeper(), EarlyStopping(self.config.patience)
@@ -582,29 +639,37 @@ class Trainer:
                 "validation loss is not measured ('-') and early stopping (--patience) is off"
             )
 
+        train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
+        val_loader = None
+        if validated:
+            val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
+        # Built before a resumed optimizer state is loaded, as torch expects: the state then
+        # overwrites the learning rates the schedule set, and the schedule continues from its own.
+        schedule = build_schedule(self.config.schedule, optimizer, epochs=self.config.epochs, steps_per_epoch=len(train_loader))
+
         start_epoch = 1
         if state is not None:
             model.load_state_dict(state.model)
             optimizer.load_state_dict(state.optimizer)
+            if state.schedule is not None:  # None: a checkpoint from before schedules (constant)
+                schedule.load_state_dict(state.schedule)
             restore_rng_state(state.rng)
             best.load_state_dict(state.best)
             early_stopping.load_state_dict(state.early_stopping)
             start_epoch = state.epoch + 1
             self.progress.message(f"resuming fold {fold_index} after epoch {state.epoch}")
 
-        train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
-        val_loader = None
-        if validated:
-            val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
         last_state = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
         diverged_epoch = None
         try:
+            if self.cache != "off":
+                self.progress.message(f"decoded-image cache: {train_loader.cache_in_use}")
             for epoch in range(start_epoch, self.config.epochs + 1):
                 if early_stopping.should_stop:
                     break
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
-                train_loss, train_acc, seconds, seen = self.train_epoch(model, train_loader, loss_fn, optimizer, scaler)
+                train_loss, train_acc, seconds, seen = self.train_epoch(trained, train_loader, loss_fn, optimizer, scaler, schedule)
                 val_loss, val_acc = self.evaluate(model, val_loader, val_loss_fn)[:2] if validated else (math.nan, math.nan)
                 # The fp16 scaler skips steps whose loss overflowed, so only its weights tell divergence then.
                 losses = ([] if scaler.is_enabled() else [train_loss]) + ([val_loss] if validated else [])
@@ -621,7 +686,9 @@ class Trainer:
                     "images_per_s": seen / seconds if seconds > 0 else 0.0,
                     "seconds": seconds,
                     "loader": train_loader.backend,
+                    "cache": train_loader.cache_in_use,
                     "device": str(self.device),
+                    "world_size": self.dist.world_size,
                 }
                 history.append(row)
                 if validated:
@@ -643,6 +710,7 @@ class Trainer:
                         fold_results=fold_results,
                         best=best.state_dict(),
                         early_stopping=early_stopping.state_dict(),
+                        schedule=schedule.state_dict(),
                     )
                     writer.save_fold_state(last_state, best=improved)
                     writer.write_history(history)
@@ -652,7 +720,7 @@ class Trainer:
                 val_loader.close()
         if best.best_epoch == 0:  # diverged before any epoch of this fold finished: nothing to keep
             return None, diverged_epoch
-        if diverged_epoch is not None and last_state is not None:
+        if writer is not None and diverged_epoch is not None and last_state is not None:
             # The state in memory shares its tensors with the model, which the diverged epoch changed.
             last_state = Run(self.run_dir).fold_state(fold_index)
         result = {
@@ -665,16 +733,23 @@ class Trainer:
             writer.mark_fold_done(last_state, fold_results + [result], history)
         return result, diverged_epoch
 
-    def _finish(self, run: Run, writer: RunWriter, files, labels, norms, fold_results) -> None:
-        kept = writer.keep_best_fold(fold_results)
-        model = run.load_model("best", device=self.device, channels_last=self.channels_last)
+    def _finish(self, run: Run, writer: RunWriter | None, files, labels, norms, fold_results) -> None:
+        def keep_best_fold() -> tuple[int, dict[str, Any]]:
+            kept = writer.keep_best_fold(fold_results)
+            return kept, load_checkpoint(run.checkpoint_path("best"))["model"]
+
+        # Rank 0 keeps the best fold and sends its weights; every rank evaluates its shard of the test split.
+        kept, weights = distributed.from_main(self.dist, keep_best_fold)
+        model = run.model_with(weights, device=self.device, channels_last=self.channels_last)
         test_idx = np.asarray(run.split["test"], dtype=int)
         loader = self._loader([files[i] for i in test_idx], labels[test_idx], norms[kept], train=False, seed=self.config.seed)
         try:
             test_loss, test_acc, probs = self.evaluate(model, loader, nn.CrossEntropyLoss().to(self.device))
         finally:
             loader.close()
-        writer.write_predictions(test_idx, labels[test_idx], probs, run.classes, run.split["files"])
+        probs = distributed.gather_shards(probs)
+        if writer is not None:
+            writer.write_predictions(test_idx, labels[test_idx], probs, run.classes, run.split["files"])
         kept_val_loss = next(r["val_loss"] for r in fold_results if r["fold"] == kept)
         shown = "-" if math.isnan(kept_val_loss) else f"{kept_val_loss:.3f}"  # "-": not validated
         self.progress.message(
@@ -774,28 +849,6 @@ def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:
         if row["fold"] == fold and row["epoch"] == epoch:
             return float(row["val_acc"])
     return float("nan")
-
-
-def cached_channel_sums(paths: list[str], input_size: int, progress: Progress) -> np.ndarray:
-    """Per-image channel sums, decoded once per data set and input size and kept in the user cache."""
-    from facekit.data.index import cache_dir
-    from facekit.data.stats import channel_sums
-
-    key = hashlib.sha256()
-    key.update(str(input_size).encode())
-    for path in paths:
-        stat = os.stat(path)
-        key.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    cache = cache_dir() / "stats" / f"{key.hexdigest()[:32]}.npy"
-    if cache.is_file():
-        return np.load(cache)
-    progress.message(f"computing normalization statistics over {len(paths)} images")
-    sums = channel_sums(paths, input_size)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, sums)
-    os.replace(tmp, cache)
-    return sums
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> Path:

@@ -131,6 +131,7 @@ class FoldState:
     best: dict[str, Any]
     early_stopping: dict[str, Any]
     fold_done: bool = False
+    schedule: dict[str, Any] | None = None  # facekit.schedules.Schedule.state_dict(); None in older checkpoints
 
     @property
     def next_fold(self) -> int:
@@ -157,6 +158,7 @@ class FoldState:
             "best_epoch": self.best["best_epoch"],
             "stale": self.early_stopping["stale"],
             "fold_done": self.fold_done,
+            "schedule": self.schedule,
         }
 
     @classmethod
@@ -175,6 +177,7 @@ class FoldState:
             best={"best_val_loss": best_val_loss, "best_epoch": int(data["best_epoch"])},
             early_stopping={"best_val_loss": best_val_loss, "stale": int(data["stale"])},
             fold_done=bool(data.get("fold_done", False)),
+            schedule=data.get("schedule"),
         )
 
 
@@ -470,6 +473,9 @@ def _csv(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
+_SETUP = ("config", "classes", "split", "normalization")  # the files written before training starts
+
+
 @dataclass
 class Run:
     """A finished or interrupted run folder, read lazily."""
@@ -558,6 +564,13 @@ class Run:
             "(it re-evaluates the kept model)"
         )
 
+    def test_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``y_true`` and ``y_pred`` alone: reports never read ``probs`` (N x C, gigabytes at 50k classes)."""
+        if not self.has_predictions:
+            self.predictions()  # raises the missing-file error
+        with np.load(self.path / "predictions.npz") as data:  # an npz reads each array on access only
+            return data["y_true"], data["y_pred"]
+
     def train_counts(self, fold: int | None = None) -> np.ndarray:
         """Training images per class for ``fold`` (default: the kept fold)."""
         fold = self.kept_fold if fold is None else fold
@@ -572,14 +585,32 @@ class Run:
     def checkpoint_path(self, which: str = "best") -> Path:
         return self.path / CHECKPOINTS / f"{which}.pt"
 
+    def setup(self) -> dict[str, Any]:
+        """What :meth:`with_setup` needs to stand in for this run where its folder is not at hand."""
+        return {name: getattr(self, name) for name in _SETUP}
+
+    @classmethod
+    def with_setup(cls, path: str | Path, setup: dict[str, Any]) -> "Run":
+        """A run whose setup files come from ``setup`` (rank 0's :meth:`setup`), not from ``path``.
+
+        The other ranks of a data-parallel job use it: they need no shared file system.
+        """
+        run = cls(Path(path))
+        run.__dict__.update({name: setup[name] for name in _SETUP})  # fills the cached properties
+        return run
+
     def load_model(self, which: str = "best", *, device: Any = None, channels_last: bool = False) -> "nn.Module":
         """Rebuild the run's architecture from the registry and load the checkpoint's weights (eval mode)."""
-        from facekit.factory import create_model
-
         path = self.checkpoint_path(which)
         if which == "best" and not path.is_file():
             raise self.no_results(path)
-        checkpoint = load_checkpoint(path)
+        weights = load_checkpoint(path)["model"]
+        return self.model_with(weights, device=device, channels_last=channels_last)
+
+    def model_with(self, weights: dict[str, Any], *, device: Any = None, channels_last: bool = False) -> "nn.Module":
+        """The run's architecture, rebuilt from the registry, with ``weights`` (a state dict) in eval mode."""
+        from facekit.factory import create_model
+
         config = self.config
         model = create_model(
             config["arch"],
@@ -590,7 +621,7 @@ class Run:
             device=device,
             channels_last=channels_last,
         )
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(weights)
         model.eval()
         return model
 

@@ -13,13 +13,13 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
 import facekit
+from facekit.cli.help import ReadableCommand, ReadableGroup, ReadableTyper
 from facekit.errors import FacekitError, UsageError
 
 
-class FacekitGroup(TyperGroup):
+class FacekitGroup(ReadableGroup):
     """Turns a FacekitError raised by any command, plugins' included, into one line and its exit code.
 
     So does a file the operating system refused (a full disk, a read-only folder: exit 1) and
@@ -44,7 +44,7 @@ class FacekitGroup(TyperGroup):
             raise typer.Exit(130) from None
 
 
-app = typer.Typer(
+app = ReadableTyper(
     cls=FacekitGroup,
     help="Train face-identity classifiers over many imbalanced classes and judge them per class.",
     no_args_is_help=True,
@@ -74,44 +74,80 @@ def root(
 
 
 # ----------------------------------------------------------------------------- train
-@app.command()
+class TrainCommand(ReadableCommand):
+    """``train``, where a bare ``--cache`` (the on/off flag of earlier versions) still works: it means ``--cache auto``."""
+
+    def parse_args(self, ctx, args):
+        args = [
+            "--cache=auto" if arg == "--cache" and (i + 1 == len(args) or args[i + 1].startswith("-")) else arg
+            for i, arg in enumerate(args)
+        ]
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=TrainCommand)
 def train(
     ctx: typer.Context,
-    data: Optional[Path] = typer.Option(None, "--data", help="Folder with one sub-folder of images per identity."),
-    arch: str = typer.Option("baseline", "--arch", help="Architecture (see `facekit plugins --all`)."),
-    loss: str = typer.Option("plain", "--loss", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
-    split: str = typer.Option("holdout", "--split", help="Split strategy: holdout or kfold, or a plugin's."),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder with one sub-folder of images per identity."),
+    arch: str = typer.Option("baseline", "--arch", metavar="NAME", help="Architecture (see `facekit plugins --all`)."),
+    loss: str = typer.Option("plain", "--loss", metavar="NAME", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
+    split: str = typer.Option("holdout", "--split", metavar="NAME", help="Split strategy: holdout or kfold, or a plugin's."),
     folds: int = typer.Option(5, "--folds", help="K for --split kfold."),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of each class held out for the test split."),
     val_size: float = typer.Option(0.1, "--val-size", help="Share of each class used for validation (holdout)."),
-    epochs: int = typer.Option(10, "--epochs"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs per fold."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per training batch (the whole job's, with --nproc or torchrun)."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
     weight_decay: float = typer.Option(5e-3, "--weight-decay", help="Adam weight decay."),
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better validation loss (0: never)."),
-    seed: int = typer.Option(0, "--seed"),
-    rotate: float = typer.Option(15.0, "--rotate", help="Random rotation range in degrees for training images (0: off)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the split, initial weights and augmentation."),
+    rotate: Optional[float] = typer.Option(
+        None, "--rotate", metavar="DEG",
+        help="Random rotation range in degrees for training images (0: off); short for --augment rotate:DEG.",
+    ),
+    augment: Optional[list[str]] = typer.Option(
+        None, "--augment", metavar="STEP",
+        help="Training augmentation NAME[:ARG], repeatable: rotate, flip, crop, color, erase or a plugin's "
+        "(default rotate:15; giving it replaces the default).",
+    ),
+    label_smoothing: float = typer.Option(
+        0.0, "--label-smoothing", metavar="X", help="Label smoothing of the training loss (0 up to 1; 0: off)."
+    ),
+    schedule: str = typer.Option(
+        "constant", "--schedule", metavar="NAME", help="Learning-rate schedule over the run: constant, cosine or onecycle."
+    ),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input size (default: the architecture's, 224)."),
     finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train every layer, not just the head."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Pretrained weights file (sha256 checked)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (sha256 checked)."),
     trust_weights: bool = typer.Option(False, "--trust-weights", help="Accept a --weights file whose sha256 is not the published one."),
-    loader: str = typer.Option("auto", "--loader", help="Data loader: auto (DALI where it works), dali or torch."),
-    cache: bool = typer.Option(False, "--cache/--no-cache", help="Keep decoded images in memory after the first epoch."),
+    loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (DALI where it works), dali or torch."),
+    cache: str = typer.Option(
+        "off", "--cache", metavar="auto|memory|disk|off",
+        help="Keep decoded images after the first epoch: auto (device, RAM or disk, where they fit), memory, disk or off.",
+    ),  # fmt: skip
+    no_cache: bool = typer.Option(False, "--no-cache", help="Same as --cache off."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Loader worker processes / threads."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch (default: one per core; 1 on a machine other jobs share)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint."),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", metavar="N", help="Train data-parallel on N processes of this machine (one per GPU): starts torchrun for you."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (implies --quiet)."),
 ) -> None:
     """Train a model; the run folder holds everything `facekit report` reads."""
     from facekit.cli.progress import ConsoleProgress
+    from facekit.distributed import Distributed, launch
     from facekit.engine import Trainer, TrainConfig
 
+    if nproc is not None:
+        launch(nproc, _typed_arguments(ctx, leave_out="nproc"))
+        return
     progress = ConsoleProgress(err_console if as_json else console, quiet=quiet or as_json)
     if resume is not None:
         # Only what was typed counts: the engine applies what a resume may change and refuses the rest.
@@ -128,10 +164,27 @@ def train(
             data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
-            loader=loader, cache=cache, workers=workers, threads=threads, device=device, out=out, force=force,
+            augment=augment, label_smoothing=label_smoothing, schedule=schedule,
+            loader=loader, cache="off" if no_cache else cache, workers=workers, threads=threads, device=device, out=out, force=force,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
-    _print_result(run_dir, as_json)
+    if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job
+        _print_result(run_dir, as_json)
+
+
+def _typed_arguments(ctx: typer.Context, leave_out: str) -> list[str]:
+    """The arguments that repeat ``ctx``'s command (options left at their defaults left out), less ``leave_out``."""
+    args = ["--strict"] if ctx.parent is not None and ctx.parent.params.get("strict") else []
+    args.append(ctx.info_name or "")
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name == leave_out or value == param.default:
+            continue
+        if getattr(param, "is_flag", False):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:
@@ -164,11 +217,11 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
 # --------------------------------------------------------------------------- predict
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="A run folder made by `facekit train`."),
-    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    run: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `facekit train`."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files or folders of images."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
-    device: str = typer.Option("auto", "--device"),
-    as_json: bool = typer.Option(False, "--json"),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
     """Top-k identities with probabilities for each image."""
     from facekit.predict import predict as predict_images
@@ -191,9 +244,9 @@ def predict(
 # ------------------------------------------------------------------------------ demo
 @app.command()
 def demo(
-    data: Optional[Path] = typer.Option(None, "--data", help="Your own data set (default: a synthetic one made now)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-baseline-plain)."),
-    epochs: int = typer.Option(4, "--epochs"),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Your own data set (default: a synthetic one made now)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-baseline-plain)."),
+    epochs: int = typer.Option(4, "--epochs", help="Training epochs."),
 ) -> None:
     """Train the baseline briefly, print its report and write a kernel map: facekit in a few minutes."""
     from facekit.cli.progress import ConsoleProgress
@@ -206,7 +259,7 @@ def demo(
 @app.command()
 def plugins(
     all_: bool = typer.Option(False, "--all", help="Include facekit's built-in plugins."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
     """List installed plugins: package, version and what each registers."""
     from facekit.plugins import get_plugins
@@ -247,9 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         plugin_set = PluginSet(strict=("--strict" in argv) or strict_from_env())
+        reset_plugins(plugin_set)
+        plugin_set.add_commands(app)
     except FacekitError as exc:
-        err_console.print(f"Error: {exc}", highlight=False)
-        raise SystemExit(1) from None
-    reset_plugins(plugin_set)
-    plugin_set.add_commands(app)
+        typer.echo(f"Error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
     app(args=argv, prog_name="facekit")

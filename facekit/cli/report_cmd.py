@@ -19,8 +19,10 @@ from facekit.report import (
     build_report,
     check_format,
     compare_runs,
+    comparison_json,
     print_written,
     render_report,
+    report_json,
     rich_table,
     select_reporters,
     write_comparison,
@@ -29,32 +31,45 @@ from facekit.runs import RUNS_DIR, Run
 
 
 def report(
-    run: Optional[Path] = typer.Argument(None, help="Run folder; default: the latest under --runs-dir."),
-    top: int = typer.Option(5, "--top", help="Show the K best classes by aggregated score."),
-    worst: int = typer.Option(5, "--worst", help="Show the K worst classes by aggregated score."),
-    confusions: int = typer.Option(10, "--confusions", help="Show the K most common confusions."),
-    format: Optional[str] = typer.Option(
-        None, "--format", help="Also write report.md / report.json / report.csv: markdown, json or csv."
+    runs: Optional[list[Path]] = typer.Argument(
+        None, metavar="[RUN]...", help="Run folder(s); default: the latest under --runs-dir. Two or more: compared."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for files (default: RUN/report/)."),
-    compare: Optional[list[Path]] = typer.Option(
-        None, "--compare", help="Another run to put side by side (repeat the option); with RUN, RUN is the first."
+    top: int = typer.Option(5, "--top", metavar="K", help="Show the K best classes by aggregated score."),
+    worst: int = typer.Option(5, "--worst", metavar="K", help="Show the K worst classes by aggregated score."),
+    confusions: int = typer.Option(10, "--confusions", metavar="K", help="Show the K most common confusions."),
+    format: Optional[str] = typer.Option(
+        None, "--format", metavar="FORMAT", help="Also write report.md / report.json / report.csv: markdown, json or csv."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for files (default: RUN/report/)."),
+    compare: bool = typer.Option(
+        False, "--compare", help="Put the runs' averages side by side, in the order given (--compare A B C)."
     ),
     reporter: Optional[list[str]] = typer.Option(
-        None, "--reporter", help="Run only these reporters (repeat the option; default: all default reporters)."
+        None, "--reporter", metavar="NAME",
+        help="Run only these reporters (repeat the option; default: all default reporters, none with --json).",
     ),
-    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", help="Where to look for the latest run."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the whole report (or comparison) as JSON on stdout, and nothing else there."
+    ),
+    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", metavar="DIR", help="Where to look for the latest run."),
 ) -> None:
-    """Per-class metrics of a run's test predictions: top and worst classes, averages,
-    confusions, folds, and plots. Never retrains: it reads RUN/predictions.npz."""
+    """Per-class metrics of a run's test predictions: best and worst classes, confusions, plots.
+
+    Also averages and per-fold results. Never retrains: it reads RUN/predictions.npz."""
     fmt = check_format(format)
-    console = Console()
-    if compare:
-        _compare(([run] if run else []) + list(compare), fmt, out, console)
+    # With --json, stdout carries the JSON alone: what reporters print and the list of files
+    # written go to stderr.
+    console = Console(stderr=True) if as_json else Console()
+    runs = list(runs or [])
+    if compare and len(runs) < 2:
+        raise UsageError("--compare needs two or more run folders: facekit report --compare RUN_A RUN_B")
+    if len(runs) > 1:
+        _compare(runs, fmt, out, console, as_json)
         return
 
-    opened = Run.open(run, runs_dir)
-    selected = select_reporters(reporter)  # fail on a bad name before any work
+    opened = Run.open(runs[0] if runs else None, runs_dir)
+    # --json replaces the tables; reporters run there only when named.
+    selected = select_reporters(reporter) if reporter or not as_json else []  # bad names fail before any work
     context = ReportContext(
         run=opened,
         report=build_report(opened, top=top, worst=worst, confusions=confusions),
@@ -62,22 +77,28 @@ def report(
         out_dir=out or opened.path / REPORT_DIR,
         format=fmt,
     )
-    print_written(console, render_report(context, selected))
+    written = render_report(context, selected)
+    if as_json:
+        typer.echo(report_json(context.report), nl=False)
+    print_written(console, written)
 
 
-def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console) -> None:
+def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console, as_json: bool) -> None:
     comparison = compare_runs([Run.open(path) for path in paths])
-    console.print(rich_table(comparison.table(), console.width))
+    if as_json:
+        typer.echo(comparison_json(comparison), nl=False)
+    else:
+        console.print(rich_table(comparison.table(), console.width))
     if fmt:
         print_written(console, [write_comparison(comparison, fmt, out or Path("."))])
 
 
 def kernels(
-    run: Optional[Path] = typer.Argument(None, help="Run folder; default: the latest under --runs-dir."),
-    layer: int = typer.Option(1, "--layer", help="Which conv layer to draw, 1-based (see --list)."),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder; default: the latest under --runs-dir."),
+    layer: int = typer.Option(1, "--layer", metavar="N", help="Which conv layer to draw, 1-based (see --list)."),
     list_: bool = typer.Option(False, "--list", help="List the model's conv layers and exit."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default: RUN/report/)."),
-    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", help="Where to look for the latest run."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for the PNGs (default: RUN/report/)."),
+    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", metavar="DIR", help="Where to look for the latest run."),
 ) -> None:
     """Draw a conv layer's kernels (intensity = weight; RGB too for a 3-channel first layer)."""
     from facekit.kernels import conv_layers, write_kernel_maps
