@@ -28,6 +28,7 @@ import errno
 import functools
 import io
 import json
+import math
 import os
 import shutil
 import zipfile
@@ -541,12 +542,25 @@ class Run:
         file = self.path / "predictions.npz"
         if not file.is_file():
             raise self.no_results(file)
+        return self._checked_predictions(file, with_probs=True)
+
+    def test_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``y_true`` and ``y_pred`` alone, checked as :meth:`predictions` checks them: reports never
+        need ``probs`` (N x C, gigabytes at 50k classes), which is checked a block at a time instead."""
+        file = self.path / "predictions.npz"
+        if not file.is_file():
+            raise self.no_results(file)
+        predictions = self._checked_predictions(file, with_probs=False)
+        return predictions["y_true"], predictions["y_pred"]
+
+    def _checked_predictions(self, file: Path, *, with_probs: bool) -> dict[str, np.ndarray]:
         try:
             with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                predictions = {key: data[key] for key in PREDICTION_KEYS}
+                predictions = {key: data[key] for key in PREDICTION_KEYS if with_probs or key != "probs"}
+                probs = _ProbsSummary.of(predictions["probs"]) if with_probs else _ProbsSummary.read(data)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise self._damaged(file, f"{exc.__class__.__name__}: {exc}") from None
-        problem = _prediction_problem(predictions, len(self.classes))
+        problem = _prediction_problem(predictions, probs, len(self.classes))
         if problem:
             raise self._damaged(file, problem)
         return predictions
@@ -563,13 +577,6 @@ class Run:
             f"{file} is damaged ({problem}): write it again with `facekit train --resume {self.path}` "
             "(it re-evaluates the kept model)"
         )
-
-    def test_labels(self) -> tuple[np.ndarray, np.ndarray]:
-        """``y_true`` and ``y_pred`` alone: reports never read ``probs`` (N x C, gigabytes at 50k classes)."""
-        if not self.has_predictions:
-            self.predictions()  # raises the missing-file error
-        with np.load(self.path / "predictions.npz") as data:  # an npz reads each array on access only
-            return data["y_true"], data["y_pred"]
 
     def train_counts(self, fold: int | None = None) -> np.ndarray:
         """Training images per class for ``fold`` (default: the kept fold)."""
@@ -650,14 +657,41 @@ def latest_run(runs_dir: Path = RUNS_DIR) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime).parent
 
 
-def _prediction_problem(predictions: dict[str, np.ndarray], num_classes: int) -> str | None:
+@dataclass(frozen=True)
+class _ProbsSummary:
+    """What the checks need to know of the saved probabilities, without holding them whole."""
+
+    shape: tuple[int, ...]
+    finite: bool  # floating-point numbers, every one finite
+
+    @classmethod
+    def of(cls, probs: np.ndarray) -> "_ProbsSummary":
+        return cls(probs.shape, np.issubdtype(probs.dtype, np.floating) and bool(np.isfinite(probs).all()))
+
+    @classmethod
+    def read(cls, data: Any, block: int = 1 << 24) -> "_ProbsSummary":
+        """Of the ``probs`` member of an open npz file ``data``, read ``block`` bytes at a time."""
+        with data.zip.open("probs.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:  # a format numpy.savez does not write for these arrays
+                return cls.of(data["probs"])
+            shape, _, dtype = read_header[version](member)
+            finite = np.issubdtype(dtype, np.floating)
+            step = block - block % dtype.itemsize
+            while finite and (chunk := member.read(step)):
+                finite = bool(np.isfinite(np.frombuffer(chunk, dtype=dtype)).all())
+            return cls(tuple(shape), finite)
+
+
+def _prediction_problem(predictions: dict[str, np.ndarray], probs: _ProbsSummary, num_classes: int) -> str | None:
     """What is wrong with loaded test predictions, or None: shapes that agree, class ids in range."""
-    index, y_true, y_pred, probs = (predictions[key] for key in PREDICTION_KEYS)
+    index, y_true, y_pred = (predictions[key] for key in PREDICTION_KEYS[:3])
     n = len(index)
-    empty = n == 0 and probs.size == 0  # no test images: probabilities of no particular width
+    empty = n == 0 and math.prod(probs.shape) == 0  # no test images: probabilities of no particular width
     if any(a.ndim != 1 or len(a) != n for a in (index, y_true, y_pred)) or (probs.shape != (n, num_classes) and not empty):
         return f"arrays of mismatched shapes for {num_classes} classes"
-    if not np.issubdtype(probs.dtype, np.floating) or not np.isfinite(probs).all():
+    if not probs.finite:
         return "probabilities that are not finite numbers"
     labels = np.concatenate([y_true, y_pred])
     if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes):
