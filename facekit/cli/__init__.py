@@ -156,6 +156,8 @@ def train(
             name: value for name, value in ctx.params.items()
             if name in settings and _typed(ctx, name)
         }  # fmt: skip
+        if no_cache:
+            given["cache"] = "off"
         run_dir = Trainer.resume(resume, progress, **given)
     elif data is None:
         raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
@@ -173,15 +175,17 @@ def train(
 
 
 def _typed_arguments(ctx: typer.Context, leave_out: str) -> list[str]:
-    """The arguments that repeat ``ctx``'s command (options left at their defaults left out), less ``leave_out``."""
+    """The arguments that repeat ``ctx``'s command (only the options given), less ``leave_out``."""
     args = ["--strict"] if ctx.parent is not None and ctx.parent.params.get("strict") else []
     args.append(ctx.info_name or "")
     for param in ctx.command.params:
         value = ctx.params[param.name]
-        if param.name == leave_out or value == param.default:
+        if param.name == leave_out or not _typed(ctx, param.name):
             continue
         if getattr(param, "is_flag", False):
             args.append(param.opts[0] if value else param.secondary_opts[0])
+        elif getattr(param, "multiple", False):  # a repeatable option: once per value
+            args += [part for item in value for part in (param.opts[0], str(item))]
         else:
             args += [param.opts[0], str(value)]
     return args
