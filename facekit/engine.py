@@ -779,6 +779,12 @@ def all_finite(model: nn.Module, losses: list[float]) -> bool:
 
 def _resume_changes(run: Run, saved: TrainConfig, given: dict[str, Any]) -> dict[str, Any]:
     """The settings a resume changes; any change that would not continue the same training is refused by name."""
+    if "rotate" in given or "augment" in given:
+        # --rotate DEG is short for --augment rotate:DEG: compare the steps either one means.
+        given = {name: value for name, value in given.items() if name not in ("rotate", "augment")} | {
+            "augment": _augment_steps(given.get("augment"), given.get("rotate"))
+        }
+        saved = dataclasses.replace(saved, rotate=None, augment=_augment_steps(saved.augment, saved.rotate))
     changes, refused = {}, []
     for name, value in given.items():
         if name == "data":  # the data is the run's own (split.json), wherever --data pointed then
@@ -801,6 +807,13 @@ def _resume_changes(run: Run, saved: TrainConfig, given: dict[str, Any]) -> dict
             f"drop it, or train a new run. A resume may change only {allowed}"
         )
     return changes
+
+
+def _augment_steps(augment: list[str] | None, rotate: float | None) -> list[str]:
+    """The augmentation steps, in running order, that ``--augment`` and ``--rotate`` stand for."""
+    from facekit.plugins import augmentations
+
+    return AugmentPipeline.from_args(augment_args(augment, rotate), augmentations()).to_args()
 
 
 def _check_training_changes(run: Run, state: FoldState | None, changes: dict[str, Any]) -> None:
@@ -831,12 +844,16 @@ def _check_data_present(run: Run) -> None:
 
 def _option(name: str, value: Any) -> str:
     flag = "--" + name.replace("_", "-")
+    if isinstance(value, list):  # a repeatable option
+        return " ".join(f"{flag} {item}" for item in value)
     if isinstance(value, bool):
         return flag if value else "--no-" + name.replace("_", "-")
     return f"{flag} {value}"
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(value) or "none"
     return "none" if value is None else str(value)
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -120,11 +121,21 @@ def test_config_records_the_options_and_a_resumed_augmented_cosine_run_matches_a
     assert np.array_equal(straight.predictions()["y_pred"], resumed.predictions()["y_pred"])
 
 
-def test_resuming_with_another_schedule_is_refused(synthetic_dataset, tmp_path):
+@pytest.mark.parametrize(
+    "given, refused",
+    [({"schedule": "cosine"}, "--schedule cosine (it has onecycle)"),
+     ({"label_smoothing": 0.1}, "--label-smoothing 0.1 (it has 0.0)"),
+     ({"augment": ["rotate:5", "flip"]}, "--augment rotate:5 --augment flip (it has rotate:10)"),
+     ({"rotate": 5.0}, "--augment rotate:5 (it has rotate:10)")],
+)  # fmt: skip
+def test_resuming_with_another_schedule_augmentation_or_smoothing_is_refused(given, refused, synthetic_dataset, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config(synthetic_dataset, tmp_path / "run", epochs=2, schedule="onecycle", rotate=0.0), InterruptAt(2)).train()
-    with pytest.raises(UsageError, match=r"^--schedule cosine: the run was started with --schedule onecycle; resume with that$"):
-        Trainer.resume(tmp_path / "run", schedule="cosine")
+        Trainer(config(synthetic_dataset, tmp_path / "run", epochs=2, schedule="onecycle", rotate=10.0), InterruptAt(2)).train()
+    with pytest.raises(UsageError, match=rf"so {re.escape(refused)} cannot change"):
+        Trainer.resume(tmp_path / "run", **given)
+    # The same settings given again are no change: --rotate 10 is --augment rotate:10.
+    resumed = Run(Trainer.resume(tmp_path / "run", schedule="onecycle", rotate=10.0, label_smoothing=0.0))
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
 
 
 def test_label_smoothing_reaches_the_training_loss_only(synthetic_dataset, tmp_path, monkeypatch):
