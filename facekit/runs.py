@@ -669,7 +669,7 @@ class _ProbsSummary:
         return cls(probs.shape, np.issubdtype(probs.dtype, np.floating) and bool(np.isfinite(probs).all()))
 
     @classmethod
-    def read(cls, data: Any, block: int = 1 << 24) -> "_ProbsSummary":
+    def read(cls, data: Any, block: int = 1 << 20) -> "_ProbsSummary":
         """Of the ``probs`` member of an open npz file ``data``, read ``block`` bytes at a time."""
         with data.zip.open("probs.npy") as member:
             version = np.lib.format.read_magic(member)
