@@ -145,7 +145,7 @@ def small_class_effect(plain_dir: Path, weighted_dir: Path, max_train: int) -> d
             "classes": int(small.sum()),
             "recall": float(metrics.recall[small].mean()),
             "precision": float(metrics.precision[small].mean()),
-            "never_predicted": int(((metrics.predicted == 0) & small).sum()) if hasattr(metrics, "predicted") else None,
+            "never_predicted": int(((metrics.predicted == 0) & small).sum()),
             "recall_large": float(metrics.recall[~small & (metrics.support > 0)].mean()),
         }
     return result

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from benchmarks.environment import describe_environment, markdown_table
-from facekit.api import IMAGENET, Normalization
+from facekit.api import Normalization
 from facekit.data.index import index_dataset
-from facekit.engine import Trainer, TrainConfig
+from facekit.engine import Trainer, TrainConfig, build_optimizer
+from facekit.factory import create_model
 
 # Face-set-like statistics; the benchmark measures speed, so exact values do not matter.
 FACE_STATS = Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
@@ -54,7 +55,7 @@ def timed_epoch(trainer: Trainer, model, loader, loss_fn, optimizer, scaler) -> 
     """Images/s of one full training epoch (synchronised, so GPU work is counted)."""
     synchronize(trainer.device)
     start = time.perf_counter()
-    _, _, _, seen = trainer._train_epoch(model, loader, loss_fn, optimizer, scaler)
+    _, _, _, seen = trainer.train_epoch(model, loader, loss_fn, optimizer, scaler)
     synchronize(trainer.device)
     return seen / (time.perf_counter() - start)
 
@@ -74,13 +75,11 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
     )  # fmt: skip
     trainer = Trainer(config)
     torch.manual_seed(0)
-    from facekit.api import ArchOptions
-
-    options = ArchOptions(num_classes=num_classes, input_size=trainer.input_size, finetune=args.finetune, pretrained=False)
-    model = trainer.arch.build(options).to(trainer.device)
-    if trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model = create_model(
+        arch, num_classes=num_classes, input_size=trainer.input_size, finetune=args.finetune, pretrained=False,
+        device=trainer.device, channels_last=trainer.channels_last,
+    )  # fmt: skip
+    optimizer = build_optimizer(model, trainer.arch, lr=1e-4, weight_decay=0.0)
     scaler = torch.amp.GradScaler(trainer.device.type, enabled=trainer.amp and not torch.cuda.is_bf16_supported())
     loss_fn = torch.nn.CrossEntropyLoss()
     norm = trainer.arch.normalization or FACE_STATS

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # torch is heavy; plugins importing facekit.api should stay c
 __all__ = [
     "ArchOptions",
     "ArchitectureSpec",
+    "AugmentationSpec",
     "FacekitError",
     "Fold",
     "IMAGENET",
@@ -105,6 +106,7 @@ class ArchitectureSpec:
     input_size: int = 224
     normalization: Normalization | None = None
     pretrained: bool = False  # needs weights that may have to be found or downloaded
+    param_groups: Callable[["nn.Module", float], list[dict[str, Any]]] | None = None  # (model, lr) -> optimizer groups, e.g. a lower backbone lr; None: every trainable parameter at lr
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,17 @@ class LossSpec:
     name: str
     build: Callable[[Sequence[int]], "nn.Module"]
     description: str = ""
+    supports_label_smoothing: bool = False  # build also takes ``label_smoothing=`` (0 <= x < 1)
+
+    def make(self, class_counts: Sequence[int], *, label_smoothing: float = 0.0) -> "nn.Module":
+        """Build the loss; ``label_smoothing`` > 0 reaches only specs that declare support for it."""
+        if not 0.0 <= label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing {label_smoothing}: expected a number from 0 up to (not including) 1")
+        if label_smoothing == 0.0:
+            return self.build(class_counts)
+        if not self.supports_label_smoothing:
+            raise UsageError(f"--loss {self.name} does not support --label-smoothing; drop the option or choose a loss that does")
+        return self.build(class_counts, label_smoothing=label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -167,3 +180,31 @@ class ReporterSpec:
     render: Callable[[ReportContext], Any]
     description: str = ""
     default: bool = True
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    """A training-image augmentation that both loader backends run, chosen with ``--augment name[:arg]``.
+
+    - ``parse(arg) -> params``: the text after ``name:`` (None when absent) to the step's fixed
+      parameters; bad text raises :class:`facekit.errors.UsageError` naming ``--augment name:arg``.
+    - ``sample(rng, n, params) -> float32 array (n, k)``: every image's random draws for one
+      epoch, from the epoch's generator (so the same image gets the same draws in every backend).
+    - ``apply_torch(images, samples, params) -> images``: the batched step on float32 NCHW
+      images in grey levels (0-255, not yet normalized) on any device, with ``samples`` a
+      float32 tensor (n, k) on the same device; no Python loop over images. The batch belongs
+      to the pipeline: a step may change it in place and return it.
+    - ``apply_dali(images, samples, params) -> images``: the same step inside a DALI graph on
+      uint8 HWC nodes, ``samples`` a node holding each image's k draws; None when the step has
+      no DALI version (a pipeline with such a step then augments in torch after DALI decodes).
+    - ``geometric``: the step moves pixels (crop, flip, rotate) rather than changing their values;
+      a pipeline runs geometric steps first, then the others, each group in the order given.
+    """
+
+    name: str
+    parse: Callable[[str | None], Any]
+    sample: Callable[[np.random.Generator, int, Any], np.ndarray]
+    apply_torch: Callable[[Any, Any, Any], Any]
+    description: str = ""
+    apply_dali: Callable[[Any, Any, Any], Any] | None = None
+    geometric: bool = False

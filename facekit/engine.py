@@ -1,21 +1,19 @@
 """The training engine: one model per fold of a split plan, the best kept, judged on the test split.
 
 It knows architectures, losses and splits only through their spec contracts (facekit.api).
-Everything a run produces goes into its run folder (facekit.runs); checkpoints are written
-through a temporary file and a rename, so an interruption never loses more than one epoch.
+It only trains: everything a run produces is written by its run folder's keeper
+(:class:`facekit.runs.RunWriter`), checkpointed every epoch, so an interruption never loses
+more than one epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
-import json
 import os
 import random
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import facekit
-from facekit.api import ArchOptions, Normalization, SplitOptions, SplitPlan
+from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
+from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.errors import FacekitError, UsageError
-from facekit.runs import CHECKPOINTS, RUNS_DIR, Run, load_checkpoint, save_checkpoint, write_json
+from facekit.factory import create_model
+from facekit.runs import FoldState, Run, RunWriter, default_run_dir
 
 
 @dataclass
@@ -120,14 +119,19 @@ class Distributed:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when there is one, else the CPU), or a device this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}, or auto")
     return device
 
 
@@ -172,23 +176,15 @@ def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
                 module.eval()
 
 
-def default_run_dir(config: TrainConfig) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return RUNS_DIR / f"{stamp}-{config.arch}-{config.loss}"
-
-
-def prepare_run_dir(path: Path, force: bool) -> None:
-    """Never overwrite a run silently: an existing non-empty folder needs --force."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
-            raise UsageError(
-                f"run folder {path} already exists: choose another --out, continue it with "
-                f"`facekit train --resume {path}`, or pass --force to replace it"
-            )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+def build_optimizer(model: nn.Module, arch: ArchitectureSpec, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam over the architecture's parameter groups (its ``param_groups`` hook), else every trainable parameter."""
+    if arch.param_groups is not None:
+        params: list[Any] = arch.param_groups(model, lr)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise FacekitError(f"architecture {arch.name!r} has no trainable parameter")
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 class Trainer:
@@ -250,50 +246,41 @@ class Trainer:
         folds = [normalization_from_sums(sums, fold.train, pixels).to_dict() for fold in plan.folds]
         return {"source": "training split", "folds": folds}
 
-    def _write_setup(self) -> None:
+    def _write_setup(self, writer: RunWriter) -> None:
         index = self._index()
         plan = self._plan(index.labels)
         for note in plan.notes:
             self.progress.message(note)
-        paths = index.paths()
-        normalization = self._normalizations(paths, plan)
         config = self.config.to_dict() | {
             "input_size": self.input_size,
             # "device" stays what was asked ("auto"), so a resume elsewhere picks that machine's device.
             "device_used": str(self.device),
             "amp": self.amp,
             "channels_last": self.channels_last,
-            "facekit_version": facekit.__version__,
-            "torch_version": torch.__version__,
-            "created": _dt.datetime.now().isoformat(timespec="seconds"),
         }
-        split = {
-            "strategy": self.split_spec.name,
-            "root": str(Path(self.config.data).resolve()),
-            "files": list(index.files),
-            "labels": [int(v) for v in index.labels],
-            "test": [int(v) for v in plan.test],
-            "folds": [{"train": [int(v) for v in f.train], "val": [int(v) for v in f.val]} for f in plan.folds],
-            "notes": list(plan.notes),
-        }
-        write_json(self.run_dir / "config.json", config)
-        write_json(self.run_dir / "classes.json", list(index.classes))
-        write_json(self.run_dir / "split.json", split)
-        write_json(self.run_dir / "normalization.json", normalization)
+        writer.write_setup(
+            config=config,
+            classes=index.classes,
+            root=Path(self.config.data),
+            files=index.files,
+            labels=index.labels,
+            strategy=self.split_spec.name,
+            plan=plan,
+            normalization=self._normalizations(index.paths(), plan),
+        )
 
     # ---------------------------------------------------------------- helpers
     def _build_model(self, num_classes: int) -> nn.Module:
-        options = ArchOptions(
+        return create_model(
+            self.arch.name,
             num_classes=num_classes,
             input_size=self.input_size,
             finetune=self.config.finetune,
             weights=self.config.weights,
             trust_weights=self.config.trust_weights,
+            device=self.device,
+            channels_last=self.channels_last,
         )
-        model = self.arch.build(options).to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
 
     def _loader(self, files: list[str], labels: np.ndarray, norm: Normalization, *, train: bool, seed: int):
         from facekit.data.loaders import make_loader
@@ -327,7 +314,8 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True).long()
 
-    def _train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> tuple[float, float, float, int]:
+    def train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> tuple[float, float, float, int]:
+        """One pass over ``loader``: mean loss, accuracy, seconds and images seen."""
         model.train()
         keep_frozen_batchnorm_in_eval(model)
         total_loss = torch.zeros((), device=self.device)
@@ -373,8 +361,7 @@ class Trainer:
     def train(self) -> Path:
         """Start a new run and train it to the end."""
         if self.dist.is_main:
-            prepare_run_dir(self.run_dir, self.config.force)
-            self._write_setup()
+            self._write_setup(RunWriter.create(self.run_dir, self.config.force))
         self.progress.message(f"run folder: {self.run_dir}")
         return self._run(resume_state=None)
 
@@ -384,70 +371,69 @@ class Trainer:
         run = Run.open(run_dir)
         config = TrainConfig.from_dict(run.config | overrides)
         trainer = cls(config, progress, run_dir=Path(run_dir))  # config.input_size is the resolved one
-        state = latest_state(Path(run_dir))
+        state = run.latest_state()
         if state is None:
             trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
         return trainer._run(resume_state=state)
 
-    def _run(self, resume_state: dict[str, Any] | None) -> Path:
+    def _run(self, resume_state: FoldState | None) -> Path:
         run = Run(self.run_dir)
+        writer = RunWriter(self.run_dir) if self.dist.is_main else None
         classes, split = run.classes, run.split
         files = [str(Path(split["root"]) / f) for f in split["files"]]
         labels = np.asarray(split["labels"], dtype=np.int64)
         norms = [Normalization.from_dict(n) for n in run.normalization["folds"]]
-        history: list[dict[str, Any]] = list(resume_state["history"]) if resume_state else []
-        fold_results: list[dict[str, Any]] = list(resume_state["fold_results"]) if resume_state else []
-        first_fold = resume_state["fold"] if resume_state else 0
+        history: list[dict[str, Any]] = list(resume_state.history) if resume_state else []
+        fold_results: list[dict[str, Any]] = list(resume_state.fold_results) if resume_state else []
+        first_fold = resume_state.next_fold if resume_state else 0
 
         for fold_index in range(first_fold, len(split["folds"])):
-            # A resume state without weights means "that fold finished; start the next one fresh".
-            resuming = resume_state is not None and fold_index == first_fold and "model" in resume_state
+            # A finished fold's state only says where to start; an unfinished one is continued.
+            resuming = resume_state is not None and fold_index == resume_state.fold and not resume_state.fold_done
             state = resume_state if resuming else None
-            result = self._train_fold(fold_index, split, files, labels, norms[fold_index], classes, history, fold_results, state)
+            fold = split["folds"][fold_index]
+            result = self._train_fold(fold_index, fold, files, labels, norms[fold_index], classes, history, fold_results, state, writer)
             fold_results.append(result)
 
-        if self.dist.is_main:
-            self._finish(run, files, labels, norms, fold_results, history)
+        if writer is not None:
+            self._finish(run, writer, files, labels, norms, fold_results)
         return self.run_dir
 
-    def _train_fold(self, fold_index, split, files, labels, norm, classes, history, fold_results, state):
-        fold = split["folds"][fold_index]
+    def _train_fold(self, fold_index, fold, files, labels, norm, classes, history, fold_results, state, writer) -> dict[str, Any]:
         train_idx = np.asarray(fold["train"], dtype=int)
         val_idx = np.asarray(fold["val"], dtype=int)
         seed = self.config.seed + 1000 * fold_index
         seed_everything(seed)
         num_classes = len(classes)
         model = self._build_model(num_classes)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise FacekitError(f"architecture {self.arch.name!r} has no trainable parameter")
-        optimizer = torch.optim.Adam(trainable, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
         counts = np.bincount(labels[train_idx], minlength=num_classes)
         loss_fn = self.loss_spec.build(counts.tolist()).to(self.device)
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
+        best, early_stopping = BestKeeper(), EarlyStopping(self.config.patience)
 
-        start_epoch, best_loss, best_epoch, stale = 1, float("inf"), 0, 0
+        start_epoch = 1
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            restore_rng_state(state["rng"])
-            start_epoch = int(state["epoch"]) + 1
-            best_loss, best_epoch, stale = float(state["best_val_loss"]), int(state["best_epoch"]), int(state["stale"])
-            self.progress.message(f"resuming fold {fold_index} after epoch {state['epoch']}")
+            model.load_state_dict(state.model)
+            optimizer.load_state_dict(state.optimizer)
+            restore_rng_state(state.rng)
+            best.load_state_dict(state.best)
+            early_stopping.load_state_dict(state.early_stopping)
+            start_epoch = state.epoch + 1
+            self.progress.message(f"resuming fold {fold_index} after epoch {state.epoch}")
 
         train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
         val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
-        checkpoints = self.run_dir / CHECKPOINTS
-        payload = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
+        last_state = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
         try:
             for epoch in range(start_epoch, self.config.epochs + 1):
-                if self.config.patience and stale >= self.config.patience:
+                if early_stopping.should_stop:
                     break
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
-                train_loss, train_acc, seconds, seen = self._train_epoch(model, train_loader, loss_fn, optimizer, scaler)
+                train_loss, train_acc, seconds, seen = self.train_epoch(model, train_loader, loss_fn, optimizer, scaler)
                 val_loss, val_acc, _ = self.evaluate(model, val_loader, val_loss_fn)
                 row = {
                     "fold": fold_index,
@@ -462,71 +448,51 @@ class Trainer:
                     "device": str(self.device),
                 }
                 history.append(row)
-                improved = val_loss < best_loss
-                if improved:
-                    best_loss, best_epoch, stale = val_loss, epoch, 0
-                else:
-                    stale += 1
+                improved = best.update(val_loss, epoch)
+                early_stopping.update(val_loss)
                 self.progress.epoch_end(row | {"best": improved})
-                if self.dist.is_main:
-                    payload = {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "fold": fold_index,
-                        "rng": rng_state(),
-                        "config": self.config.to_dict(),
-                        "classes": classes,
-                        "history": history,
-                        "fold_results": fold_results,
-                        "best_val_loss": best_loss,
-                        "best_epoch": best_epoch,
-                        "stale": stale,
-                        "fold_done": False,
-                    }
-                    if improved:
-                        save_checkpoint(checkpoints / f"fold-{fold_index}-best.pt", payload)
-                    save_checkpoint(checkpoints / f"fold-{fold_index}-last.pt", payload)
-                    write_json(self.run_dir / "history.json", history)
+                if writer is not None:
+                    last_state = FoldState(
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        epoch=epoch,
+                        fold=fold_index,
+                        rng=rng_state(),
+                        config=self.config.to_dict(),
+                        classes=classes,
+                        history=history,
+                        fold_results=fold_results,
+                        best=best.state_dict(),
+                        early_stopping=early_stopping.state_dict(),
+                    )
+                    writer.save_fold_state(last_state, best=improved)
+                    writer.write_history(history)
         finally:
             train_loader.close()
             val_loader.close()
-        result = {"fold": fold_index, "best_epoch": best_epoch, "val_loss": best_loss, "val_acc": _val_acc(history, fold_index, best_epoch)}
-        if self.dist.is_main and payload is not None:  # mark the fold finished so a resume skips it
-            payload.update(fold_done=True, fold_results=fold_results + [result], history=history)
-            save_checkpoint(checkpoints / f"fold-{fold_index}-last.pt", payload)
+        result = {
+            "fold": fold_index,
+            "best_epoch": best.best_epoch,
+            "val_loss": best.best_val_loss,
+            "val_acc": _val_acc(history, fold_index, best.best_epoch),
+        }
+        if writer is not None and last_state is not None:  # mark the fold finished so a resume skips it
+            writer.mark_fold_done(last_state, fold_results + [result], history)
         return result
 
-    def _finish(self, run: Run, files, labels, norms, fold_results, history) -> None:
-        val_losses = np.array([r["val_loss"] for r in fold_results])
-        val_accs = np.array([r["val_acc"] for r in fold_results])
-        kept = int(fold_results[int(np.argmin(val_losses))]["fold"])
-        write_json(
-            self.run_dir / "folds.json",
-            {
-                "kept": kept,
-                "folds": fold_results,
-                "val_loss_mean": float(val_losses.mean()),
-                "val_loss_std": float(val_losses.std()),
-                "val_acc_mean": float(val_accs.mean()),
-                "val_acc_std": float(val_accs.std()),
-            },
-        )
-        checkpoints = self.run_dir / CHECKPOINTS
-        shutil.copyfile(checkpoints / f"fold-{kept}-best.pt", checkpoints / ".best.pt.tmp")
-        os.replace(checkpoints / ".best.pt.tmp", checkpoints / "best.pt")
-
-        model = self._build_model(len(run.classes))
-        model.load_state_dict(load_checkpoint(checkpoints / "best.pt")["model"])
+    def _finish(self, run: Run, writer: RunWriter, files, labels, norms, fold_results) -> None:
+        kept = writer.keep_best_fold(fold_results)
+        model = run.load_model("best", device=self.device, channels_last=self.channels_last)
         test_idx = np.asarray(run.split["test"], dtype=int)
         loader = self._loader([files[i] for i in test_idx], labels[test_idx], norms[kept], train=False, seed=self.config.seed)
         try:
             test_loss, test_acc, probs = self.evaluate(model, loader, nn.CrossEntropyLoss().to(self.device))
         finally:
             loader.close()
-        write_predictions(self.run_dir, run, test_idx, labels[test_idx], probs)
+        writer.write_predictions(test_idx, labels[test_idx], probs, run.classes, run.split["files"])
+        best_val_loss = min(r["val_loss"] for r in fold_results)
         self.progress.message(
-            f"kept fold {kept} (val loss {val_losses.min():.3f}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}"
+            f"kept fold {kept} (val loss {best_val_loss:.3f}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}"
         )
 
 
@@ -535,37 +501,6 @@ def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:
         if row["fold"] == fold and row["epoch"] == epoch:
             return float(row["val_acc"])
     return float("nan")
-
-
-def write_predictions(run_dir: Path, run: Run, index: np.ndarray, y_true: np.ndarray, probs: np.ndarray) -> None:
-    import io
-
-    from facekit.runs import atomic_write_bytes
-
-    y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, index=index, y_true=y_true, y_pred=y_pred, probs=probs.astype(np.float32))
-    atomic_write_bytes(run_dir / "predictions.npz", buffer.getvalue())
-    classes, files = run.classes, run.split["files"]
-    lines = ["file,true_id,true_name,pred_id,pred_name,confidence"]
-    for i, t, p, row in zip(index, y_true, y_pred, probs):
-        lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{row[p]:.4f}")
-    atomic_write_bytes(run_dir / "predictions.csv", ("\n".join(lines) + "\n").encode())
-
-
-def _csv(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
-
-
-def latest_state(run_dir: Path) -> dict[str, Any] | None:
-    """The newest fold's last checkpoint, or None if the run never finished an epoch."""
-    checkpoints = sorted((run_dir / CHECKPOINTS).glob("fold-*-last.pt"), key=lambda p: int(p.name.split("-")[1]))
-    if not checkpoints:
-        return None
-    state = load_checkpoint(checkpoints[-1])
-    if state.get("fold_done"):  # that fold finished: resume with the next one
-        state = {"fold": int(state["fold"]) + 1, "history": state["history"], "fold_results": state["fold_results"]}
-    return state
 
 
 def cached_channel_sums(paths: list[str], input_size: int, progress: Progress) -> np.ndarray:

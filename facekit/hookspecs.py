@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:  # annotations only: importing facekit stays cheap
     import typer
 
-    from facekit.api import ArchitectureSpec, LossSpec, ReporterSpec, SplitSpec
+    from facekit.api import ArchitectureSpec, AugmentationSpec, LossSpec, ReporterSpec, SplitSpec
 
 hookspec = pluggy.HookspecMarker("facekit")
 hookimpl = pluggy.HookimplMarker("facekit")
@@ -44,3 +44,8 @@ def register_reporters(register: Callable[[ReporterSpec], None]) -> None:
 @hookspec
 def register_commands(cli: typer.Typer) -> None:
     """Add commands to the ``facekit`` Typer app passed in as ``cli``."""
+
+
+@hookspec
+def register_augmentations(register: Callable[[AugmentationSpec], None]) -> None:
+    """Register training-image augmentations: call ``register(AugmentationSpec(...))`` for each."""

@@ -32,6 +32,7 @@ REGISTRY_HOOKS = {
     "losses": "register_losses",
     "splits": "register_splits",
     "reporters": "register_reporters",
+    "augmentations": "register_augmentations",
 }
 
 T = TypeVar("T")
@@ -133,6 +134,7 @@ class PluginSet:
             "losses": Registry("loss", "--loss"),
             "splits": Registry("split", "--split"),
             "reporters": Registry("reporter", "--reporter"),
+            "augmentations": Registry("augmentation", "--augment"),
         }
         for kind, hook in REGISTRY_HOOKS.items():
             self._fill(kind, hook)
@@ -253,6 +255,10 @@ def splits() -> Registry:
 
 def reporters() -> Registry:
     return get_plugins().registries["reporters"]
+
+
+def augmentations() -> Registry:
+    return get_plugins().registries["augmentations"]
 
 
 def hook_names() -> list[str]:

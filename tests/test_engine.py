@@ -1,13 +1,12 @@
 """The training engine on synthetic faces, CPU: learning, k-fold, resume, the run folder."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from facekit.engine import Trainer, TrainConfig, SilentProgress
+from facekit.engine import SilentProgress, Trainer, TrainConfig, resolve_device
 from facekit.errors import UsageError
 from facekit.runs import Run, load_checkpoint
 
@@ -39,7 +38,8 @@ def test_training_lowers_the_loss_and_leaves_a_complete_run(synthetic_dataset, t
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert {"model", "optimizer", "epoch", "rng", "config", "classes"} <= set(checkpoint)
     assert checkpoint["classes"] == run.classes == sorted(p.name for p in synthetic_dataset.iterdir())
-    assert run.config["device"] == "auto" and run.config["device_used"] == "cpu"  # a resume elsewhere re-resolves
+    # "auto" is kept as asked, so a resume elsewhere re-resolves it; device_used is this machine's choice.
+    assert run.config["device"] == "auto" and run.config["device_used"] == str(resolve_device("auto"))
     norm = run.normalization
     assert norm["source"] == "training split" and len(norm["folds"]) == 1
     assert run.load_model()(torch.zeros(1, 3, 64, 64)).shape == (1, len(run.classes))
@@ -119,9 +119,9 @@ def test_tronnet_weighted_on_real_faces_leaves_a_complete_run(tmp_path):
 
 
 def test_run_files_are_readable_by_others(tmp_path):
-    from facekit.runs import atomic_write_bytes
+    from facekit.files import atomic_write
 
-    atomic_write_bytes(tmp_path / "x.json", b"{}")
+    atomic_write(tmp_path / "x.json", b"{}")
     assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044
 
 
@@ -145,3 +145,56 @@ def test_training_proceeds_on_the_good_files_of_a_broken_data_set(synthetic_data
     assert "person_00/photo.jpg" in files
     assert not files & {"person_00/truncated.jpg", "person_01/empty.jpg", "person_01/notes.jpg"}
     assert run.has_predictions
+
+
+def test_a_cuda_index_this_machine_lacks_is_a_usage_error(synthetic_dataset, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from facekit.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(UsageError, match=r"^--device cuda:7: this machine has 1 CUDA device\(s\); use cuda:0 to cuda:0, or auto$"):
+        resolve_device("cuda:7")
+    result = CliRunner().invoke(app, ["train", "--data", str(synthetic_dataset), "--device", "cuda:7", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "cuda:7" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists(), "nothing is written for a bad option"
+
+
+TWO_SPEED = """
+from facekit import hookimpl
+from facekit.api import ArchitectureSpec
+
+def build(options):
+    from torch import nn
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, options.num_classes))
+
+def backbone_slower(model, lr):
+    return [{"params": list(model[0].parameters()), "lr": lr / 10}, {"params": list(model[3].parameters())}]
+
+@hookimpl
+def register_architectures(register):
+    register(ArchitectureSpec("two-speed", build, "Backbone at a tenth of the lr.", input_size=32, param_groups=backbone_slower))
+"""
+
+
+def test_architecture_param_groups_set_the_optimizer_groups(facekit_plugin, synthetic_dataset, tmp_path):
+    facekit_plugin(TWO_SPEED, package="facekit-two-speed")
+    run_dir = Trainer(config(synthetic_dataset, tmp_path / "run", arch="two-speed", epochs=1, lr=1e-3)).train()
+    groups = load_checkpoint(run_dir / "checkpoints" / "fold-0-last.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-4), pytest.approx(1e-3)]
+    assert [len(g["params"]) for g in groups] == [2, 2]  # conv weight+bias, then linear weight+bias
+    assert all(g["weight_decay"] == 5e-3 for g in groups)
+
+
+def test_without_param_groups_every_trainable_parameter_is_one_group():
+    from facekit.engine import build_optimizer
+    from facekit.factory import create_model
+    from facekit.plugins import architectures
+
+    model = create_model("resnet18", num_classes=3, pretrained=False)  # frozen backbone, trainable head
+    optimizer = build_optimizer(model, architectures().get("resnet18"), lr=1e-3, weight_decay=0.0)
+    assert len(optimizer.param_groups) == 1
+    assert optimizer.param_groups[0]["params"] == [model.fc.weight, model.fc.bias]

@@ -32,3 +32,41 @@ def test_weighted_loss_counts_a_rare_class_more():
     plain = losses().get("plain").build([2, 1])(logits, targets)
     weighted = losses().get("weighted").build([2, 1])(logits, targets)
     assert weighted > plain
+
+
+def _hand_smoothed(logits, targets, smoothing, weights):
+    """Label-smoothed cross-entropy written out: target (1 - s) one-hot + s / C uniform, weighted.
+
+    Each image's term weighs every class c by weight_c; the mean divides by the targets' weights.
+    """
+    log_p = torch.log_softmax(logits.double(), 1)
+    classes = logits.shape[1]
+    w = weights.double()
+    hit = -(w[targets] * log_p[torch.arange(len(targets)), targets])
+    spread = -(log_p * w).sum(1) / classes
+    return float(((1 - smoothing) * hit + smoothing * spread).sum() / w[targets].sum())
+
+
+@pytest.mark.parametrize("name", ["plain", "weighted"])
+def test_label_smoothing_matches_a_hand_computation(name):
+    generator = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(8, 4, generator=generator), torch.tensor([0, 1, 2, 3, 0, 0, 1, 0])
+    counts = [4, 2, 1, 1]
+    spec = losses().get(name)
+    weights = inverse_frequency_weights(counts) if name == "weighted" else torch.ones(4)
+    got = float(spec.make(counts, label_smoothing=0.1)(logits, targets))
+    assert got == pytest.approx(_hand_smoothed(logits, targets, 0.1, weights), rel=1e-5)
+    unsmoothed = float(spec.make(counts)(logits, targets))
+    assert unsmoothed == pytest.approx(_hand_smoothed(logits, targets, 0.0, weights), rel=1e-5) and unsmoothed != pytest.approx(got)
+
+
+def test_label_smoothing_rules_are_usage_errors():
+    from facekit.api import LossSpec
+    from facekit.errors import UsageError
+
+    with pytest.raises(UsageError, match="--label-smoothing 1.0: expected a number from 0"):
+        losses().get("plain").make([1, 1], label_smoothing=1.0)
+    legacy = LossSpec("legacy", lambda counts: torch.nn.CrossEntropyLoss())  # a plugin from before the option
+    assert isinstance(legacy.make([1, 1]), torch.nn.CrossEntropyLoss)
+    with pytest.raises(UsageError, match="--loss legacy does not support --label-smoothing"):
+        legacy.make([1, 1], label_smoothing=0.1)

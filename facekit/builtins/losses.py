@@ -1,4 +1,4 @@
-"""Plain and class-weighted cross-entropy."""
+"""Plain and class-weighted cross-entropy, both with optional label smoothing."""
 
 from typing import Sequence
 
@@ -21,19 +21,24 @@ def inverse_frequency_weights(class_counts: Sequence[int]):
     return weights.float()
 
 
-def build_plain(class_counts: Sequence[int]):
+def build_plain(class_counts: Sequence[int], label_smoothing: float = 0.0):
     from torch import nn
 
-    return nn.CrossEntropyLoss()
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
-def build_weighted(class_counts: Sequence[int]):
+def build_weighted(class_counts: Sequence[int], label_smoothing: float = 0.0):
     from torch import nn
 
-    return nn.CrossEntropyLoss(weight=inverse_frequency_weights(class_counts))
+    # torch spreads the smoothed mass over classes in proportion to their weights too.
+    return nn.CrossEntropyLoss(weight=inverse_frequency_weights(class_counts), label_smoothing=label_smoothing)
 
 
 @hookimpl
 def register_losses(register):
-    register(LossSpec("plain", build_plain, "Cross-entropy."))
-    register(LossSpec("weighted", build_weighted, "Cross-entropy weighted by 1/n_c (weights average 1)."))
+    register(LossSpec("plain", build_plain, "Cross-entropy.", supports_label_smoothing=True))
+    register(
+        LossSpec(
+            "weighted", build_weighted, "Cross-entropy weighted by 1/n_c (weights average 1).", supports_label_smoothing=True
+        )
+    )
