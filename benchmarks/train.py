@@ -6,10 +6,12 @@
 Input efficiency = (b)/(a) and (c)/(a). Also evaluation (inference) images/s.
 
 It runs the engine's own training step (facekit.engine.Trainer), so what it measures is what
-`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU.
+`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU. With --compile,
+every architecture is measured eagerly and then with the steps compiled in each mode given
+(`facekit train --compile`), with the seconds spent compiling.
 
     python -m benchmarks.train --data ../shared/data/lfw_min8 --arch baseline tronnet resnet18 \
-        --images 512 --out results/train.json
+        --images 512 --compile default reduce-overhead --out results/train.json
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from benchmarks.environment import describe_environment, markdown_table
 from facekit.api import Normalization
+from facekit.compiling import COMPILE_MODES
 from facekit.data.index import index_dataset
 from facekit.engine import Trainer, TrainConfig, build_optimizer
 from facekit.factory import create_model
@@ -55,9 +58,20 @@ def timed_epoch(trainer: Trainer, model, loader, loss_fn, optimizer, scaler) -> 
     """Images/s of one full training epoch (synchronised, so GPU work is counted)."""
     synchronize(trainer.device)
     start = time.perf_counter()
-    _, _, _, seen = trainer.train_epoch(model, loader, loss_fn, optimizer, scaler)
+    stats = trainer.train_epoch(model, loader, loss_fn, optimizer, scaler)
     synchronize(trainer.device)
-    return seen / (time.perf_counter() - start)
+    return stats.images / (time.perf_counter() - start)
+
+
+def timed_compile(trainer: Trainer, model, batches: DeviceTensors, loss_fn, optimizer, scaler) -> float:
+    """Seconds the first training and evaluation passes spend compiling (0 when eager)."""
+    synchronize(trainer.device)
+    start = time.perf_counter()
+    stats = trainer.train_epoch(model, batches, loss_fn, optimizer, scaler)  # also the warm-up: cuDNN autotune
+    trainer.evaluate(model, batches, torch.nn.CrossEntropyLoss())
+    synchronize(trainer.device)
+    # The training pass counts its compiling calls; evaluation compiles in its one call here.
+    return stats.compile_seconds + (time.perf_counter() - start - stats.seconds if trainer.compile_mode else 0.0)
 
 
 def timed_eval(trainer: Trainer, model, batches: DeviceTensors) -> float:
@@ -68,12 +82,13 @@ def timed_eval(trainer: Trainer, model, batches: DeviceTensors) -> float:
     return sum(len(y) for _, y in batches) / (time.perf_counter() - start)
 
 
-def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int, args, loader_backend: str) -> dict:
+def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int, args, compile_mode: str | None) -> dict:
     config = TrainConfig(
-        data=Path(args.data), arch=arch, batch_size=args.batch_size, device=args.device, loader=loader_backend,
-        workers=args.workers, rotate=15.0, input_size=args.input_size, finetune=args.finetune,
+        data=Path(args.data), arch=arch, batch_size=args.batch_size, device=args.device, loader=args.loader,
+        workers=args.workers, rotate=15.0, input_size=args.input_size, finetune=args.finetune, compile=compile_mode,
     )  # fmt: skip
     trainer = Trainer(config)
+    torch._dynamo.reset()  # each architecture and mode compiles from scratch: honest compile seconds
     torch.manual_seed(0)
     model = create_model(
         arch, num_classes=num_classes, input_size=trainer.input_size, finetune=args.finetune, pretrained=False,
@@ -89,8 +104,9 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
     x = torch.randn(args.batch_size, 3, size, size, device=trainer.device)
     y = torch.randint(0, num_classes, (args.batch_size,), device=trainer.device)
     tensors = DeviceTensors([(x, y)] * n_batches)
-    timed_epoch(trainer, model, DeviceTensors([(x, y)] * 2), loss_fn, optimizer, scaler)  # warm-up, cuDNN autotune
-    row = {"arch": arch, "input_size": size, "batch_size": args.batch_size, "images": len(files)}
+    compile_seconds = timed_compile(trainer, model, DeviceTensors([(x, y)] * 2), loss_fn, optimizer, scaler)
+    row = {"arch": arch, "compile": trainer.compile_mode or "eager", "compile_seconds": compile_seconds}
+    row |= {"input_size": size, "batch_size": args.batch_size, "images": len(files)}
     loaders = {}
     for key, cache in (("loader_files", False), ("loader_cached", True)):
         loaders[key] = trainer._loader(files, labels, norm, train=True, seed=0)
@@ -120,10 +136,13 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
 
 COLUMNS = [
     ("arch", "architecture", "{}"),
+    ("compile", "steps", "{}"),
+    ("compile_seconds", "compile s", "{:.1f}"),
     ("backend", "loader", "{}"),
     ("device_tensors", "(a) device tensors img/s", "{:.0f}"),
     ("loader_files", "(b) loader, files img/s", "{:.0f}"),
     ("loader_cached", "(c) loader, cache img/s", "{:.0f}"),
+    ("ceiling_vs_eager", "(a) vs eager", "{:.2f}x"),
     ("efficiency_files", "(b)/(a)", "{:.2f}"),
     ("efficiency_cached", "(c)/(a)", "{:.2f}"),
     ("eval", "eval img/s", "{:.0f}"),
@@ -142,6 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--finetune", action="store_true", help="Train every layer of pretrained backbones.")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of (a), (b), (c); the best of each counts.")
+    parser.add_argument(
+        "--compile", nargs="*", choices=COMPILE_MODES, default=None, metavar="MODE",
+        help=f"Also measure compiled steps in these modes ({', '.join(COMPILE_MODES)}; none given: default).",
+    )  # fmt: skip
     parser.add_argument("--out", default="results/train.json")
     args = parser.parse_args(argv)
 
@@ -150,11 +173,15 @@ def main(argv: list[str] | None = None) -> dict:
     order = list(itertools.islice(itertools.cycle(range(len(index.files))), args.images))
     files = [index.paths()[i] for i in order]
     labels = index.labels[order]
+    modes = [None] if args.compile is None else [None, *(args.compile or ["default"])]
     rows = []
     for arch in args.arch:
-        row = bench_arch(arch, files, labels, index.num_classes, args, args.loader)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for mode in modes:
+            row = bench_arch(arch, files, labels, index.num_classes, args, mode)
+            eager = row if mode is None else eager
+            row["ceiling_vs_eager"] = row["device_tensors"] / eager["device_tensors"]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     result = {"benchmark": "train", "environment": describe_environment(), "data": str(args.data), "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

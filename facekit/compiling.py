@@ -28,6 +28,10 @@ from facekit.errors import FacekitError, UsageError
 
 COMPILE_MODES = ("default", "reduce-overhead")
 
+# The mode the compiled graphs in this process were made with. torch.compile keeps graphs per
+# code object, whatever mode asked for them, so switching modes must drop the old ones.
+_graphs_mode: str | None = None
+
 
 def compile_problem(device: torch.device) -> str | None:
     """Why torch.compile cannot work for ``device`` on this machine, or None when it can."""
@@ -57,12 +61,12 @@ def resolve_compile_mode(mode: str | None, device: torch.device) -> tuple[str | 
     if mode is None:
         return None, None
     if mode not in COMPILE_MODES:
-        raise UsageError(f"--compile {mode!r} is not a compile mode: use {' or '.join(COMPILE_MODES)}")
+        raise UsageError(f"--compile-mode {mode!r} is not a compile mode: use {' or '.join(COMPILE_MODES)}")
     problem = compile_problem(device)
     if problem is not None:
         raise UsageError(f"--compile: {problem}; or train without --compile")
     if mode == "reduce-overhead" and device.type != "cuda":
-        note = f"--compile reduce-overhead records CUDA graphs, which need a CUDA device: compiling in the default mode on {device}"
+        note = f"--compile-mode reduce-overhead records CUDA graphs, which need a CUDA device; compiling in the default mode on {device}"
         return "default", note
     if device.type != "cuda":
         # On a CUDA build of torch without a GPU, every CPU kernel build logs that no CUDA runtime
@@ -96,7 +100,13 @@ class _Step:
         self.forward = forward
         self.batch_size = batch_size
         self.mode = mode
-        self.compiled = torch.compile(forward, mode=mode, dynamic=False) if mode else None
+        self.compiled = None
+        if mode:
+            global _graphs_mode
+            if _graphs_mode not in (None, mode):
+                torch._dynamo.reset()
+            _graphs_mode = mode
+            self.compiled = torch.compile(forward, mode=mode, dynamic=False)
         self.compile_seconds = 0.0
 
     def _run(self, body: Callable[[Callable], Any], images: torch.Tensor) -> Any:

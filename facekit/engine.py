@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
+from facekit.compiling import EvalStep, TrainStep, resolve_compile_mode
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, default_run_dir
@@ -57,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool | None = None  # None: on for CUDA
     channels_last: bool | None = None  # None: on for CUDA
+    compile: str | None = None  # torch.compile mode of the training/evaluation steps ("default", "reduce-overhead"); None: eager
     out: Path | None = None
     force: bool = False
 
@@ -75,6 +77,22 @@ class TrainConfig:
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(**values)
+
+
+class EpochStats(NamedTuple):
+    """One training pass: mean loss, accuracy, wall seconds, images seen, and the seconds of those spent compiling."""
+
+    loss: float
+    accuracy: float
+    seconds: float
+    images: int
+    compile_seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        """Steady-state throughput: the calls that compiled a graph are left out."""
+        running = self.seconds - self.compile_seconds
+        return self.images / running if running > 0 else 0.0
 
 
 class Progress(Protocol):
@@ -217,6 +235,10 @@ class Trainer:
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if config.amp is None else (config.amp and on_cuda)
         self.channels_last = on_cuda if config.channels_last is None else config.channels_last
+        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if self.amp else None
+        self.compile_mode, compile_note = resolve_compile_mode(config.compile, self.device)
+        if compile_note:
+            self.progress.message(compile_note)
         self.run_dir = Path(run_dir or config.out or default_run_dir(config))
 
     # ------------------------------------------------------------------ setup
@@ -257,6 +279,7 @@ class Trainer:
             "device_used": str(self.device),
             "amp": self.amp,
             "channels_last": self.channels_last,
+            "compile_used": self.compile_mode,
         }
         writer.write_setup(
             config=config,
@@ -302,54 +325,48 @@ class Trainer:
             num_shards=self.dist.world_size,
         )
 
-    def _autocast(self):
-        if not self.amp:
-            return torch.autocast(device_type=self.device.type, enabled=False)
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-
     def _prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True).long()
 
-    def train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> tuple[float, float, float, int]:
-        """One pass over ``loader``: mean loss, accuracy, seconds and images seen."""
+    def _step_settings(self) -> dict[str, Any]:
+        # Steps are cheap to make: torch.compile keeps its graphs per code object, so a new step
+        # (next epoch, next fold) reuses them.
+        return {"device_type": self.device.type, "amp_dtype": self.amp_dtype, "batch_size": self.config.batch_size, "mode": self.compile_mode}
+
+    def train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> EpochStats:
+        """One pass over ``loader``, eager or compiled as the run is configured."""
         model.train()
         keep_frozen_batchnorm_in_eval(model)
+        step = TrainStep(model, loss_fn, optimizer, scaler, **self._step_settings())
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         start = time.perf_counter()
         for images, labels in loader:
             images, labels = self._prepare_batch(images, labels)
-            with self._autocast():
-                logits = model(images)
-                loss = loss_fn(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = step(images, labels)
             # Accumulate on the device: a .item() per batch would stall the GPU every step.
-            total_loss += loss.detach() * labels.shape[0]
+            total_loss += loss * labels.shape[0]
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.shape[0]
-            self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss.detach()), labels.shape[0])
+            self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss), labels.shape[0])
         elapsed = time.perf_counter() - start
-        seen = max(seen, 1)
-        return float(total_loss) / seen, float(correct) / seen, elapsed, seen
+        images = max(seen, 1)
+        return EpochStats(float(total_loss) / images, float(correct) / images, elapsed, seen, step.compile_seconds)
 
     @torch.no_grad()
     def evaluate(self, model, loader, loss_fn) -> tuple[float, float, np.ndarray]:
         """Mean loss, accuracy and the softmax probabilities of every image, in loader order."""
         model.eval()
+        step = EvalStep(model, loss_fn, **self._step_settings())
         total_loss, correct, seen, probs = 0.0, 0, 0, []
         for images, labels in loader:
             images, labels = self._prepare_batch(images, labels)
-            with self._autocast():
-                logits = model(images).float()
-            total_loss += float(loss_fn(logits, labels)) * labels.shape[0]
+            loss, logits = step(images, labels)
+            total_loss += float(loss) * labels.shape[0]
             correct += int((logits.argmax(1) == labels).sum())
             seen += labels.shape[0]
             probs.append(torch.softmax(logits, 1).cpu())
@@ -433,19 +450,21 @@ class Trainer:
                     break
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
-                train_loss, train_acc, seconds, seen = self.train_epoch(model, train_loader, loss_fn, optimizer, scaler)
+                stats = self.train_epoch(model, train_loader, loss_fn, optimizer, scaler)
                 val_loss, val_acc, _ = self.evaluate(model, val_loader, val_loss_fn)
                 row = {
                     "fold": fold_index,
                     "epoch": epoch,
-                    "train_loss": train_loss,
+                    "train_loss": stats.loss,
                     "val_loss": val_loss,
-                    "train_acc": train_acc,
+                    "train_acc": stats.accuracy,
                     "val_acc": val_acc,
-                    "images_per_s": seen / seconds if seconds > 0 else 0.0,
-                    "seconds": seconds,
+                    "images_per_s": stats.images_per_s,
+                    "seconds": stats.seconds,
+                    "compile_seconds": stats.compile_seconds,
                     "loader": train_loader.backend,
                     "device": str(self.device),
+                    "compile": self.compile_mode,
                 }
                 history.append(row)
                 improved = best.update(val_loss, epoch)

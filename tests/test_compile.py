@@ -1,11 +1,16 @@
 """Compiled training/evaluation steps (facekit.compiling): same results as eager, bounded compiles."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from facekit.compiling import EvalStep, TrainStep, compile_problem, graphs_compiled, resolve_compile_mode
+from facekit.engine import SilentProgress, Trainer, TrainConfig
 from facekit.errors import FacekitError, UsageError
+from facekit.runs import Run
 
 BATCH = 8
 CPU = torch.device("cpu")
@@ -113,3 +118,63 @@ def test_a_failing_compile_is_one_facekit_error(monkeypatch):
     x, y = batches([BATCH])[0]
     with pytest.raises(FacekitError, match=r"^--compile: torch.compile failed \(RuntimeError: no space left on device\); train without"):
         train_step(x, y)
+
+
+# ------------------------------------------------------------------- the engine and the CLI
+def compiled_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        data=data, out=out, arch="baseline", input_size=48, epochs=2, batch_size=8, lr=1e-3, rotate=0.0,
+        loader="torch", workers=0, test_size=0.25, val_size=0.25, seed=3, compile="default",
+    )  # fmt: skip
+    return TrainConfig(**(settings | overrides))
+
+
+class InterruptAt(SilentProgress):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def epoch_start(self, fold, epoch, epochs, batches):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_compiled_run_records_its_compile_time_and_resumes_to_the_same_history(synthetic_dataset, tmp_path):
+    torch._dynamo.reset()  # graphs live as long as the process: start without any
+    straight = Run(Trainer(compiled_config(synthetic_dataset, tmp_path / "straight")).train())
+    assert straight.config["compile"] == straight.config["compile_used"] == "default"
+    first, second = straight.history
+    assert first["compile_seconds"] > 0 and second["compile_seconds"] == 0  # compiled in epoch 1 only
+    assert first["compile_seconds"] < first["seconds"]
+    assert first["compile"] == second["compile"] == "default"
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(compiled_config(synthetic_dataset, tmp_path / "broken"), InterruptAt(2)).train()
+    resumed = Run(Trainer.resume(tmp_path / "broken"))
+    assert [row["compile"] for row in resumed.history] == ["default", "default"]
+    for a, b in zip(straight.history, resumed.history):
+        assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+    assert np.array_equal(straight.predictions()["probs"], resumed.predictions()["probs"])
+
+
+def test_cli_compiles_on_request_and_a_resume_may_turn_it_off(synthetic_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from facekit.cli import app
+
+    runner = CliRunner()
+    fast = ["--data", synthetic_dataset, "--input-size", 48, "--epochs", 2, "--batch-size", 8, "--loader", "torch",
+            "--workers", 0, "--rotate", 0, "--threads", 1]  # fmt: skip
+    result = runner.invoke(app, list(map(str, ["train", *fast, "--out", tmp_path / "run", "--compile-mode", "reduce-overhead"])))
+    assert result.exit_code == 0, result.output
+    assert "CUDA graphs, which need a CUDA device; compiling in the default mode on cpu" in " ".join(result.output.split())
+    config = Run(tmp_path / "run").config
+    assert (config["compile"], config["compile_used"]) == ("reduce-overhead", "default")
+
+    with pytest.raises(KeyboardInterrupt):  # a compiled run stopped after its first epoch...
+        Trainer(compiled_config(synthetic_dataset, tmp_path / "broken"), InterruptAt(2)).train()
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "broken"), "--no-compile", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert [row["compile"] for row in Run(tmp_path / "broken").history] == ["default", None]  # ...ends eagerly
+
+    result = runner.invoke(app, list(map(str, ["train", *fast, "--out", tmp_path / "x", "--no-compile", "--compile-mode", "default"])))
+    assert result.exit_code == 2 and "--no-compile and --compile-mode contradict each other" in result.output

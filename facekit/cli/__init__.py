@@ -88,6 +88,12 @@ def train(
         None, "--threads", help="CPU threads for torch (default: one per core; 1 on a machine other jobs share)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    compile_: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help="Compile the training and evaluation steps with torch.compile (on resume: override the run's choice)."
+    ),
+    compile_mode: Optional[str] = typer.Option(
+        None, "--compile-mode", help="torch.compile mode: default, or reduce-overhead (CUDA graphs, CUDA only); implies --compile."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last checkpoint."),
@@ -99,8 +105,12 @@ def train(
     from facekit.engine import Trainer, TrainConfig
 
     progress = ConsoleProgress(err_console if as_json else console, quiet=quiet or as_json)
+    if compile_ is False and compile_mode is not None:
+        raise UsageError("--no-compile and --compile-mode contradict each other: give one of them")
+    compile_setting = compile_mode or ("default" if compile_ else None)
     if resume is not None:
-        run_dir = Trainer.resume(resume, progress)
+        overrides = {} if compile_ is None and compile_mode is None else {"compile": compile_setting}
+        run_dir = Trainer.resume(resume, progress, **overrides)
     elif data is None:
         raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
     else:
@@ -108,7 +118,8 @@ def train(
             data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
-            loader=loader, cache=cache, workers=workers, threads=threads, device=device, out=out, force=force,
+            loader=loader, cache=cache, workers=workers, threads=threads, device=device, compile=compile_setting,
+            out=out, force=force,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     _print_result(run_dir, as_json)
