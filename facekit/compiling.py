@@ -64,7 +64,7 @@ def resolve_compile_mode(mode: str | None, device: torch.device) -> tuple[str | 
         raise UsageError(f"--compile-mode {mode!r} is not a compile mode: use {' or '.join(COMPILE_MODES)}")
     problem = compile_problem(device)
     if problem is not None:
-        raise UsageError(f"--compile: {problem}; or train without --compile")
+        raise UsageError(f"--compile: {problem}; or train without it (--no-compile when resuming)")
     if mode == "reduce-overhead" and device.type != "cuda":
         note = f"--compile-mode reduce-overhead records CUDA graphs, which need a CUDA device; compiling in the default mode on {device}"
         return "default", note

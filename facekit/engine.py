@@ -354,8 +354,8 @@ class Trainer:
             seen += labels.shape[0]
             self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss), labels.shape[0])
         elapsed = time.perf_counter() - start
-        images = max(seen, 1)
-        return EpochStats(float(total_loss) / images, float(correct) / images, elapsed, seen, step.compile_seconds)
+        divisor = max(seen, 1)
+        return EpochStats(float(total_loss) / divisor, float(correct) / divisor, elapsed, seen, step.compile_seconds)
 
     @torch.no_grad()
     def evaluate(self, model, loader, loss_fn) -> tuple[float, float, np.ndarray]:

@@ -103,7 +103,7 @@ def test_compile_modes_resolve_per_device():
 def test_without_a_cxx_compiler_compiling_for_the_cpu_is_a_usage_error():
     with torch._inductor.config.patch({"cpp.cxx": (None, "/nonexistent/c++")}):
         assert "C++ compiler" in compile_problem(CPU)
-        with pytest.raises(UsageError, match=r"^--compile: compiling for the CPU needs a C\+\+ compiler .*without --compile$"):
+        with pytest.raises(UsageError, match=r"^--compile: compiling for the CPU needs a C\+\+ compiler .*\(--no-compile when resuming\)$"):
             resolve_compile_mode("default", CPU)
     assert compile_problem(CPU) is None  # this machine has one: the tests above compile
 
