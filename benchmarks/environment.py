@@ -8,7 +8,16 @@ import platform
 from typing import Any, Sequence
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none): the machine's other work."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def describe_environment() -> dict[str, Any]:
+    """Where a benchmark ran: date, CPU, GPU, library versions and the load at the start."""
     import torch
     import torchvision
 
@@ -24,6 +33,7 @@ def describe_environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
         "python": platform.python_version(),

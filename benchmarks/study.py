@@ -1,6 +1,6 @@
 """The 2019 study on real faces, run with facekit's own commands; writes docs/results.md.
 
-    python -m benchmarks.study --data ../shared/data/lfw_min8 [--aligned DIR] [--profile cpu|gpu]
+    python -m benchmarks.study --data DATA/lfw_min8 [--aligned DIR] [--profile cpu|gpu]
 
 Each configuration is one `facekit train` run under results/study/NAME (finished runs are
 kept, interrupted ones resumed), judged by `facekit report` and `facekit kernels`; then the
@@ -24,7 +24,7 @@ DOCS = ROOT / "docs"
 IMAGES = DOCS / "img" / "results"
 
 # The report's own Table 5 / Table 8 (its private 200-celebrity data), and the scikit-learn
-# eigenfaces reference measured on lfw_min8 (../shared/data/README.md).
+# eigenfaces reference measured on lfw_min8 with scikit-learn's classic recipe (75/25 split, random_state=42).
 REPORT_TABLE5 = {
     "baseline": {"accuracy": 0.62, "precision": 0.70, "recall": 0.62, "bcr": 0.66, "aggregated": 0.65, "val_loss": 1.55},
     "TronNet": {"accuracy": 0.63, "precision": 0.71, "recall": 0.62, "bcr": 0.67, "aggregated": 0.68, "val_loss": 1.32},
@@ -96,7 +96,7 @@ def missing_requirements(config: Config) -> str | None:
 
             cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
             if not cached.is_file():
-                return f"ResNet18's ImageNet weights are not in the torchvision cache ({cached}) and cannot be downloaded here"
+                return f"ResNet18's ImageNet weights ({cached.name}) are not in the torchvision cache and could not be downloaded"
         elif need not in architectures():
             return f"architecture {need} is not installed"
     return None
@@ -168,7 +168,7 @@ def what_the_numbers_say(summaries: dict, runs: dict[str, Path], profile: str) -
         )
         better = "TronNet" if avg("tronnet", "balanced_accuracy") > avg("baseline", "balanced_accuracy") else "the baseline"
         out += [
-            "- **The study's CNNs, trained from scratch, are nowhere near converged in a CPU session.** At the",
+            "- **The study's CNNs, trained from scratch, are nowhere near converged in a CPU budget.** At the",
             "  report's learning rate (1e-4) and the epochs a 2-core machine allows (input 112 px), training",
             f"  accuracy at the last epoch is {final_train_acc}. They predict mostly the largest identities, so overall",
             f"  accuracy ({avg('baseline', 'overall_accuracy')} baseline, {avg('tronnet', 'overall_accuracy')} TronNet)"
@@ -200,7 +200,7 @@ def what_the_numbers_say(summaries: dict, runs: dict[str, Path], profile: str) -
         )  # fmt: skip
         out += [
             "- **The learning rate, not the networks, is what the CPU budget cannot afford.** The same networks",
-            "  with the same split and input size at lr 1e-3 learn within the session (baseline "
+            "  with the same split and input size at lr 1e-3 learn within that budget (baseline "
             f"{epochs_of('baseline-lr1e-3')} epochs, TronNet {epochs_of('tronnet-lr1e-3')}):",
             f"  {figures}. The best of them is {verdict}.",
         ]
@@ -279,7 +279,7 @@ def write_results(runs: dict[str, Path], skipped: dict[str, str], profile: str, 
 
     lines = ["# The study on real faces: LFW, 217 identities", ""]
     lines += [
-        "facekit's reproduction of the 2019 report's comparison (../shared/seed) on `lfw_min8`: every person of",
+        "facekit's reproduction of the 2019 report's comparison ([docs/method.md](method.md)) on `lfw_min8`: every person of",
         "Labeled Faces in the Wild with at least 8 images (217 identities, 4,822 images, 8 to 530 per identity).",
         "One fixed stratified split for every configuration: 20% test, 10% validation, seed 42",
         "(`facekit train --seed 42`). Settings as in the report unless the table says otherwise: Adam, learning",
@@ -287,7 +287,7 @@ def write_results(runs: dict[str, Path], skipped: dict[str, str], profile: str, 
         "split (pretrained backbones use their own), early stopping on validation loss (patience 5).",
         "",
         f"Machine: {'a 2-core CPU, no GPU' if profile == 'cpu' else 'one GPU'}. Regenerate everything with",
-        "`python -m benchmarks.study --data ../shared/data/lfw_min8 --aligned /path/to/aligned` (see the script's",
+        "`python -m benchmarks.study --data DATA/lfw_min8 --aligned DATA/lfw_min8-aligned` (see the script's",
         "docstring); the page alone from existing runs with `--only-docs`.",
         "",
         "## Averages over classes (the report's Table 5 layout)",
@@ -317,11 +317,11 @@ def write_results(runs: dict[str, Path], skipped: dict[str, str], profile: str, 
     lines.append("| " + " | ".join(["Training minutes", *[fmt(summaries[n]["train_minutes"], 1) for n in runs], "-", "-", "-", "-"]) + " |")
     lines.append("| " + " | ".join(["Training images/s", *[fmt(summaries[n]["images_per_s"], 0) for n in runs], "-", "-", "-", "-"]) + " |")
     lines += ["", "The report's columns are on its private 200-celebrity set and cannot be reproduced as such; the eigenfaces",
-              "column is scikit-learn's classic recipe on lfw_min8 with a 75/25 split (../shared/data/README.md).",
+              "column is scikit-learn's classic recipe on lfw_min8 with a 75/25 split (grey 50x37 crop, PCA 150, RBF SVM).",
               "Training images/s are the median epoch of each run on a machine other jobs shared at the time;",
               "docs/benchmarks.md has speeds measured on a quiet machine.", ""]
     if skipped:
-        lines += ["Not run in this session:", ""]
+        lines += ["Not run:", ""]
         lines += [f"- {titles[name]}: {reason}." for name, reason in skipped.items()]
         lines.append("")
 

@@ -8,7 +8,8 @@ Input efficiency = (b)/(a) and (c)/(a). Also evaluation (inference) images/s.
 It runs the engine's own training step (facekit.engine.Trainer), so what it measures is what
 `facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU. With --compile,
 every architecture is measured eagerly and then with the steps compiled in each mode given
-(`facekit train --compile`), with the seconds spent compiling.
+(`facekit train --compile`), with the seconds spent compiling. --hw-decoder-load sets the
+share of JPEGs DALI's mixed decoder gives the GPU's hardware decoder (0: the hybrid decoder only).
 
     python -m benchmarks.train --data ../shared/data/lfw_min8 --arch baseline tronnet resnet18 \
         --images 512 --compile default reduce-overhead --out results/train.json
@@ -17,7 +18,7 @@ every architecture is measured eagerly and then with the steps compiled in each 
 from __future__ import annotations
 
 import argparse
-import itertools
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -25,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.anchors import ANCHOR_COLUMNS, bench_anchors, repeated_files, synchronize, training_rate, training_setup
 from benchmarks.environment import describe_environment, markdown_table
 from facekit.api import Normalization
 from facekit.compiling import COMPILE_MODES
 from facekit.data.index import index_dataset
-from facekit.engine import Trainer, TrainConfig, build_optimizer
-from facekit.factory import create_model
+from facekit.data.loaders import make_loader
+from facekit.engine import Trainer
+from facekit.files import atomic_write, write_json
 
 # Face-set-like statistics; the benchmark measures speed, so exact values do not matter.
 FACE_STATS = Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
@@ -49,31 +52,6 @@ class DeviceTensors:
         return len(self.batches)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_epoch(trainer: Trainer, model, loader, loss_fn, optimizer, scaler) -> float:
-    """Images/s of one full training epoch (synchronised, so GPU work is counted)."""
-    synchronize(trainer.device)
-    start = time.perf_counter()
-    stats = trainer.train_epoch(model, loader, loss_fn, optimizer, scaler)
-    synchronize(trainer.device)
-    return stats.images / (time.perf_counter() - start)
-
-
-def timed_compile(trainer: Trainer, model, batches: DeviceTensors, loss_fn, optimizer, scaler) -> float:
-    """Seconds the first training and evaluation passes spend compiling (0 when eager)."""
-    synchronize(trainer.device)
-    start = time.perf_counter()
-    stats = trainer.train_epoch(model, batches, loss_fn, optimizer, scaler)  # also the warm-up: cuDNN autotune
-    trainer.evaluate(model, batches, torch.nn.CrossEntropyLoss())
-    synchronize(trainer.device)
-    # The training pass counts its compiling calls; evaluation compiles in its one call here.
-    return stats.compile_seconds + (time.perf_counter() - start - stats.seconds if trainer.compile_mode else 0.0)
-
-
 def timed_eval(trainer: Trainer, model, batches: DeviceTensors) -> float:
     synchronize(trainer.device)
     start = time.perf_counter()
@@ -82,21 +60,33 @@ def timed_eval(trainer: Trainer, model, batches: DeviceTensors) -> float:
     return sum(len(y) for _, y in batches) / (time.perf_counter() - start)
 
 
+def timed_compile(setup, batches: DeviceTensors) -> float:
+    """Seconds the first training and evaluation passes spend compiling (0 when eager); also the warm-up."""
+    trainer, model, loss_fn, optimizer, scaler = setup
+    synchronize(trainer.device)
+    start = time.perf_counter()
+    stats = trainer.train_epoch(model, batches, loss_fn, optimizer, scaler)
+    trainer.evaluate(model, batches, torch.nn.CrossEntropyLoss())
+    synchronize(trainer.device)
+    # The training pass counts its compiling calls; evaluation compiles in its one call here.
+    return stats.compile_seconds + (time.perf_counter() - start - stats.seconds if trainer.compile_mode else 0.0)
+
+
+def with_decoder_load(loader, hw_decoder_load: float | None):
+    """``loader`` with DALI's hardware-decoder share set (None: as it is)."""
+    if hw_decoder_load is None:
+        return loader
+    loader.close()
+    return make_loader(loader.files, loader.labels, options=dataclasses.replace(loader.options, hw_decoder_load=hw_decoder_load))
+
+
 def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int, args, compile_mode: str | None) -> dict:
-    config = TrainConfig(
-        data=Path(args.data), arch=arch, batch_size=args.batch_size, device=args.device, loader=args.loader,
-        workers=args.workers, rotate=15.0, input_size=args.input_size, finetune=args.finetune, compile=compile_mode,
-    )  # fmt: skip
-    trainer = Trainer(config)
     torch._dynamo.reset()  # each architecture and mode compiles from scratch: honest compile seconds
-    torch.manual_seed(0)
-    model = create_model(
-        arch, num_classes=num_classes, input_size=trainer.input_size, finetune=args.finetune, pretrained=False,
-        device=trainer.device, channels_last=trainer.channels_last,
+    setup = training_setup(
+        arch, num_classes, data=args.data, batch_size=args.batch_size, input_size=args.input_size, device=args.device,
+        finetune=args.finetune, loader=args.loader, workers=args.workers, compile=compile_mode,
     )  # fmt: skip
-    optimizer = build_optimizer(model, trainer.arch, lr=1e-4, weight_decay=0.0)
-    scaler = torch.amp.GradScaler(trainer.device.type, enabled=trainer.amp and not torch.cuda.is_bf16_supported())
-    loss_fn = torch.nn.CrossEntropyLoss()
+    trainer, model = setup[0], setup[1]
     norm = trainer.arch.normalization or FACE_STATS
     size = trainer.input_size
 
@@ -104,25 +94,25 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
     x = torch.randn(args.batch_size, 3, size, size, device=trainer.device)
     y = torch.randint(0, num_classes, (args.batch_size,), device=trainer.device)
     tensors = DeviceTensors([(x, y)] * n_batches)
-    compile_seconds = timed_compile(trainer, model, DeviceTensors([(x, y)] * 2), loss_fn, optimizer, scaler)
+    compile_seconds = timed_compile(setup, DeviceTensors([(x, y)] * 2))  # and the warm-up: cuDNN autotune
     row = {"arch": arch, "compile": trainer.compile_mode or "eager", "compile_seconds": compile_seconds}
-    row |= {"input_size": size, "batch_size": args.batch_size, "images": len(files)}
+    row |= {"input_size": size, "batch_size": args.batch_size, "images": len(files), "hw_decoder_load": args.hw_decoder_load}
     loaders = {}
     for key, cache in (("loader_files", False), ("loader_cached", True)):
-        loaders[key] = trainer._loader(files, labels, norm, train=True, seed=0)
+        loaders[key] = with_decoder_load(trainer._loader(files, labels, norm, train=True, seed=0), args.hw_decoder_load)
         loaders[key].cache = cache
         row["backend"] = loaders[key].backend
     try:
         loaders["loader_cached"].set_epoch(0)  # fill the cache: its later epochs are the warm ones
-        timed_epoch(trainer, model, loaders["loader_cached"], loss_fn, optimizer, scaler)
+        training_rate(setup, loaders["loader_cached"])
         # (a), (b), (c) in turn, several rounds, best of each: a shared machine's load drifts,
         # and a fixed order would hand the drift to whichever is timed last.
         rates: dict[str, list[float]] = {"device_tensors": [], "loader_files": [], "loader_cached": [], "eval": []}
         for round_ in range(args.rounds):
-            rates["device_tensors"].append(timed_epoch(trainer, model, tensors, loss_fn, optimizer, scaler))
+            rates["device_tensors"].append(training_rate(setup, tensors))
             for key, loader in loaders.items():
                 loader.set_epoch(round_ + 1)
-                rates[key].append(timed_epoch(trainer, model, loader, loss_fn, optimizer, scaler))
+                rates[key].append(training_rate(setup, loader))
             rates["eval"].append(timed_eval(trainer, model, tensors))
     finally:
         for loader in loaders.values():
@@ -161,18 +151,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--finetune", action="store_true", help="Train every layer of pretrained backbones.")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of (a), (b), (c); the best of each counts.")
+    parser.add_argument("--anchors", action="store_true", help="Also time the two reference loaders (benchmarks.anchors).")
     parser.add_argument(
         "--compile", nargs="*", choices=COMPILE_MODES, default=None, metavar="MODE",
         help=f"Also measure compiled steps in these modes ({', '.join(COMPILE_MODES)}; none given: default).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--hw-decoder-load", type=float, default=None, metavar="SHARE",
+        help="DALI on a GPU: share of JPEGs for the hardware decoder, 0 to 1 (default: DALI's, 0.65; 0: hybrid only).",
     )  # fmt: skip
     parser.add_argument("--out", default="results/train.json")
     args = parser.parse_args(argv)
 
     index = index_dataset(args.data)
     # Repeat the file list when the data set is shorter than the timed epoch (fast GPUs).
-    order = list(itertools.islice(itertools.cycle(range(len(index.files))), args.images))
-    files = [index.paths()[i] for i in order]
-    labels = index.labels[order]
+    files, labels = repeated_files(index, args.images)
+    columns = COLUMNS + (ANCHOR_COLUMNS if args.anchors else [])
     modes = [None] if args.compile is None else [None, *(args.compile or ["default"])]
     rows = []
     for arch in args.arch:
@@ -180,14 +174,18 @@ def main(argv: list[str] | None = None) -> dict:
             row = bench_arch(arch, files, labels, index.num_classes, args, mode)
             eager = row if mode is None else eager
             row["ceiling_vs_eager"] = row["device_tensors"] / eager["device_tensors"]
+            if args.anchors:  # the reference loaders, same files, same run, same training step
+                setup = training_setup(
+                    arch, index.num_classes, data=args.data, batch_size=args.batch_size, input_size=args.input_size,
+                    device=args.device, finetune=args.finetune, compile=mode,
+                )  # fmt: skip
+                row |= bench_anchors(setup, files, labels, norm=setup[0].arch.normalization or FACE_STATS)
             print(json.dumps(row), flush=True)
             rows.append(row)
     result = {"benchmark": "train", "environment": describe_environment(), "data": str(args.data), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(rows, COLUMNS)
-    out.with_suffix(".md").write_text(table + "\n")
+    write_json(args.out, result)
+    table = markdown_table(rows, columns)
+    atomic_write(Path(args.out).with_suffix(".md"), (table + "\n").encode())
     print(table)
     return result
 

@@ -9,7 +9,6 @@ more than one epoch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import random
 import time
@@ -261,9 +260,10 @@ class Trainer:
         if self.arch.normalization is not None:
             norm = self.arch.normalization.to_dict()
             return {"source": f"architecture {self.arch.name}", "folds": [norm for _ in plan.folds]}
+        from facekit.data.stats import cached_channel_sums, normalization_from_sums
+
         sums = cached_channel_sums(paths, self.input_size, self.progress)
         pixels = self.input_size * self.input_size
-        from facekit.data.stats import normalization_from_sums
 
         folds = [normalization_from_sums(sums, fold.train, pixels).to_dict() for fold in plan.folds]
         return {"source": "training split", "folds": folds}
@@ -522,26 +522,6 @@ def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:
     return float("nan")
 
 
-def cached_channel_sums(paths: list[str], input_size: int, progress: Progress) -> np.ndarray:
-    """Per-image channel sums, decoded once per data set and input size and kept in the user cache."""
-    from facekit.data.index import cache_dir
-    from facekit.data.stats import channel_sums
-
-    key = hashlib.sha256()
-    key.update(str(input_size).encode())
-    for path in paths:
-        stat = os.stat(path)
-        key.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    cache = cache_dir() / "stats" / f"{key.hexdigest()[:32]}.npy"
-    if cache.is_file():
-        return np.load(cache)
-    progress.message(f"computing normalization statistics over {len(paths)} images")
-    sums = channel_sums(paths, input_size)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, sums)
-    os.replace(tmp, cache)
-    return sums
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> Path:

@@ -6,13 +6,13 @@ distribution, so they load through exactly the path a third-party package uses.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import importlib
 import os
-import sys
+import signal
+import threading
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -125,22 +125,28 @@ class PluginSet:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
         self.problems: list[str] = []
-        for entry_point in self._selected_entry_points():
-            self._load_entry_point(entry_point)
-        for name, module in extra_plugins:  # tests and facekit.testing register throwaway plugins
-            self._add(PluginInfo(name=name, module=module, package=name, version="0"))
-        self.registries: dict[str, Registry] = {
-            "architectures": Registry("architecture", "--arch"),
-            "losses": Registry("loss", "--loss"),
-            "splits": Registry("split", "--split"),
-            "reporters": Registry("reporter", "--reporter"),
-            "augmentations": Registry("augmentation", "--augment"),
-        }
-        for kind, hook in REGISTRY_HOOKS.items():
-            self._fill(kind, hook)
+        with _user_interrupts() as interrupted:
+            self._interrupted = interrupted
+            for entry_point in self._selected_entry_points():
+                self._load_entry_point(entry_point)
+            for name, module in extra_plugins:  # tests and facekit.testing register throwaway plugins
+                self._add(PluginInfo(name=name, module=module, package=name, version="0"))
+            self.registries: dict[str, Registry] = {
+                "architectures": Registry("architecture", "--arch"),
+                "losses": Registry("loss", "--loss"),
+                "splits": Registry("split", "--split"),
+                "reporters": Registry("reporter", "--reporter"),
+                "augmentations": Registry("augmentation", "--augment"),
+            }
+            for kind, hook in REGISTRY_HOOKS.items():
+                self._fill(kind, hook)
 
     def _selected_entry_points(self) -> list[EntryPoint]:
-        found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
+        # Built-ins first, whatever the other distributions are called: the first registration of
+        # a name wins, so a third-party package can never replace a built-in.
+        found = sorted(
+            entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (not _is_builtin(ep), _distribution(ep), ep.name)
+        )
         wanted = os.environ.get(LOAD_ENV)
         if wanted is None:
             return found
@@ -149,21 +155,32 @@ class PluginSet:
         return [
             ep
             for ep in found
-            if _distribution(ep) == BUILTIN_DISTRIBUTION or _distribution(ep) in names or ep.name in names
+            if _is_builtin(ep) or _distribution(ep) in names or ep.name in names
         ]
 
     def _problem(self, message: str) -> None:
+        message = " ".join(message.split())  # one line, whatever the plugin's exception text holds
         if self.strict:
             raise FacekitError(message + f" (strict plugin loading: unset {STRICT_ENV} / drop --strict to skip it)")
         self.problems.append(message)
         warnings.warn(message, PluginWarning, stacklevel=3)
 
+    def _broken(self, exc: BaseException, message: str) -> None:
+        """Report a plugin that raised ``exc``; only the user's own Ctrl-C goes on as an interrupt.
+
+        SystemExit, KeyboardInterrupt and the like raised by a plugin's code are a broken plugin,
+        not a request to end facekit.
+        """
+        if isinstance(exc, FacekitError) or (isinstance(exc, KeyboardInterrupt) and self._interrupted()):
+            raise exc
+        self._problem(f"{message}: {exc.__class__.__name__}: {exc}" if str(exc) else f"{message}: {exc.__class__.__name__}")
+
     def _load_entry_point(self, entry_point: EntryPoint) -> None:
         package = _distribution(entry_point)
         try:
             module = entry_point.load()
-        except Exception as exc:  # any import-time failure of somebody else's code
-            self._problem(f"plugin {entry_point.name!r} from package {package} failed to load: {exc.__class__.__name__}: {exc}")
+        except BaseException as exc:  # any import-time failure of somebody else's code, sys.exit() included
+            self._broken(exc, f"plugin {entry_point.name!r} from package {package} failed to load")
             return
         version = entry_point.dist.version if entry_point.dist else "?"
         self._add(PluginInfo(name=entry_point.name, module=module, package=package, version=version))
@@ -171,20 +188,23 @@ class PluginSet:
     def _add(self, info: PluginInfo) -> None:
         try:
             self.pm.register(info.module, name=f"{info.package}:{info.name}")
-        except ValueError as exc:  # the same module registered twice, or a hook not in our specs
+        except (ValueError, pluggy.PluginValidationError) as exc:  # registered twice, or a hook that does not fit its spec
             self._problem(f"plugin {info.name!r} from package {info.package} was not registered: {exc}")
             return
         self.plugins.append(info)
+        # pluggy accepts hooks it has no spec for; a misspelled hook would then never run, unnoticed.
+        unknown = sorted(caller.name for caller in self.pm.get_hookcallers(info.module) or [] if caller.spec is None)
+        if unknown:
+            self._problem(
+                f"plugin {info.name!r} from package {info.package} implements {', '.join(unknown)}, which facekit "
+                f"does not call; known hooks: {', '.join(hook_names())}"
+            )
 
     def _fill(self, kind: str, hook: str) -> None:
         registry = self.registries[kind]
-        by_module = {id(info.module): info for info in self.plugins}
-        # get_hookimpls() lists in registration order (pluggy *calls* them newest first): the
-        # oldest registration of a name wins, and built-ins load first.
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            info = by_module.get(id(impl.plugin))
-            if info is None:
-                continue
+        # Call the hooks in load order (built-ins first), not pluggy's order, which a plugin could
+        # change with tryfirst=True: the oldest registration of a name wins.
+        for info, impl in self._impls(hook):
             names = info.registers.setdefault(kind, [])
 
             def register(spec: Any, info: PluginInfo = info, names: list[str] = names) -> None:
@@ -202,25 +222,56 @@ class PluginSet:
 
             try:
                 impl.function(register=register)
-            except FacekitError:
-                raise
-            except Exception as exc:
-                self._problem(f"plugin {info.name!r} from package {info.package} failed in {hook}: {exc.__class__.__name__}: {exc}")
+            except BaseException as exc:
+                self._broken(exc, f"plugin {info.name!r} from package {info.package} failed in {hook}")
+
+    def _impls(self, hook: str) -> list[tuple[PluginInfo, Any]]:
+        """``(plugin, hook implementation)`` pairs for ``hook``, in plugin load order."""
+        impls = {id(impl.plugin): impl for impl in getattr(self.pm.hook, hook).get_hookimpls()}
+        return [(info, impls[id(info.module)]) for info in self.plugins if id(info.module) in impls]
 
     def add_commands(self, cli: Any) -> None:
         """Let every plugin add its CLI commands to the Typer app ``cli``."""
-        by_module = {id(info.module): info for info in self.plugins}
-        for impl in self.pm.hook.register_commands.get_hookimpls():
-            info = by_module.get(id(impl.plugin))
-            try:
-                impl.function(cli=cli)
-            except Exception as exc:
-                package = info.package if info else "?"
-                self._problem(f"plugin from package {package} failed to add its commands: {exc.__class__.__name__}: {exc}")
+        with _user_interrupts() as interrupted:
+            self._interrupted = interrupted
+            for info, impl in self._impls("register_commands"):
+                try:
+                    impl.function(cli=cli)
+                except BaseException as exc:
+                    self._broken(exc, f"plugin {info.name!r} from package {info.package} failed to add its commands")
 
 
 def _distribution(entry_point: EntryPoint) -> str:
     return entry_point.dist.name if entry_point.dist else "?"
+
+
+def _is_builtin(entry_point: EntryPoint) -> bool:
+    """facekit's own entry points: the ``facekit`` distribution, pointing into the facekit package."""
+    return _distribution(entry_point) == BUILTIN_DISTRIBUTION and entry_point.module.split(".")[0] == "facekit"
+
+
+@contextlib.contextmanager
+def _user_interrupts() -> Iterator[Callable[[], bool]]:
+    """Tell a real Ctrl-C apart from a KeyboardInterrupt that plugin code raised itself.
+
+    Yields a function that is true once SIGINT arrived while the block ran; outside the main
+    thread (no signal handlers there) every KeyboardInterrupt counts as the user's.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: True
+        return
+    received = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(received)
+    finally:
+        if previous is not None:  # None: a handler installed outside Python, which we cannot restore
+            signal.signal(signal.SIGINT, previous)
 
 
 _current: PluginSet | None = None

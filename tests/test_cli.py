@@ -117,3 +117,45 @@ def test_a_plugin_split_and_reporter_work_end_to_end(facekit_plugin, synthetic_d
     report = invoke("report", out, "--reporter", "count")
     assert report.exit_code == 0, report.output
     assert f"predictions: {len(run.split['test'])}" in report.output
+
+
+
+def _plugin_commands_app():
+    """The commands installed plugins add (facekit align among them), on an app of their own."""
+    from facekit.cli.help import ReadableTyper
+    from facekit.plugins import get_plugins
+
+    plugin_app = ReadableTyper()
+    plugin_app.callback()(lambda: None)  # stay a group even with a single plugin command
+    get_plugins().add_commands(plugin_app)
+    return plugin_app
+
+
+def _commands(group, path=()):
+    for name, command in sorted(getattr(group, "commands", {}).items()):
+        yield (*path, name), command
+        yield from _commands(command, (*path, name))
+
+
+def _every_command():
+    import typer.main
+
+    yield pytest.param(app, (), typer.main.get_command(app), id="facekit")
+    for typer_app in (app, _plugin_commands_app()):
+        for path, command in _commands(typer.main.get_command(typer_app)):
+            yield pytest.param(typer_app, path, command, id=" ".join(path))
+
+
+@pytest.mark.parametrize("typer_app, path, command", list(_every_command()))
+def test_every_help_is_readable_at_80_columns(typer_app, path, command):
+    """No Python type tags, no {arg} braces, nothing cut off with '…', and every option explained."""
+    from typer.core import TyperArgument, TyperOption
+
+    result = CliRunner().invoke(typer_app, [*path, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert result.exit_code == 0, result.output
+    for bad in ("<bool>", "<int", "<float", "<str", "<path", "list[", "{", "…"):
+        assert bad not in result.output, f"{' '.join(path)} --help shows {bad!r}:\n{result.output}"
+    assert max(map(len, result.output.splitlines())) <= 80
+    for param in command.params:
+        if isinstance(param, (TyperOption, TyperArgument)):
+            assert (getattr(param, "help", None) or "").strip(), f"{' '.join(path)}: {param.name} has no help"

@@ -9,6 +9,7 @@ shrinking about 4x). See docs/data.md.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ from PIL import Image
 
 from facekit.api import Normalization
 from facekit.data.index import index_dataset
-from facekit.data.loaders import available_backends, make_loader
+from facekit.data.loaders import LoaderOptions, available_backends, make_loader
 from facekit.data.loaders import _native
+from facekit.data.loaders.options import MIN_INPUT_SIZE, available_cores, default_workers
 from facekit.data.loaders._common import RotateNormalize, plan_epoch
 from facekit.data.stats import channel_sums, normalization_from_sums
 from facekit.data.synth import make_synthetic_dataset
@@ -179,16 +181,16 @@ def test_a_file_that_breaks_mid_epoch_is_skipped_with_a_warning(synth, tmp_path)
 
 def test_normalization_equals_numpy_over_the_training_images(synth):
     files, _ = synth
-    sums = channel_sums(files, 24)
+    sums = channel_sums(files, 32)
     train = np.array([0, 3, 4, 9, 15, 19])
-    norm = normalization_from_sums(sums, train, 24 * 24)
+    norm = normalization_from_sums(sums, train, 32 * 32)
     from facekit.data.loaders._common import decode_resized
 
-    pixels = np.stack([decode_resized(files[i], 24).numpy() for i in train]).astype(np.float64) / 255
+    pixels = np.stack([decode_resized(files[i], 32).numpy() for i in train]).astype(np.float64) / 255
     assert np.allclose(norm.mean, pixels.mean(axis=(0, 2, 3)), atol=1e-9)
     assert np.allclose(norm.std, pixels.std(axis=(0, 2, 3)), atol=1e-9)
     # And the loader applies it: the training images come out with mean 0, std 1 per channel.
-    out = _epoch(_loader([files[i] for i in train], [0] * 6, "torch", input_size=24, normalization=norm))[0]
+    out = _epoch(_loader([files[i] for i in train], [0] * 6, "torch", input_size=32, normalization=norm))[0]
     assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
 
@@ -232,3 +234,89 @@ def test_native_rotate_normalize_equals_grid_sample(shape):
     again = native(store, angles.flip(0), index=index)
     assert torch.equal(got, kept) and got.data_ptr() != again.data_ptr()
     assert torch.allclose(native(store[:2], torch.zeros(2)), reference(store[:2], torch.zeros(2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
+def test_every_shard_and_epoch_follows_the_shared_plan(synth, backend):
+    files, _ = synth
+    ids = np.arange(len(files))  # the label is the file's position: shows the order
+    for shard in range(3):
+        loader = _loader(files, ids, backend, train=True, rotate=15.0, seed=5, shard_id=shard, num_shards=3)
+        for epoch in (0, 1, 3):
+            loader.set_epoch(epoch)
+            plan = plan_epoch(20, epoch=epoch, seed=5, train=True, rotate=15.0, shard_id=shard, num_shards=3)
+            assert _epoch(loader)[1].tolist() == plan.indices.tolist() == loader.plan(epoch).indices.tolist()
+            assert len(plan.indices) == 7  # 20 over 3 shards, padded by wrapping: no duplicates appended by a reader
+        loader.close()
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
+def test_an_epoch_left_early_does_not_leak_into_the_next(synth, backend):
+    files, _ = synth
+    loader = _loader(files, np.arange(20), backend, train=True, seed=3)
+    next(iter(loader))  # abandoned after one batch: prefetched batches of epoch 0 must not reappear
+    assert _epoch(loader)[1].tolist() == loader.plan(1).indices.tolist()
+    loader.close()
+
+
+def test_options_object_and_keywords_give_the_same_loader(synth):
+    files, labels = synth
+    options = LoaderOptions(batch_size=6, input_size=32, normalization=PIXELS, train=True, rotate=10.0, seed=1, backend="torch")
+    by_object = make_loader(files, labels, options=options)
+    by_keywords = make_loader(files, labels, batch_size=6, input_size=32, normalization=PIXELS, train=True, rotate=10.0,
+                              seed=1, backend="torch")  # fmt: skip
+    assert by_object.options == by_keywords.options == options.validate()
+    assert torch.equal(_epoch(by_object)[0], _epoch(by_keywords)[0])
+    assert options.validate().num_workers == default_workers() == min(available_cores(), 8)
+    with pytest.raises(TypeError, match="num_threads"):
+        make_loader(files, labels, batch_size=6, input_size=32, normalization=PIXELS, train=True, num_threads=2)
+    with pytest.raises(TypeError, match="not both"):
+        make_loader(files, labels, options=options, seed=2)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(input_size=MIN_INPUT_SIZE - 1), "--input-size must be at least 32"),
+        (dict(batch_size=0), "--batch-size"),
+        (dict(rotate=181), "--rotate"),
+        (dict(num_workers=-1), "--workers"),
+        (dict(shard_id=3, num_shards=3), "shard 3 of 3"),
+        (dict(output_dtype=torch.int8), "output dtype"),
+    ],
+)
+def test_each_bad_option_is_one_usage_error(change, message):
+    options = LoaderOptions(batch_size=6, input_size=32, normalization=PIXELS, train=True)
+    with pytest.raises(UsageError, match=message):
+        replace(options, **change).validate()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_channels_last_output_equals_float32_to_bf16_rounding(native):
+    if native and _native.kernel() is None:
+        pytest.skip("no C compiler here")
+    generator = torch.Generator().manual_seed(1)
+    store = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    angles = torch.tensor([0.0, 12.0, -7.5, 15.0])
+    index = torch.tensor([3, 0, 4, 1])
+    norm = Normalization((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+    plain, fast = RotateNormalize(norm, torch.device("cpu")), RotateNormalize(norm, torch.device("cpu"))
+    plain.native = fast.native = native
+    fast.configure(dtype=torch.bfloat16, channels_last=True)
+    expected, got = plain(store, angles, index=index), fast(store, angles, index=index)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    # bf16 keeps 8 significant bits: relative rounding at most 2^-8.
+    assert ((got.float() - expected).abs() <= expected.abs() * 2**-8 + 1e-6).all()
+
+
+def test_channels_last_uint8_batches_normalize_like_contiguous_ones():
+    # DALI on a GPU hands over HWC batches as channels-last NCHW views; the GPU path (grid_sample
+    # + addcmul, run here on the CPU) must read them by their strides.
+    generator = torch.Generator().manual_seed(2)
+    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    hwc_view = batch.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert hwc_view.is_contiguous(memory_format=torch.channels_last) and not hwc_view.is_contiguous()
+    augment = RotateNormalize(Normalization((0.5, 0.4, 0.3), (0.25, 0.2, 0.3)), torch.device("cpu"))
+    augment.native = False
+    for angles in (torch.zeros(4), torch.tensor([0.0, 10.0, -3.0, 15.0])):
+        assert torch.equal(augment(hwc_view, angles), augment(batch, angles))

@@ -11,13 +11,13 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
 import facekit
+from facekit.cli.help import ReadableGroup, ReadableTyper
 from facekit.errors import FacekitError, UsageError
 
 
-class FacekitGroup(TyperGroup):
+class FacekitGroup(ReadableGroup):
     """Turns a FacekitError raised by any command, plugins' included, into one line and its exit code."""
 
     def invoke(self, ctx):
@@ -31,7 +31,7 @@ class FacekitGroup(TyperGroup):
             raise typer.Exit(130) from None
 
 
-app = typer.Typer(
+app = ReadableTyper(
     cls=FacekitGroup,
     help="Train face-identity classifiers over many imbalanced classes and judge them per class.",
     no_args_is_help=True,
@@ -63,40 +63,40 @@ def root(
 # ----------------------------------------------------------------------------- train
 @app.command()
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="Folder with one sub-folder of images per identity."),
-    arch: str = typer.Option("baseline", "--arch", help="Architecture (see `facekit plugins --all`)."),
-    loss: str = typer.Option("plain", "--loss", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
-    split: str = typer.Option("holdout", "--split", help="Split strategy: holdout or kfold, or a plugin's."),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder with one sub-folder of images per identity."),
+    arch: str = typer.Option("baseline", "--arch", metavar="NAME", help="Architecture (see `facekit plugins --all`)."),
+    loss: str = typer.Option("plain", "--loss", metavar="NAME", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
+    split: str = typer.Option("holdout", "--split", metavar="NAME", help="Split strategy: holdout or kfold, or a plugin's."),
     folds: int = typer.Option(5, "--folds", help="K for --split kfold."),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of each class held out for the test split."),
     val_size: float = typer.Option(0.1, "--val-size", help="Share of each class used for validation (holdout)."),
-    epochs: int = typer.Option(10, "--epochs"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs per fold."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per training batch."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
     weight_decay: float = typer.Option(5e-3, "--weight-decay", help="Adam weight decay."),
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better validation loss (0: never)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the split, initial weights and augmentation."),
     rotate: float = typer.Option(15.0, "--rotate", help="Random rotation range in degrees for training images (0: off)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input size (default: the architecture's, 224)."),
     finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train every layer, not just the head."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Pretrained weights file (sha256 checked)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (sha256 checked)."),
     trust_weights: bool = typer.Option(False, "--trust-weights", help="Accept a --weights file whose sha256 is not the published one."),
-    loader: str = typer.Option("auto", "--loader", help="Data loader: auto (DALI where it works), dali or torch."),
+    loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (DALI where it works), dali or torch."),
     cache: bool = typer.Option(False, "--cache/--no-cache", help="Keep decoded images in memory after the first epoch."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Loader worker processes / threads."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch (default: one per core; 1 on a machine other jobs share)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     compile_: Optional[bool] = typer.Option(
         None, "--compile/--no-compile", help="Compile the training and evaluation steps with torch.compile (on resume: override the run's choice)."
     ),
     compile_mode: Optional[str] = typer.Option(
-        None, "--compile-mode", help="torch.compile mode: default, or reduce-overhead (CUDA graphs, CUDA only); implies --compile."
+        None, "--compile-mode", metavar="MODE", help="torch.compile mode: default, or reduce-overhead (CUDA graphs, CUDA only); implies --compile."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (implies --quiet)."),
 ) -> None:
@@ -149,11 +149,11 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
 # --------------------------------------------------------------------------- predict
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="A run folder made by `facekit train`."),
-    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    run: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `facekit train`."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files or folders of images."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
-    device: str = typer.Option("auto", "--device"),
-    as_json: bool = typer.Option(False, "--json"),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
     """Top-k identities with probabilities for each image."""
     from facekit.predict import predict as predict_images
@@ -176,9 +176,9 @@ def predict(
 # ------------------------------------------------------------------------------ demo
 @app.command()
 def demo(
-    data: Optional[Path] = typer.Option(None, "--data", help="Your own data set (default: a synthetic one made now)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<time>-baseline-plain)."),
-    epochs: int = typer.Option(4, "--epochs"),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Your own data set (default: a synthetic one made now)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-baseline-plain)."),
+    epochs: int = typer.Option(4, "--epochs", help="Training epochs."),
 ) -> None:
     """Train the baseline briefly, print its report and write a kernel map: facekit in a few minutes."""
     from facekit.cli.progress import ConsoleProgress
@@ -191,7 +191,7 @@ def demo(
 @app.command()
 def plugins(
     all_: bool = typer.Option(False, "--all", help="Include facekit's built-in plugins."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
     """List installed plugins: package, version and what each registers."""
     from facekit.plugins import get_plugins
@@ -232,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         plugin_set = PluginSet(strict=("--strict" in argv) or strict_from_env())
+        reset_plugins(plugin_set)
+        plugin_set.add_commands(app)
     except FacekitError as exc:
-        err_console.print(f"Error: {exc}", highlight=False)
-        raise SystemExit(1) from None
-    reset_plugins(plugin_set)
-    plugin_set.add_commands(app)
+        typer.echo(f"Error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
     app(args=argv, prog_name="facekit")

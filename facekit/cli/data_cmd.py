@@ -9,9 +9,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from facekit.cli.help import ReadableTyper
 from facekit.errors import FacekitError
 
-app = typer.Typer(help="Inspect a data set folder (one sub-folder per identity) or make a synthetic one.", no_args_is_help=True)
+app = ReadableTyper(help="Inspect a data set folder (one sub-folder per identity) or make a synthetic one.", no_args_is_help=True)
 
 
 def _fail(err: FacekitError) -> None:
@@ -21,8 +22,8 @@ def _fail(err: FacekitError) -> None:
 
 @app.command()
 def check(
-    data: Path = typer.Argument(..., help="Data set folder: one sub-folder of images per identity."),
-    split: str = typer.Option("holdout", "--split", help="Split strategy to check the identities against: holdout, kfold or one a plugin registers."),
+    data: Path = typer.Argument(..., metavar="DIR", help="Data set folder: one sub-folder of images per identity."),
+    split: str = typer.Option("holdout", "--split", metavar="NAME", help="Split strategy to check the identities against: holdout, kfold or one a plugin registers."),
     folds: int = typer.Option(5, "--folds", help="Number of folds, for splits that make several (kfold)."),
     test_size: float = typer.Option(0.2, "--test-size", help="Test fraction of the data set."),
     val_size: float = typer.Option(0.1, "--val-size", help="Validation fraction (holdout)."),
@@ -48,12 +49,12 @@ def check(
 
 @app.command()
 def synth(
-    out: Path = typer.Argument(..., help="Folder to create (must be empty unless --force)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Folder to create (must be empty unless --force)."),
     identities: int = typer.Option(5, "--identities", help="Number of identities (sub-folders)."),
     per_identity: int = typer.Option(8, "--per-identity", help="Images per identity."),
     size: int = typer.Option(64, "--size", help="Image width and height in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed makes the same images."),
-    fmt: str = typer.Option("png", "--format", help="Image format: png, jpg, bmp or ppm."),
+    fmt: str = typer.Option("png", "--format", metavar="FORMAT", help="Image format: png, jpg, bmp or ppm."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty OUT."),
 ) -> None:
     """Make a small synthetic face data set (drawn faces that a CNN can tell apart)."""

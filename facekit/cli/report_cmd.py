@@ -29,24 +29,25 @@ from facekit.runs import RUNS_DIR, Run
 
 
 def report(
-    run: Optional[Path] = typer.Argument(None, help="Run folder; default: the latest under --runs-dir."),
-    top: int = typer.Option(5, "--top", help="Show the K best classes by aggregated score."),
-    worst: int = typer.Option(5, "--worst", help="Show the K worst classes by aggregated score."),
-    confusions: int = typer.Option(10, "--confusions", help="Show the K most common confusions."),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder; default: the latest under --runs-dir."),
+    top: int = typer.Option(5, "--top", metavar="K", help="Show the K best classes by aggregated score."),
+    worst: int = typer.Option(5, "--worst", metavar="K", help="Show the K worst classes by aggregated score."),
+    confusions: int = typer.Option(10, "--confusions", metavar="K", help="Show the K most common confusions."),
     format: Optional[str] = typer.Option(
-        None, "--format", help="Also write report.md / report.json / report.csv: markdown, json or csv."
+        None, "--format", metavar="FORMAT", help="Also write report.md / report.json / report.csv: markdown, json or csv."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for files (default: RUN/report/)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for files (default: RUN/report/)."),
     compare: Optional[list[Path]] = typer.Option(
-        None, "--compare", help="Another run to put side by side (repeat the option); with RUN, RUN is the first."
+        None, "--compare", metavar="RUN", help="Another run to put side by side (repeat the option); with RUN, RUN is the first."
     ),
     reporter: Optional[list[str]] = typer.Option(
-        None, "--reporter", help="Run only these reporters (repeat the option; default: all default reporters)."
+        None, "--reporter", metavar="NAME", help="Run only these reporters (repeat the option; default: all default reporters)."
     ),
-    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", help="Where to look for the latest run."),
+    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", metavar="DIR", help="Where to look for the latest run."),
 ) -> None:
-    """Per-class metrics of a run's test predictions: top and worst classes, averages,
-    confusions, folds, and plots. Never retrains: it reads RUN/predictions.npz."""
+    """Per-class metrics of a run's test predictions: best and worst classes, confusions, plots.
+
+    Also averages and per-fold results. Never retrains: it reads RUN/predictions.npz."""
     fmt = check_format(format)
     console = Console()
     if compare:
@@ -73,11 +74,11 @@ def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console
 
 
 def kernels(
-    run: Optional[Path] = typer.Argument(None, help="Run folder; default: the latest under --runs-dir."),
-    layer: int = typer.Option(1, "--layer", help="Which conv layer to draw, 1-based (see --list)."),
+    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder; default: the latest under --runs-dir."),
+    layer: int = typer.Option(1, "--layer", metavar="N", help="Which conv layer to draw, 1-based (see --list)."),
     list_: bool = typer.Option(False, "--list", help="List the model's conv layers and exit."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default: RUN/report/)."),
-    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", help="Where to look for the latest run."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for the PNGs (default: RUN/report/)."),
+    runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", metavar="DIR", help="Where to look for the latest run."),
 ) -> None:
     """Draw a conv layer's kernels (intensity = weight; RGB too for a 3-channel first layer)."""
     from facekit.kernels import conv_layers, write_kernel_maps

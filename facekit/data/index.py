@@ -4,6 +4,13 @@ Layout: ``ROOT/<identity>/<image>`` (images may sit in nested folders under an i
 Class ids are the positions of the identity folders in sorted order, counting only identities
 that keep at least one usable image: an identity folder whose images are all bad (or that holds
 none) is listed in ``empty_classes`` and gets no class id, so every class id has training data.
+A folder that cannot be read is a bad entry ("folder unreadable: permission denied"), never
+silently skipped.
+
+The index is cached in ``$FACEKIT_CACHE_DIR/index`` under a key made of the folder's file
+names, sizes and times. A cache entry is used only when its checksum matches and it describes
+exactly the files found now (every path inside the data root, one label per file, each label
+the file's own identity); anything else is rebuilt.
 """
 
 from __future__ import annotations
@@ -19,11 +26,16 @@ from typing import Any, Callable
 import numpy as np
 
 from facekit.errors import FacekitError, UsageError
+from facekit.files import atomic_write, remove_stale_temporaries
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp"})
 
 # Bump when the index format or the verification rules change: old cache entries are then ignored.
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2
+
+# Temporaries older than this were left by a killed writer (an index is written in well under a minute).
+STALE_TEMPORARY_S = 3600.0
+UNREADABLE_FOLDER = "folder unreadable: permission denied"
 
 Progress = Callable[[int], None]  # called with the number of files just processed
 
@@ -99,6 +111,12 @@ def index_dataset(
             f"{index.root}: no usable image in any identity folder "
             f"({len(index.bad)} bad files); run `facekit data check {root}` for details"
         )
+    if index.num_classes < 2:
+        # One class trains to a meaningless accuracy of 1.000: refuse before any work is done.
+        raise UsageError(
+            f"{index.root}: only one identity ({index.classes[0]}) has usable images; a classifier needs at "
+            f"least 2 identity folders (run `facekit data check {root}` for details)"
+        )
     return index
 
 
@@ -108,15 +126,15 @@ def scan_dataset(
     """Like :func:`index_dataset`, but an index with no usable image is returned, not raised."""
     root = _check_root(root)
     identities = _identity_folders(root)
-    candidates = {name: _image_files(root, root / name) for name in identities}
+    unreadable: list[str] = []
+    candidates = {name: _image_files(root, root / name, unreadable) for name in identities}
 
-    key = _cache_key(root, candidates, verify)
+    key = _cache_key(root, candidates, unreadable, verify)
     cache_file = cache_dir() / "index" / f"{key}.json"
-    if cache and cache_file.is_file():
-        try:
-            return DatasetIndex.from_dict(json.loads(cache_file.read_text()))
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged cache entry is rebuilt below
+    if cache:
+        cached = _read_cache(cache_file, root, candidates, unreadable)
+        if cached is not None:
+            return cached
 
     all_files = [rel for name in identities for rel in candidates[name]]
     reasons = _verify_all(root, all_files, progress) if verify else {}
@@ -138,7 +156,8 @@ def scan_dataset(
         classes=classes,
         files=files,
         labels=np.asarray(labels, dtype=np.int64),
-        bad=[BadFile(rel, reasons[rel]) for rel in all_files if rel in reasons],
+        bad=[BadFile(rel, UNREADABLE_FOLDER) for rel in unreadable]
+        + [BadFile(rel, reasons[rel]) for rel in all_files if rel in reasons],
         empty_classes=empty,
     )
     if cache:
@@ -179,7 +198,10 @@ def _check_root(root: str | Path) -> Path:
 
 
 def _identity_folders(root: Path) -> list[str]:
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except PermissionError:
+        raise UsageError(f"data folder {root}: permission denied; make it readable (chmod u+rx)") from None
     if not names:
         raise UsageError(
             f"{root} has no identity sub-folders; expected ROOT/<identity>/<image> "
@@ -188,9 +210,15 @@ def _identity_folders(root: Path) -> list[str]:
     return names
 
 
-def _image_files(root: Path, folder: Path) -> list[str]:
+def _image_files(root: Path, folder: Path, unreadable: list[str]) -> list[str]:
+    """Image files under ``folder`` (relative to ``root``); folders that cannot be read go to ``unreadable``."""
+
+    def on_error(err: OSError) -> None:
+        # os.walk skips a folder it cannot list unless told: name it instead of dropping it.
+        unreadable.append(Path(err.filename).relative_to(root).as_posix() + "/")
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
@@ -198,8 +226,9 @@ def _image_files(root: Path, folder: Path) -> list[str]:
     return sorted(found)
 
 
-def _cache_key(root: Path, candidates: dict[str, list[str]], verify: bool) -> str:
+def _cache_key(root: Path, candidates: dict[str, list[str]], unreadable: list[str], verify: bool) -> str:
     digest = hashlib.sha256(f"v{_INDEX_VERSION}\0{root}\0{verify}\n".encode())
+    digest.update(f"unreadable\0{unreadable}\n".encode())
     for name, rels in candidates.items():
         digest.update(f"[{name}]\n".encode())
         for rel in rels:
@@ -220,11 +249,48 @@ def _verify_all(root: Path, files: list[str], progress: Progress | None) -> dict
     return reasons
 
 
+def _checksum(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 def _write_cache(cache_file: Path, index: DatasetIndex) -> None:
+    payload = index.to_dict()
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index.to_dict()))
-        os.replace(tmp, cache_file)
+        remove_stale_temporaries(cache_file.parent, older_than_s=STALE_TEMPORARY_S)
+        atomic_write(cache_file, json.dumps({"sha256": _checksum(payload), "index": payload}).encode())
     except OSError:
-        pass  # a read-only cache only costs a rescan next time
+        pass  # a read-only or full cache only costs a rescan next time
+
+
+def _read_cache(
+    cache_file: Path, root: Path, candidates: dict[str, list[str]], unreadable: list[str]
+) -> DatasetIndex | None:
+    """The cached index of ``root`` if it is intact and describes exactly these files, else None."""
+    try:
+        entry = json.loads(cache_file.read_text())
+        payload = entry["index"]
+        if entry["sha256"] != _checksum(payload):
+            return None
+        index = DatasetIndex.from_dict(payload)
+        return index if _describes(index, root, candidates, unreadable) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None  # missing, unreadable or damaged: rebuilt by the caller
+
+
+def _describes(index: DatasetIndex, root: Path, candidates: dict[str, list[str]], unreadable: list[str]) -> bool:
+    """``index`` is a consistent index of exactly the folders and files found now under ``root``."""
+    labels = index.labels
+    if index.root != root or labels.ndim != 1 or len(labels) != len(index.files):
+        return False
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(index.classes)):
+        return False
+    if sorted(index.classes + index.empty_classes) != sorted(candidates) or len(set(index.classes)) != len(index.classes):
+        return False
+    # The very paths found under root now, each once: none absolute, none with '..', none invented.
+    listed = [rel for rels in candidates.values() for rel in rels]
+    if sorted(index.files + [bad.path for bad in index.bad]) != sorted(listed + unreadable):
+        return False
+    # Each file belongs to the identity its label names, and every class keeps training data.
+    owners = [rel.split("/", 1)[0] for rel in index.files]
+    return owners == [index.classes[label] for label in labels] and set(owners) == set(index.classes)
+

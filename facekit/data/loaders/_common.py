@@ -96,10 +96,13 @@ class RotateNormalize:
     Rotation is bilinear about the image centre with black fill, like DALI's ``fn.rotate`` and
     torchvision's ``rotate``. On the CPU a fused C kernel (:mod:`._native`) does both in one pass
     straight from the uint8 images into the float output; elsewhere (GPU, or no C compiler)
-    ``grid_sample`` does. Calling with ``index`` reads ``images[index]`` without gathering them
-    first (the cache). CPU outputs come from a small pool of buffers: a buffer is reused only
-    once nothing else holds its storage (fresh 38 MB allocations cost 10-50 ms of page faults per
-    batch on a small CPU), so a batch a caller keeps is never overwritten.
+    ``grid_sample`` rotates the raw pixel values and one ``addcmul`` normalizes them straight into
+    the output dtype and memory layout (see :meth:`configure`): rotation and the per-channel
+    ``x * scale + shift`` commute, since the black fill is 0 either way. Calling with ``index``
+    reads ``images[index]`` without gathering them first on the CPU (the cache). CPU outputs come
+    from a small pool of buffers: a buffer is reused only once nothing else holds its storage
+    (fresh 38 MB allocations cost 10-50 ms of page faults per batch on a small CPU), so a batch a
+    caller keeps is never overwritten.
     """
 
     def __init__(self, normalization: Normalization, device: torch.device):
@@ -108,10 +111,17 @@ class RotateNormalize:
         self.scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std == x * scale + shift
         self.shift = -mean / std
         self.device = device
+        self.dtype = torch.float32
+        self.channels_last = False
         self._float: torch.Tensor | None = None
         self._grid: torch.Tensor | None = None
         self._outputs = _OutputPool()
         self.native = device.type == "cpu" and _native.kernel() is not None
+
+    def configure(self, *, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> None:
+        """Output dtype and memory layout: a bf16 channels-last trainer then converts nothing."""
+        self.dtype = dtype
+        self.channels_last = channels_last
 
     def __call__(
         self, images: torch.Tensor, angles: torch.Tensor | np.ndarray, index: torch.Tensor | None = None
@@ -121,33 +131,48 @@ class RotateNormalize:
             if index is None:
                 index = torch.arange(len(images))
             out = self._outputs.take((len(index), *images.shape[1:]))
-            return _native.rotate_normalize(
+            out = _native.rotate_normalize(
                 images, index, angles, self.scale, self.shift, out, threads=torch.get_num_threads()
             )
+            return self._layout(out)
         if index is not None:
-            images = images.view(len(images), -1).index_select(0, index).view(-1, *images.shape[1:])
-        if not bool((angles != 0).any()):
-            return torch.mul(images, self.scale).add_(self.shift)
-        # Scale first (black stays 0, so the zero fill is black), rotate, then shift: one pass
-        # fewer over the batch than rotating raw pixels and normalizing afterwards.
-        scaled = self._scratch("_float", images.shape, images.device)
-        torch.mul(images, self.scale, out=scaled)
-        return self._rotate(scaled, angles).add_(self.shift)
+            images = images.reshape(len(images), -1).index_select(0, index).view(-1, *images.shape[1:])
+        n, c, h, w = images.shape
+        out = torch.empty(
+            (n, c, h, w), dtype=self.dtype, device=images.device,
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
+        )  # fmt: skip
+        if bool((angles != 0).any()):
+            images = self._rotate(images, angles)
+        # One pass: normalize, cast and lay out (uint8 or rotated float in, self.dtype out).
+        return torch.addcmul(self.shift, images, self.scale, out=out)
+
+    def _layout(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.dtype != batch.dtype:
+            batch = batch.to(self.dtype)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def _rotate(self, images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """Raw pixel values (float32) rotated; black fill 0."""
         n, _, h, w = images.shape
+        device = images.device
         # Output pixel p samples the input at R(-angle) p (normalized coordinates, centre origin);
         # on screen (y down) that turns the picture counter-clockwise by +angle. Square images only,
-        # so no aspect correction is needed.
-        radians = angles.to(images.device) * (math.pi / 180.0)
-        cos, sin = torch.cos(radians).view(n, 1, 1), torch.sin(radians).view(n, 1, 1)
-        xs = (torch.arange(w, dtype=torch.float32, device=images.device) * 2 + 1) / w - 1
-        ys = (torch.arange(h, dtype=torch.float32, device=images.device) * 2 + 1) / h - 1
+        # so no aspect correction is needed. cos/sin on the host: a few hundred numbers.
+        radians = angles * (math.pi / 180.0)
+        trig = torch.stack([torch.cos(radians), torch.sin(radians)])
+        if device.type == "cuda":
+            trig = trig.pin_memory().to(device, non_blocking=True)
+        cos, sin = trig[0].view(n, 1, 1), trig[1].view(n, 1, 1)
+        xs = (torch.arange(w, dtype=torch.float32, device=device) * 2 + 1) / w - 1
+        ys = (torch.arange(h, dtype=torch.float32, device=device) * 2 + 1) / h - 1
         xs, ys = xs.view(1, 1, w), ys.view(1, h, 1)
-        grid = self._scratch("_grid", (n, h, w, 2), images.device)
+        grid = self._scratch("_grid", (n, h, w, 2), device)
         torch.sub(cos * xs, sin * ys, out=grid[..., 0])
         torch.add(sin * xs, cos * ys, out=grid[..., 1])
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        pixels = self._scratch("_float", images.shape, device)
+        pixels.copy_(images)
+        return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _scratch(self, name: str, shape, device: torch.device) -> torch.Tensor:
         buffer = getattr(self, name)

@@ -10,8 +10,11 @@ writes ``x * scale + shift`` straight into the float32 NCHW output: ~19 CPU-ms p
 The math is that of ``F.grid_sample(mode="bilinear", padding_mode="zeros",
 align_corners=False)`` on the grid :class:`RotateNormalize` builds, so results equal the torch
 path to float rounding. The C source is compiled once with the system C compiler (``cc``) into
-``$FACEKIT_CACHE_DIR/native/`` and loaded with ctypes; where there is no compiler (or the build
-fails) :func:`kernel` returns None and callers use the torch path. ``FACEKIT_NATIVE=0`` turns
+``$FACEKIT_CACHE_DIR/native/`` and loaded with ctypes, but only when the cached library belongs to
+the user, nobody else can write it or its folder, and its sha256 is the one recorded beside it
+at build time: anything else is rebuilt, never loaded (loading runs a library's code). Where
+there is no compiler (or the build fails) :func:`kernel` returns None and callers use the
+torch path. ``FACEKIT_NATIVE=0`` turns
 the kernel off. The call releases the GIL, so a batch is split across threads.
 """
 
@@ -23,14 +26,18 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from facekit.files import atomic_write
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -169,11 +176,15 @@ def _cpu_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
 
 
+class UntrustedKernel(OSError):
+    """The cached kernel (or its folder) could be someone else's: it is not loaded."""
+
+
 def _build(target: Path, extra: list[str]) -> None:
+    """Compile the kernel into ``target`` and record its sha256 beside it (``<target>.sha256``)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise OSError("no C compiler")
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         source, built = Path(tmp) / "kernel.c", Path(tmp) / target.name
         source.write_text(_SOURCE)
@@ -182,25 +193,92 @@ def _build(target: Path, extra: list[str]) -> None:
             [compiler, "-O3", *extra, "-fPIC", "-shared", "-o", str(built), str(source), "-lm"],
             check=True, capture_output=True, timeout=120,
         )
+        os.chmod(built, 0o644)  # whatever the umask: a group-writable library would be refused on load
+        digest = _sha256(built)
         os.replace(built, target)  # atomic: concurrent processes never load a half-written file
+    sidecar = _digest_file(target)
+    atomic_write(sidecar, f"{digest}\n".encode())
+    os.chmod(sidecar, 0o644)
+
+
+def _digest_file(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _safe(path: Path, *, folder: bool = False) -> bool:
+    """``path`` is a real file (or folder) of the current user that nobody else can write."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    kind = stat.S_ISDIR if folder else stat.S_ISREG
+    return kind(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _verified(target: Path) -> bool:
+    """The library at ``target`` is ours, private, and exactly what :func:`_build` wrote."""
+    sidecar = _digest_file(target)
+    if not (_safe(target) and _safe(sidecar)):
+        return False
+    try:
+        return sidecar.read_text().strip() == _sha256(target)
+    except OSError:
+        return False
+
+
+def _private_folder() -> Path:
+    """The kernel's cache folder, created private; one that others can write is refused (OSError)."""
+    folder = _cache_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if _safe(folder, folder=True):
+        return folder
+    info = folder.lstat()
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+        os.chmod(folder, stat.S_IMODE(info.st_mode) & ~0o022)  # our own folder made under a loose umask
+        return folder
+    raise UntrustedKernel(f"{folder} is not a private folder of this user")
+
+
+def library_path(extra: tuple[str, ...]) -> Path:
+    """Where the kernel built with the compiler flags ``extra`` is cached."""
+    key = hashlib.sha256(f"{_SOURCE}{platform.machine()}{platform.system()}{extra}".encode()).hexdigest()[:16]
+    return _cache_dir() / f"rotate_normalize-{key}.so"
+
+
+def _load(extra: tuple[str, ...]):
+    """Load the kernel built with ``extra`` flags, (re)building it unless the cached copy verifies."""
+    _private_folder()
+    target = library_path(extra)
+    # Never dlopen an unverified file: loading runs its constructors, whoever planted it.
+    if not _verified(target):
+        target.unlink(missing_ok=True)
+        _build(target, list(extra))
+        if not _verified(target):
+            raise UntrustedKernel(f"{target} does not match the hash recorded when it was built")
+    return ctypes.CDLL(str(target)).facekit_rotate_normalize
 
 
 @functools.lru_cache(maxsize=1)
 def kernel():
-    """The compiled ``facekit_rotate_normalize``, or None where it cannot be built here."""
+    """The compiled ``facekit_rotate_normalize``, or None where it cannot be built (or trusted) here."""
     if os.environ.get("FACEKIT_NATIVE", "1") == "0" or sys.platform == "win32":
         return None
+    untrusted = None
     for extra in dict.fromkeys((tuple(_cpu_flags()), ())):  # the tuned build, else the plain one
-        key = hashlib.sha256(f"{_SOURCE}{platform.machine()}{platform.system()}{extra}".encode()).hexdigest()[:16]
-        target = _cache_dir() / f"rotate_normalize-{key}.so"
         try:
-            if not target.exists():
-                _build(target, list(extra))
-            function = ctypes.CDLL(str(target)).facekit_rotate_normalize
+            function = _load(extra)
             break
+        except UntrustedKernel as err:
+            untrusted = err
         except (OSError, subprocess.SubprocessError, AttributeError):
-            continue
+            continue  # no compiler, or it cannot build this variant: try the next, else the torch path
     else:
+        if untrusted is not None:
+            warnings.warn(f"not loading the CPU rotation kernel: {untrusted}; using the slower torch path", RuntimeWarning, stacklevel=2)
         return None
     function.argtypes, function.restype = _ARGTYPES, None
     return function

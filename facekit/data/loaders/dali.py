@@ -1,94 +1,94 @@
-"""The NVIDIA DALI backend: decode, resize, rotate and normalize inside a DALI pipeline.
+"""The NVIDIA DALI backend: file reading, decoding and resizing inside a DALI pipeline.
 
-On a CUDA device the JPEG decoding is ``device="mixed"`` (nvJPEG) and every later operator
-runs on the GPU; the batches reach PyTorch as CUDA tensors without a trip through host memory.
-Without a GPU the pipeline decodes and resizes with CPU operators (``device_id=None``); rotation
-and normalization then run in facekit's fused C kernel (:mod:`._native`), which is ~5x cheaper
-than DALI's CPU ``fn.rotate`` + ``fn.crop_mirror_normalize``. The all-DALI CPU pipeline remains
-the fallback where that kernel cannot be built.
+The pipeline is ``fn.external_source`` (the file *names* of each batch, in the epoch plan's
+order) -> ``fn.io.file.read`` (the bytes, read in DALI's C++ worker threads) -> ``fn.decoders.image``
+-> ``fn.resize``, run asynchronously (pipelined, ``prefetch_queue_depth`` batches ahead) on
+``num_workers`` threads, so reading and decoding the next batches overlap the training step. The
+only per-batch Python work is handing DALI a list of pre-encoded names. On a CUDA device decoding
+is ``device="mixed"`` (nvJPEG) and resizing runs on the GPU; the uint8 batches reach PyTorch as
+CUDA tensors (channels-last, DALI's HWC layout, without a copy). Without a GPU DALI decodes and
+resizes with CPU operators (``device_id=None``).
 
-The file bytes enter through ``fn.external_source`` rather than ``fn.readers.file``: the epoch
-order, the data-parallel shard and each image's rotation angle then come from the shared
-:func:`plan_epoch` (seed + epoch, like DistributedSampler, identical to the torch backend),
-and the last batch is simply smaller, never padded with duplicates.
+Rotation and normalization then run in the loader's :class:`RotateNormalize`: facekit's fused C
+kernel on the CPU (~5x cheaper than DALI's CPU ``fn.rotate`` + ``fn.crop_mirror_normalize``),
+one ``grid_sample`` + one ``addcmul`` into the trainer's dtype and layout on the GPU, exactly
+as on a warm decoded-image cache.
+
+Names, not ``fn.readers.file``: a reader fixes its file list when the pipeline is built, while
+the epoch order, the data-parallel shard and each image's angle come from the shared
+:func:`plan_epoch` (seed + epoch, like DistributedSampler, identical to the torch backend); and
+a reader pads or wraps its last batch, while here the last batch is simply smaller.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from facekit.data.loaders import Loader
 from facekit.data.loaders._common import EpochPlan
+from facekit.data.loaders.base import Loader
+from facekit.data.loaders.options import LoaderOptions
 from facekit.errors import FacekitError
+
+PREFETCH = 2  # batches DALI prepares ahead of the one being trained on
 
 
 @functools.lru_cache(maxsize=1)
 def dali_problem() -> str | None:
-    """Why DALI cannot be used here, or None when it imports and runs a CPU pipeline."""
+    """Why DALI cannot be used here, or None when it imports."""
     try:
         from nvidia.dali import fn, pipeline_def, types  # noqa: F401
-        from nvidia.dali.plugin.pytorch import feed_ndarray  # noqa: F401
+        from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor  # noqa: F401
     except Exception as err:  # noqa: BLE001 - ImportError, or a broken native library
         return f"cannot import nvidia.dali: {err}"
     return None
 
 
 def dali_available() -> bool:
+    """True when the DALI backend can be used here."""
     return dali_problem() is None
 
 
-class _EpochSource:
-    """DALI external source: one epoch of (encoded bytes, positions, angles) batches per ``iter()``."""
+class _EpochNames:
+    """DALI external source: one epoch of file-name batches (UTF-8 bytes as uint8) per ``iter()``."""
 
     def __init__(self, files: list[str], batch_size: int):
-        self.files = files
+        self.encoded = [np.frombuffer(f.encode("utf-8"), dtype=np.uint8) for f in files]
         self.batch_size = batch_size
         self.plan: EpochPlan | None = None
 
     def __iter__(self):
-        for positions, angles in self.plan.batches(self.batch_size):
-            yield (
-                [np.fromfile(self.files[p], dtype=np.uint8) for p in positions],
-                [np.array(p, dtype=np.int64) for p in positions],
-                [np.array(a, dtype=np.float32) for a in angles],
-            )
+        encoded = self.encoded
+        for positions, _ in self.plan.batches(self.batch_size):
+            yield [encoded[p] for p in positions.tolist()]
 
 
 def _build_pipeline(
-    source: _EpochSource,
-    *,
-    batch_size: int,
-    size: int,
-    num_threads: int,
-    device_id: int | None,
-    seed: int,
-    normalize: tuple[list[float], list[float]] | None,
-    rotate: bool,
-):
-    """``normalize`` None gives the cache-filling variant: uint8 CHW, no rotation."""
+    source: _EpochNames, *, batch_size: int, size: int, num_threads: int, device_id: int | None, seed: int,
+    hw_decoder_load: float | None = None,
+):  # fmt: skip
+    """Names in, resized uint8 images out: CHW on the CPU (the C kernel's layout), HWC on a GPU."""
     from nvidia.dali import fn, pipeline_def, types
 
     on_gpu = device_id is not None
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed, prefetch_queue_depth=2)
+    @pipeline_def(
+        batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+        prefetch_queue_depth=PREFETCH, exec_async=True, exec_pipelined=True,
+    )  # fmt: skip
     def pipeline():
-        encoded, positions, angles = fn.external_source(source=source, num_outputs=3, batch=True, cycle="raise")
-        images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+        names = fn.external_source(source=source, batch=True, cycle="raise", dtype=types.UINT8, ndim=1)
+        encoded = fn.io.file.read(names)
+        # The mixed decoder splits JPEGs between the GPU's hardware decoder and nvJPEG's hybrid one.
+        hardware = {"hw_decoder_load": hw_decoder_load} if on_gpu and hw_decoder_load is not None else {}
+        images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB, **hardware)
         # Linear interpolation with antialiasing, like torchvision's Resize(antialias=True).
         images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
-        if normalize is None:
-            return fn.transpose(images, perm=[2, 0, 1]), positions, angles
-        if rotate:
-            images = fn.rotate(images, angle=angles, fill_value=0, keep_size=True, interp_type=types.INTERP_LINEAR)
-        mean, std = normalize
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std)
-        return images, positions, angles
+        return images if on_gpu else fn.transpose(images, perm=[2, 0, 1])
 
     built = pipeline()
     built.build()
@@ -98,79 +98,51 @@ def _build_pipeline(
 class DaliLoader(Loader):
     backend = "dali"
 
-    def __init__(self, files: Sequence[str | Path], labels: Sequence[int], *, num_threads: int | None = None, **options):
-        super().__init__(files, labels, **options)
-        self.num_threads = num_threads or min(2, os.cpu_count() or 1)
+    def __init__(self, files: Sequence[str | Path], labels: Sequence[int], options: LoaderOptions):
+        super().__init__(files, labels, options)
+        self.num_threads = max(1, options.num_workers)
         self._device_id = (self.device.index or 0) if self.device.type == "cuda" else None
-        self._pipelines: dict[bool, object] = {}  # keyed by "full" (True) or "cache filling" (False)
-        self._sources: dict[bool, _EpochSource] = {}
-        self._needs_rebuild: dict[bool, bool] = {}
-
-    def _full_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._augment.native:
-            # CPU with the fused C kernel: DALI decodes and resizes (multithreaded C++); the kernel
-            # rotates and normalizes ~5x faster than DALI's CPU fn.rotate + crop_mirror_normalize.
-            yield from super()._full_batches(plan)
-            return
-        for images, positions, _ in self._run(plan, full=True):
-            yield images, self._labels_on_device[positions.to(self.device)]
+        self._source = _EpochNames(self.files, self.batch_size)
+        self._pipeline = None
+        self._mid_epoch = False  # a pipeline left mid-epoch still holds that epoch's prefetched batches
 
     def _raw_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        return self._run(plan, full=False)
-
-    def _run(self, plan: EpochPlan, *, full: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if len(plan.indices) == 0:
             return
-        pipe = self._pipeline_for(plan, full)
-        finished = False
-        try:
-            while True:
-                try:
-                    images, positions, angles = pipe.run()
-                except StopIteration:
-                    finished = True
-                    return
-                except RuntimeError as err:
-                    raise FacekitError(
-                        f"DALI could not decode a batch ({str(err).splitlines()[0]}); "
-                        "run `facekit data check` on the data set, or use --loader torch, which skips bad files"
-                    ) from err
-                yield self._to_torch(images), self._to_torch(positions).view(-1), self._to_torch(angles).view(-1)
-        finally:
-            # A pipeline left mid-epoch still holds prefetched batches of that epoch: rebuild it.
-            self._needs_rebuild[full] = not finished
+        pipe = self._pipeline_for(plan)
+        self._mid_epoch = True
+        # DALI returns batches in the order the source gave them: the plan says which is which.
+        for positions, angles in plan.batches(self.batch_size):
+            try:
+                (images,) = pipe.run()
+            except RuntimeError as err:
+                raise FacekitError(
+                    f"DALI could not decode a batch ({str(err).splitlines()[0]}); "
+                    "run `facekit data check` on the data set, or use --loader torch, which skips bad files"
+                ) from err
+            yield self._to_torch(images), torch.from_numpy(positions), torch.from_numpy(angles)
+        self._mid_epoch = False
 
-    def _pipeline_for(self, plan: EpochPlan, full: bool):
-        if full not in self._sources:
-            self._sources[full] = _EpochSource(self.files, self.batch_size)
-        self._sources[full].plan = plan  # read when the pipeline (re)starts its source
-        pipe = self._pipelines.get(full)
-        if pipe is not None and not self._needs_rebuild.get(full, False):
-            pipe.reset()
-            return pipe
-        mean = [255.0 * m for m in self.normalization.mean]
-        std = [255.0 * s for s in self.normalization.std]
-        self._pipelines[full] = _build_pipeline(
-            self._sources[full],
-            batch_size=self.batch_size,
-            size=self.input_size,
-            num_threads=self.num_threads,
-            device_id=self._device_id,
-            seed=self.seed,
-            normalize=(mean, std) if full else None,
-            rotate=self.rotate > 0,
-        )
-        self._needs_rebuild[full] = False
-        return self._pipelines[full]
+    def _pipeline_for(self, plan: EpochPlan):
+        self._source.plan = plan  # read when the pipeline (re)starts its source
+        if self._pipeline is not None and not self._mid_epoch:
+            self._pipeline.reset()
+            return self._pipeline
+        self._pipeline = _build_pipeline(
+            self._source, batch_size=self.batch_size, size=self.input_size, num_threads=self.num_threads,
+            device_id=self._device_id, seed=self.options.seed, hw_decoder_load=self.options.hw_decoder_load,
+        )  # fmt: skip
+        self._mid_epoch = False
+        return self._pipeline
 
     def _to_torch(self, batch) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
         # A copy: DALI reuses its output buffers for the next batch. On a GPU the copy stays on
-        # the device, on the current PyTorch stream.
-        return to_torch_tensor(batch.as_tensor(), copy=True)
+        # the device, on the current PyTorch stream, and NHWC becomes a channels-last NCHW view.
+        images = to_torch_tensor(batch.as_tensor(), copy=True)
+        return images.permute(0, 3, 1, 2) if self._device_id is not None else images
 
     def close(self) -> None:
         super().close()
-        self._pipelines.clear()
-        self._sources.clear()
+        self._pipeline = None

@@ -7,16 +7,15 @@ there). A file that fails to decode mid-epoch is skipped with a warning, never a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from facekit.data.loaders import Loader, warn_skipped
 from facekit.data.loaders._common import EpochPlan, decode_resized
+from facekit.data.loaders.base import Loader, warn_skipped
+from facekit.data.loaders.options import LoaderOptions
 
 
 class _DecodeDataset(Dataset):
@@ -67,9 +66,9 @@ class _PlanSampler(Sampler):
 class TorchLoader(Loader):
     backend = "torch"
 
-    def __init__(self, files: Sequence[str | Path], labels: Sequence[int], *, num_workers: int | None = None, **options):
-        super().__init__(files, labels, **options)
-        self.num_workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
+    def __init__(self, files: Sequence[str | Path], labels: Sequence[int], options: LoaderOptions):
+        super().__init__(files, labels, options)
+        self.num_workers = options.num_workers
         self._sampler = _PlanSampler(self.batch_size)
         self._loader = DataLoader(
             _DecodeDataset(self.files, self.input_size),

@@ -63,17 +63,17 @@ def register_architectures(register):
 def register_commands(cli):
     @cli.command("align")
     def align(
-        src: Path = typer.Argument(..., help="Dataset folder: one sub-folder of images per identity."),
-        out: Path = typer.Argument(..., help="Output folder for the aligned chips (same layout)."),
-        workers: int = typer.Option(2, "--workers", "-j", min=1, help="Worker processes."),
-        size: int = typer.Option(150, help="Chip size in pixels (dlib's ResNet wants 150)."),
-        padding: float = typer.Option(0.25, help="dlib.get_face_chip padding around the face."),
-        upsample: int = typer.Option(1, min=0, max=3, help="HOG detector upsampling passes."),
-        fmt: str = typer.Option("jpg", "--format", help="Chip format: jpg (quality 95) or png."),
+        src: Path = typer.Argument(..., metavar="SRC", help="Data set folder: one sub-folder of images per identity."),
+        out: Path = typer.Argument(..., metavar="OUT", help="Folder for the aligned chips (same layout)."),
+        workers: int = typer.Option(2, "--workers", "-j", min=1, metavar="N", help="Worker processes."),
+        size: int = typer.Option(150, "--size", metavar="PIXELS", help="Chip size in pixels (dlib's ResNet wants 150)."),
+        padding: float = typer.Option(0.25, "--padding", metavar="FRACTION", help="Padding around the face, a fraction of its size."),
+        upsample: int = typer.Option(1, "--upsample", min=0, max=3, metavar="N", help="HOG detector upsampling passes."),
+        fmt: str = typer.Option("jpg", "--format", metavar="FORMAT", help="Chip format: jpg (quality 95) or png."),
         shape_predictor: Optional[Path] = typer.Option(
-            None, help="An explicit shape_predictor_5_face_landmarks.dat."),
+            None, "--shape-predictor", metavar="FILE", help="Landmark model to use instead of the downloaded one."),
         trust_weights: bool = typer.Option(
-            False, help="Accept a landmark model whose sha256 is not the published one."),
+            False, "--trust-weights", help="Accept a landmark model whose sha256 is not the published one."),
     ):
         """Detect, landmark and align every face into 150x150 chips (dlib HOG + 5 points)."""
         from facekit_dlib.cli import align_command  # noqa: PLC0415

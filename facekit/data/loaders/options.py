@@ -1,0 +1,90 @@
+"""The options every loader takes, in one place, with the one set of limits that checks them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from facekit.api import Normalization
+from facekit.errors import UsageError
+
+BACKENDS = ("dali", "torch")
+# Smallest input size anything in facekit accepts (the engine's --input-size check uses it too):
+# the built-in networks downsample 5 times, and smaller images leave nothing of a face.
+MIN_INPUT_SIZE = 32
+MAX_ROTATE = 180.0
+# More decoding threads than this stop paying off for one GPU and crowd the training process.
+MAX_DEFAULT_THREADS = 8
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Decoding threads or processes when ``num_workers`` is not given: the cores, up to 8."""
+    return max(1, min(available_cores(), MAX_DEFAULT_THREADS))
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a loader reads, augments and batches; :meth:`validate` checks them and fills defaults.
+
+    ``output_dtype`` and ``channels_last`` let a CUDA trainer receive batches in the precision
+    and memory layout its first convolution uses (bf16, channels-last) instead of converting
+    float32 NCHW batches itself.
+    """
+
+    batch_size: int
+    input_size: int
+    normalization: Normalization
+    train: bool
+    rotate: float = 15.0
+    seed: int = 0
+    device: torch.device | str = "cpu"
+    backend: str = "auto"
+    cache: bool = False
+    num_workers: int | None = None  # None: default_workers()
+    shard_id: int = 0
+    num_shards: int = 1
+    output_dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    # DALI on a GPU: the share of JPEGs for the hardware decoder (NVJPG engines of A100/H100/H200),
+    # the rest to nvJPEG's hybrid CPU+GPU decoder; None: DALI's default (0.65); 0: hybrid only.
+    hw_decoder_load: float | None = None
+
+    def validate(self) -> "LoaderOptions":
+        """The same options, checked (UsageError naming the option), with device and workers resolved."""
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size}: give a positive number")
+        if self.input_size < MIN_INPUT_SIZE:
+            raise UsageError(f"--input-size must be at least {MIN_INPUT_SIZE} pixels (got {self.input_size})")
+        if not 0 <= self.rotate <= MAX_ROTATE:
+            raise UsageError(f"--rotate {self.rotate}: give a range in degrees between 0 and 180 (0 turns rotation off)")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise UsageError(f"--workers {self.num_workers}: give 0 or more")
+        if not 0 <= self.shard_id < self.num_shards:
+            raise UsageError(f"shard {self.shard_id} of {self.num_shards} does not exist")
+        if self.backend.lower() not in ("auto", *BACKENDS):
+            raise UsageError(f"unknown loader {self.backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+        if self.hw_decoder_load is not None and not 0 <= self.hw_decoder_load <= 1:
+            raise UsageError(f"hw_decoder_load {self.hw_decoder_load}: give a share between 0 and 1")
+        if self.output_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise UsageError(f"output dtype {self.output_dtype}: use torch.float32, torch.bfloat16 or torch.float16")
+        return replace(
+            self,
+            device=torch.device(self.device),
+            backend=self.backend.lower(),
+            rotate=float(self.rotate) if self.train else 0.0,
+            num_workers=default_workers() if self.num_workers is None else self.num_workers,
+        )
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in fields(cls))
