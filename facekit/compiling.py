@@ -2,7 +2,8 @@
 
 ``TrainStep`` and ``EvalStep`` run one batch each. With a compile mode they run the model's
 forward pass and the loss through ``torch.compile`` (AOTAutograd compiles the matching backward
-pass); the optimizer step stays eager (Adam's multi-tensor kernels are already few and large).
+pass); the optimizer step stays eager, so learning-rate schedules that change the rate every
+batch never trigger a recompile.
 
 Shapes are static (``dynamic=False``): the graph is compiled for full batches of the loader's
 batch size. A batch of any other size, in practice the last, smaller batch of an epoch, runs
@@ -65,13 +66,13 @@ def resolve_compile_mode(mode: str | None, device: torch.device) -> tuple[str | 
     problem = compile_problem(device)
     if problem is not None:
         raise UsageError(f"--compile: {problem}; or train without it (--no-compile when resuming)")
-    if mode == "reduce-overhead" and device.type != "cuda":
-        note = f"--compile-mode reduce-overhead records CUDA graphs, which need a CUDA device; compiling in the default mode on {device}"
-        return "default", note
-    if device.type != "cuda":
-        # On a CUDA build of torch without a GPU, every CPU kernel build logs that no CUDA runtime
-        # was found; true and irrelevant here.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if device.type == "cuda":
+        return mode, None
+    # On a CUDA build of torch without a GPU, every CPU kernel build logs that no CUDA runtime
+    # was found; true and irrelevant here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if mode == "reduce-overhead":
+        return "default", f"--compile-mode reduce-overhead records CUDA graphs, which need a CUDA device; compiling in the default mode on {device}"
     return mode, None
 
 
