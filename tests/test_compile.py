@@ -178,3 +178,28 @@ def test_cli_compiles_on_request_and_a_resume_may_turn_it_off(synthetic_dataset,
 
     result = runner.invoke(app, list(map(str, ["train", *fast, "--out", tmp_path / "x", "--no-compile", "--compile-mode", "default"])))
     assert result.exit_code == 2 and "--no-compile and --compile-mode contradict each other" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_steps_on_cuda_match_eager_under_bf16(mode):
+    torch._dynamo.reset()
+    cuda = torch.device("cuda")
+    data = [(x.to(cuda), y.to(cuda)) for x, y in batches([BATCH, BATCH, BATCH, 3])]
+    results = {}
+    for step_mode in (None, mode):
+        model = tiny_model(0).to(cuda)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        kwargs = {"device_type": "cuda", "amp_dtype": torch.bfloat16, "batch_size": BATCH, "mode": step_mode}
+        train_step = TrainStep(model, nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cuda", enabled=False), **kwargs)
+        eval_step = EvalStep(model, nn.CrossEntropyLoss(), **kwargs)
+        before, losses = graphs_compiled(), []
+        for _ in range(3):
+            model.train()
+            losses += [float(train_step(x, y)[0]) for x, y in data]  # used before the next step: CUDA graphs reuse memory
+            model.eval()
+            losses += [float(eval_step(x, y)[0]) for x, y in data]
+        results[step_mode] = torch.tensor(losses), graphs_compiled() - before
+    (eager, _), (compiled, graphs) = results[None], results[mode]
+    assert graphs == 2
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=2e-2)  # bf16 autocast: 8 bits of mantissa
