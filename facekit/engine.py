@@ -4,6 +4,11 @@ It knows architectures, losses and splits only through their spec contracts (fac
 It only trains: everything a run produces is written by its run folder's keeper
 (:class:`facekit.runs.RunWriter`), checkpointed every epoch, so an interruption never loses
 more than one epoch.
+
+Started by torchrun it trains data-parallel (:mod:`facekit.distributed`): the model is wrapped
+in ``DistributedDataParallel``, each rank reads its shard of every epoch, ``--batch-size`` is the
+global batch, losses and counts are summed over the ranks (so every rank sees the same figures and
+stops at the same epoch), and rank 0 alone reads and writes the run folder.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from facekit import distributed
 from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.compiling import EvalStep, TrainStep, resolve_compile_mode
+from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
-from facekit.runs import FoldState, Run, RunWriter, default_run_dir
+from facekit.runs import FoldState, Run, RunWriter, default_run_dir, load_checkpoint
 
 
 @dataclass
@@ -117,24 +124,6 @@ class SilentProgress:
         pass
 
 
-@dataclass
-class Distributed:
-    """This process's place in a (future) data-parallel job; a single process is rank 0 of 1."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def current(cls) -> "Distributed":
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
-        return cls()
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when there is one, else the CPU), or a device this machine has."""
     if name == "auto":
@@ -211,8 +200,9 @@ class Trainer:
         from facekit.plugins import architectures, losses, splits
 
         self.config = config
-        self.progress = progress or SilentProgress()
-        self.dist = Distributed.current()
+        self.dist = Distributed.from_env()
+        # Rank 0 talks to the user; N copies of every progress bar would say nothing more.
+        self.progress = (progress or SilentProgress()) if self.dist.is_main else SilentProgress()
         # Look every name up first: a typo fails in a second, not after indexing the data.
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
@@ -226,7 +216,8 @@ class Trainer:
         self.input_size = config.input_size or self.arch.input_size
         if self.input_size < 32:
             raise UsageError(f"--input-size must be at least 32 pixels (got {self.input_size})")
-        self.device = resolve_device(config.device)
+        self.rank_batch_size = self.dist.per_rank_batch(config.batch_size)
+        self.device = self.dist.device(resolve_device(config.device))
         if config.threads is not None:
             if config.threads < 1:
                 raise UsageError(f"--threads must be at least 1 (got {config.threads})")
@@ -280,6 +271,7 @@ class Trainer:
             "amp": self.amp,
             "channels_last": self.channels_last,
             "compile_used": self.compile_mode,
+            "world_size": self.dist.world_size,
         }
         writer.write_setup(
             config=config,
@@ -305,13 +297,27 @@ class Trainer:
             channels_last=self.channels_last,
         )
 
+    def _data_parallel(self, model: nn.Module) -> nn.Module:
+        """The model that trains: itself, or wrapped in DistributedDataParallel under torchrun.
+
+        On CUDA, batch norms become SyncBatchNorm, so their batch statistics cover the global batch
+        as in one process; on the CPU (gloo) each rank normalizes over its own part of the batch.
+        """
+        if not self.dist.is_distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.device.type == "cuda":
+            return DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(model), device_ids=[self.device.index])
+        return DistributedDataParallel(model)
+
     def _loader(self, files: list[str], labels: np.ndarray, norm: Normalization, *, train: bool, seed: int):
         from facekit.data.loaders import make_loader
 
         return make_loader(
             files,
             labels,
-            batch_size=self.config.batch_size,
+            batch_size=self.rank_batch_size,
             input_size=self.input_size,
             normalization=norm,
             train=train,
@@ -334,10 +340,10 @@ class Trainer:
     def _step_settings(self) -> dict[str, Any]:
         # Steps are cheap to make: torch.compile keeps its graphs per code object, so a new step
         # (next epoch, next fold) reuses them.
-        return {"device_type": self.device.type, "amp_dtype": self.amp_dtype, "batch_size": self.config.batch_size, "mode": self.compile_mode}
+        return {"device_type": self.device.type, "amp_dtype": self.amp_dtype, "batch_size": self.rank_batch_size, "mode": self.compile_mode}
 
     def train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> EpochStats:
-        """One pass over ``loader``, eager or compiled as the run is configured."""
+        """One pass over ``loader``, eager or compiled as the run is configured (figures over all ranks)."""
         model.train()
         keep_frozen_batchnorm_in_eval(model)
         step = TrainStep(model, loss_fn, optimizer, scaler, **self._step_settings())
@@ -354,12 +360,17 @@ class Trainer:
             seen += labels.shape[0]
             self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss), labels.shape[0])
         elapsed = time.perf_counter() - start
-        divisor = max(seen, 1)
-        return EpochStats(float(total_loss) / divisor, float(correct) / divisor, elapsed, seen, step.compile_seconds)
+        total, right, seen = distributed.sum_across_ranks([float(total_loss), float(correct), seen])
+        divisor = max(int(seen), 1)
+        return EpochStats(total / divisor, right / divisor, elapsed, int(seen), step.compile_seconds)
 
     @torch.no_grad()
     def evaluate(self, model, loader, loss_fn) -> tuple[float, float, np.ndarray]:
-        """Mean loss, accuracy and the softmax probabilities of every image, in loader order."""
+        """Mean loss and accuracy (over all ranks), and the softmax probabilities of this rank's images in loader order.
+
+        Give it the bare model, never the DistributedDataParallel wrapper: evaluation shards differ
+        in length by one, and the wrapper would wait for a forward pass that never comes.
+        """
         model.eval()
         step = EvalStep(model, loss_fn, **self._step_settings())
         total_loss, correct, seen, probs = 0.0, 0, 0, []
@@ -370,31 +381,42 @@ class Trainer:
             correct += int((logits.argmax(1) == labels).sum())
             seen += labels.shape[0]
             probs.append(torch.softmax(logits, 1).cpu())
-        seen = max(seen, 1)
+        total_loss, correct, seen = distributed.sum_across_ranks([total_loss, correct, seen])
+        seen = max(int(seen), 1)
         stacked = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
         return total_loss / seen, correct / seen, stacked
 
     # ----------------------------------------------------------------- running
     def train(self) -> Path:
         """Start a new run and train it to the end."""
-        if self.dist.is_main:
-            self._write_setup(RunWriter.create(self.run_dir, self.config.force))
-        self.progress.message(f"run folder: {self.run_dir}")
-        return self._run(resume_state=None)
+        with distributed.joined(self.dist), distributed.translate_failures(self.dist, self.run_dir):
+
+            def write_setup() -> dict[str, Any]:
+                self._write_setup(RunWriter.create(self.run_dir, self.config.force))
+                return Run(self.run_dir).setup()
+
+            run = Run.with_setup(self.run_dir, distributed.from_main(self.dist, write_setup))
+            self.progress.message(f"run folder: {self.run_dir}")
+            return self._run(run, resume_state=None)
 
     @classmethod
     def resume(cls, run_dir: Path, progress: Progress | None = None, **overrides: Any) -> Path:
         """Continue an interrupted run from its last checkpoint, with its saved configuration."""
-        run = Run.open(run_dir)
-        config = TrainConfig.from_dict(run.config | overrides)
-        trainer = cls(config, progress, run_dir=Path(run_dir))  # config.input_size is the resolved one
-        state = run.latest_state()
-        if state is None:
-            trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
-        return trainer._run(resume_state=state)
+        place = Distributed.from_env()
+        with distributed.joined(place), distributed.translate_failures(place, run_dir):
 
-    def _run(self, resume_state: FoldState | None) -> Path:
-        run = Run(self.run_dir)
+            def read_run() -> tuple[dict[str, Any], FoldState | None]:
+                run = Run.open(run_dir)
+                return run.setup(), run.latest_state()
+
+            setup, state = distributed.from_main(place, read_run)
+            config = TrainConfig.from_dict(setup["config"] | overrides)
+            trainer = cls(config, progress, run_dir=Path(run_dir))  # config.input_size is the resolved one
+            if state is None:
+                trainer.progress.message(f"{run_dir}: no checkpoint yet, starting from epoch 1")
+            return trainer._run(Run.with_setup(run_dir, setup), resume_state=state)
+
+    def _run(self, run: Run, resume_state: FoldState | None) -> Path:
         writer = RunWriter(self.run_dir) if self.dist.is_main else None
         classes, split = run.classes, run.split
         files = [str(Path(split["root"]) / f) for f in split["files"]]
@@ -412,8 +434,7 @@ class Trainer:
             result = self._train_fold(fold_index, fold, files, labels, norms[fold_index], classes, history, fold_results, state, writer)
             fold_results.append(result)
 
-        if writer is not None:
-            self._finish(run, writer, files, labels, norms, fold_results)
+        self._finish(run, writer, files, labels, norms, fold_results)
         return self.run_dir
 
     def _train_fold(self, fold_index, fold, files, labels, norm, classes, history, fold_results, state, writer) -> dict[str, Any]:
@@ -423,6 +444,8 @@ class Trainer:
         seed_everything(seed)
         num_classes = len(classes)
         model = self._build_model(num_classes)
+        trained = self._data_parallel(model)
+        model = getattr(trained, "module", model)  # the bare model: evaluation and checkpoints
         optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
         counts = np.bincount(labels[train_idx], minlength=num_classes)
@@ -450,7 +473,7 @@ class Trainer:
                     break
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
-                stats = self.train_epoch(model, train_loader, loss_fn, optimizer, scaler)
+                stats = self.train_epoch(trained, train_loader, loss_fn, optimizer, scaler)
                 val_loss, val_acc, _ = self.evaluate(model, val_loader, val_loss_fn)
                 row = {
                     "fold": fold_index,
@@ -465,6 +488,7 @@ class Trainer:
                     "loader": train_loader.backend,
                     "device": str(self.device),
                     "compile": self.compile_mode,
+                    "world_size": self.dist.world_size,
                 }
                 history.append(row)
                 improved = best.update(val_loss, epoch)
@@ -499,16 +523,23 @@ class Trainer:
             writer.mark_fold_done(last_state, fold_results + [result], history)
         return result
 
-    def _finish(self, run: Run, writer: RunWriter, files, labels, norms, fold_results) -> None:
-        kept = writer.keep_best_fold(fold_results)
-        model = run.load_model("best", device=self.device, channels_last=self.channels_last)
+    def _finish(self, run: Run, writer: RunWriter | None, files, labels, norms, fold_results) -> None:
+        def keep_best_fold() -> tuple[int, dict[str, Any]]:
+            kept = writer.keep_best_fold(fold_results)
+            return kept, load_checkpoint(run.checkpoint_path("best"))["model"]
+
+        # Rank 0 keeps the best fold and sends its weights; every rank evaluates its shard of the test split.
+        kept, weights = distributed.from_main(self.dist, keep_best_fold)
+        model = run.model_with(weights, device=self.device, channels_last=self.channels_last)
         test_idx = np.asarray(run.split["test"], dtype=int)
         loader = self._loader([files[i] for i in test_idx], labels[test_idx], norms[kept], train=False, seed=self.config.seed)
         try:
             test_loss, test_acc, probs = self.evaluate(model, loader, nn.CrossEntropyLoss().to(self.device))
         finally:
             loader.close()
-        writer.write_predictions(test_idx, labels[test_idx], probs, run.classes, run.split["files"])
+        probs = distributed.gather_shards(probs)
+        if writer is not None:
+            writer.write_predictions(test_idx, labels[test_idx], probs, run.classes, run.split["files"])
         best_val_loss = min(r["val_loss"] for r in fold_results)
         self.progress.message(
             f"kept fold {kept} (val loss {best_val_loss:.3f}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}"
@@ -520,8 +551,6 @@ def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:
         if row["fold"] == fold and row["epoch"] == epoch:
             return float(row["val_acc"])
     return float("nan")
-
-
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> Path:

@@ -261,6 +261,9 @@ def _csv(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
+_SETUP = ("config", "classes", "split", "normalization")  # the files written before training starts
+
+
 @dataclass
 class Run:
     """A finished or interrupted run folder, read lazily."""
@@ -335,11 +338,29 @@ class Run:
     def checkpoint_path(self, which: str = "best") -> Path:
         return self.path / CHECKPOINTS / f"{which}.pt"
 
+    def setup(self) -> dict[str, Any]:
+        """What :meth:`with_setup` needs to stand in for this run where its folder is not at hand."""
+        return {name: getattr(self, name) for name in _SETUP}
+
+    @classmethod
+    def with_setup(cls, path: str | Path, setup: dict[str, Any]) -> "Run":
+        """A run whose setup files come from ``setup`` (rank 0's :meth:`setup`), not from ``path``.
+
+        The other ranks of a data-parallel job use it: they need no shared file system.
+        """
+        run = cls(Path(path))
+        run.__dict__.update({name: setup[name] for name in _SETUP})  # fills the cached properties
+        return run
+
     def load_model(self, which: str = "best", *, device: Any = None, channels_last: bool = False) -> "nn.Module":
         """Rebuild the run's architecture from the registry and load the checkpoint's weights (eval mode)."""
+        weights = load_checkpoint(self.checkpoint_path(which))["model"]
+        return self.model_with(weights, device=device, channels_last=channels_last)
+
+    def model_with(self, weights: dict[str, Any], *, device: Any = None, channels_last: bool = False) -> "nn.Module":
+        """The run's architecture, rebuilt from the registry, with ``weights`` (a state dict) in eval mode."""
         from facekit.factory import create_model
 
-        checkpoint = load_checkpoint(self.checkpoint_path(which))
         config = self.config
         model = create_model(
             config["arch"],
@@ -350,7 +371,7 @@ class Run:
             device=device,
             channels_last=channels_last,
         )
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(weights)
         model.eval()
         return model
 

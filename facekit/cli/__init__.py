@@ -63,6 +63,7 @@ def root(
 # ----------------------------------------------------------------------------- train
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder with one sub-folder of images per identity."),
     arch: str = typer.Option("baseline", "--arch", metavar="NAME", help="Architecture (see `facekit plugins --all`)."),
     loss: str = typer.Option("plain", "--loss", metavar="NAME", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
@@ -71,7 +72,7 @@ def train(
     test_size: float = typer.Option(0.2, "--test-size", help="Share of each class held out for the test split."),
     val_size: float = typer.Option(0.1, "--val-size", help="Share of each class used for validation (holdout)."),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs per fold."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per training batch."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per training batch (the whole job's, with --nproc or torchrun)."),
     lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate."),
     weight_decay: float = typer.Option(5e-3, "--weight-decay", help="Adam weight decay."),
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better validation loss (0: never)."),
@@ -97,13 +98,20 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint."),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", metavar="N", help="Train data-parallel on N processes of this machine (one per GPU): starts torchrun for you."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (implies --quiet)."),
 ) -> None:
     """Train a model; the run folder holds everything `facekit report` reads."""
     from facekit.cli.progress import ConsoleProgress
+    from facekit.distributed import Distributed, launch
     from facekit.engine import Trainer, TrainConfig
 
+    if nproc is not None:
+        launch(nproc, _typed_arguments(ctx, leave_out="nproc"))
+        return
     progress = ConsoleProgress(err_console if as_json else console, quiet=quiet or as_json)
     if compile_ is False and compile_mode is not None:
         raise UsageError("--no-compile and --compile-mode contradict each other: give one of them")
@@ -122,7 +130,23 @@ def train(
             out=out, force=force,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
-    _print_result(run_dir, as_json)
+    if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job
+        _print_result(run_dir, as_json)
+
+
+def _typed_arguments(ctx: typer.Context, leave_out: str) -> list[str]:
+    """The arguments that repeat ``ctx``'s command (options left at their defaults left out), less ``leave_out``."""
+    args = ["--strict"] if ctx.parent is not None and ctx.parent.params.get("strict") else []
+    args.append(ctx.info_name or "")
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name == leave_out or value == param.default:
+            continue
+        if getattr(param, "is_flag", False):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
 
 
 def _print_result(run_dir: Path, as_json: bool) -> None:
