@@ -165,11 +165,14 @@ def loader_alone(loader, device: torch.device) -> float:
 
 def training_setup(
     arch: str, num_classes: int, *, data, batch_size: int, input_size, device: str, finetune: bool,
-    loader: str = "auto", workers: int | None = None, compile: str | None = None,
+    loader: str = "auto", workers: int | None = None, augment: list[str] | None = None, compile: str | None = None,
 ):  # fmt: skip
-    """The engine's trainer and a fresh model, optimizer and scaler, as ``facekit train`` sets them up."""
+    """The engine's trainer and a fresh model, optimizer and scaler, as ``facekit train`` sets them up.
+
+    ``augment``: the training augmentation steps, as ``--augment`` takes them (None: rotate:15).
+    """
     trainer = Trainer(TrainConfig(
-        data=Path(data), arch=arch, batch_size=batch_size, device=device, rotate=15.0, loader=loader,
+        data=Path(data), arch=arch, batch_size=batch_size, device=device, augment=augment, loader=loader,
         workers=workers, input_size=input_size, finetune=finetune, compile=compile,
     ))  # fmt: skip
     torch.manual_seed(0)

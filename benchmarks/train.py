@@ -6,10 +6,13 @@
 Input efficiency = (b)/(a) and (c)/(a). Also evaluation (inference) images/s.
 
 It runs the engine's own training step (facekit.engine.Trainer), so what it measures is what
-`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU. With --compile,
-every architecture is measured eagerly and then with the steps compiled in each mode given
-(`facekit train --compile`), with the seconds spent compiling. --hw-decoder-load sets the
-share of JPEGs DALI's mixed decoder gives the GPU's hardware decoder (0: the hybrid decoder only).
+`facekit train` does: mixed precision and channels-last on CUDA, fp32 on CPU. The loaders
+augment as `facekit train` does: rotation (rotate:15) unless `--augment STEP` (repeatable,
+the same steps) chooses others; compare its (b)/(a) with the rotation-only run's. With
+--compile, every architecture is measured eagerly and then with the steps compiled in each
+mode given (`facekit train --compile`), with the seconds spent compiling. --hw-decoder-load
+sets the share of JPEGs DALI's mixed decoder gives the GPU's hardware decoder (0: the hybrid
+decoder only).
 
     python -m benchmarks.train --data ../shared/data/lfw_min8 --arch baseline tronnet resnet18 \
         --images 512 --compile default reduce-overhead --out results/train.json
@@ -84,7 +87,7 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
     torch._dynamo.reset()  # each architecture and mode compiles from scratch: honest compile seconds
     setup = training_setup(
         arch, num_classes, data=args.data, batch_size=args.batch_size, input_size=args.input_size, device=args.device,
-        finetune=args.finetune, loader=args.loader, workers=args.workers, compile=compile_mode,
+        finetune=args.finetune, loader=args.loader, workers=args.workers, augment=args.augment, compile=compile_mode,
     )  # fmt: skip
     trainer, model = setup[0], setup[1]
     norm = trainer.arch.normalization or FACE_STATS
@@ -96,7 +99,8 @@ def bench_arch(arch: str, files: list[str], labels: np.ndarray, num_classes: int
     tensors = DeviceTensors([(x, y)] * n_batches)
     compile_seconds = timed_compile(setup, DeviceTensors([(x, y)] * 2))  # and the warm-up: cuDNN autotune
     row = {"arch": arch, "compile": trainer.compile_mode or "eager", "compile_seconds": compile_seconds}
-    row |= {"input_size": size, "batch_size": args.batch_size, "images": len(files), "hw_decoder_load": args.hw_decoder_load}
+    row |= {"augment": " ".join(trainer.config.augment), "input_size": size, "batch_size": args.batch_size,
+            "images": len(files), "hw_decoder_load": args.hw_decoder_load}  # fmt: skip
     loaders = {}
     for key, cache in (("loader_files", False), ("loader_cached", True)):
         loaders[key] = with_decoder_load(trainer._loader(files, labels, norm, train=True, seed=0), args.hw_decoder_load)
@@ -129,6 +133,7 @@ COLUMNS = [
     ("compile", "steps", "{}"),
     ("compile_seconds", "compile s", "{:.1f}"),
     ("backend", "loader", "{}"),
+    ("augment", "augmentation", "{}"),
     ("device_tensors", "(a) device tensors img/s", "{:.0f}"),
     ("loader_files", "(b) loader, files img/s", "{:.0f}"),
     ("loader_cached", "(c) loader, cache img/s", "{:.0f}"),
@@ -150,6 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loader", default="auto")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--finetune", action="store_true", help="Train every layer of pretrained backbones.")
+    parser.add_argument(
+        "--augment", action="append", metavar="STEP", help="Training augmentation, repeatable, as `facekit train --augment` (default rotate:15)."
+    )
     parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds of (a), (b), (c); the best of each counts.")
     parser.add_argument("--anchors", action="store_true", help="Also time the two reference loaders (benchmarks.anchors).")
     parser.add_argument(

@@ -121,14 +121,18 @@ class LossSpec:
     description: str = ""
     supports_label_smoothing: bool = False  # build also takes ``label_smoothing=`` (0 <= x < 1)
 
-    def make(self, class_counts: Sequence[int], *, label_smoothing: float = 0.0) -> "nn.Module":
-        """Build the loss; ``label_smoothing`` > 0 reaches only specs that declare support for it."""
+    def check_label_smoothing(self, label_smoothing: float) -> None:
+        """A UsageError unless this loss can train with ``label_smoothing`` (before any work is done)."""
         if not 0.0 <= label_smoothing < 1.0:
             raise UsageError(f"--label-smoothing {label_smoothing}: expected a number from 0 up to (not including) 1")
+        if label_smoothing > 0.0 and not self.supports_label_smoothing:
+            raise UsageError(f"--loss {self.name} does not support --label-smoothing; drop the option or choose a loss that does")
+
+    def make(self, class_counts: Sequence[int], *, label_smoothing: float = 0.0) -> "nn.Module":
+        """Build the loss; ``label_smoothing`` > 0 reaches only specs that declare support for it."""
+        self.check_label_smoothing(label_smoothing)
         if label_smoothing == 0.0:
             return self.build(class_counts)
-        if not self.supports_label_smoothing:
-            raise UsageError(f"--loss {self.name} does not support --label-smoothing; drop the option or choose a loss that does")
         return self.build(class_counts, label_smoothing=label_smoothing)
 
 

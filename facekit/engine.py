@@ -29,10 +29,13 @@ from facekit import distributed
 from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.compiling import EvalStep, TrainStep, resolve_compile_mode
+from facekit.data.augment import AugmentPipeline, augment_args
+from facekit.data.decoded_cache import cache_choice
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, default_run_dir, load_checkpoint
+from facekit.schedules import Schedule, build_schedule, check_schedule
 
 
 @dataclass
@@ -52,13 +55,16 @@ class TrainConfig:
     weight_decay: float = 5e-3
     patience: int = 0  # early stopping after this many epochs without a better validation loss; 0 = off
     seed: int = 0
-    rotate: float = 15.0
+    rotate: float | None = None  # --rotate DEG: short for augment ["rotate:DEG"]; runs before --augment have only this
+    augment: list[str] | None = None  # training augmentation steps; None: ["rotate:15"] (see facekit.data.augment)
+    label_smoothing: float = 0.0
+    schedule: str = "constant"  # learning-rate schedule (facekit.schedules)
     input_size: int | None = None  # None: the architecture's own
     finetune: bool = False
     weights: Path | None = None
     trust_weights: bool = False
     loader: str = "auto"
-    cache: bool = False
+    cache: str | bool = "off"  # auto, memory, disk or off (see facekit.data.decoded_cache); a bool from older runs
     workers: int | None = None
     threads: int | None = None  # torch CPU threads; None: torch's default (one per core)
     device: str = "auto"
@@ -197,27 +203,33 @@ class Trainer:
     """Trains one run; ``train()`` starts it, ``Trainer.resume(run)`` continues it."""
 
     def __init__(self, config: TrainConfig, progress: Progress | None = None, run_dir: Path | None = None):
-        from facekit.plugins import architectures, losses, splits
+        from facekit.plugins import architectures, augmentations, losses, splits
 
-        self.config = config
         self.dist = Distributed.from_env()
         # Rank 0 talks to the user; N copies of every progress bar would say nothing more.
         self.progress = (progress or SilentProgress()) if self.dist.is_main else SilentProgress()
         # Look every name up first: a typo fails in a second, not after indexing the data.
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
+        self.loss_spec.check_label_smoothing(config.label_smoothing)
         self.split_spec = splits().get(config.split)
+        check_schedule(config.schedule)
+        if config.rotate is not None and not 0 <= config.rotate <= 180:
+            raise UsageError(f"--rotate must be between 0 and 180 degrees (got {config.rotate})")
+        self.augment = AugmentPipeline.from_args(augment_args(config.augment, config.rotate), augmentations())
+        # The run records the steps as they run; --rotate is folded into them.
+        self.config = config = dataclasses.replace(config, rotate=None, augment=self.augment.to_args())
         if config.epochs < 1:
             raise UsageError(f"--epochs must be at least 1 (got {config.epochs})")
         if config.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {config.batch_size})")
-        if not 0 <= config.rotate <= 180:
-            raise UsageError(f"--rotate must be between 0 and 180 degrees (got {config.rotate})")
         self.input_size = config.input_size or self.arch.input_size
         if self.input_size < 32:
             raise UsageError(f"--input-size must be at least 32 pixels (got {self.input_size})")
         self.rank_batch_size = self.dist.per_rank_batch(config.batch_size)
         self.device = self.dist.device(resolve_device(config.device))
+        self.cache = cache_choice(config.cache)
+        self._cache_files: tuple[str, ...] | None = None  # the data set's files: one disk cache for every split
         if config.threads is not None:
             if config.threads < 1:
                 raise UsageError(f"--threads must be at least 1 (got {config.threads})")
@@ -321,14 +333,19 @@ class Trainer:
             input_size=self.input_size,
             normalization=norm,
             train=train,
-            rotate=self.config.rotate if train else 0.0,
+            augment=self.augment,  # evaluation loaders never augment
             seed=seed,
             device=self.device,
             backend=self.config.loader,
-            cache=self.config.cache,
+            cache=self.cache,
+            cache_files=self._cache_files,
             num_workers=self.config.workers,
             shard_id=self.dist.rank,
             num_shards=self.dist.world_size,
+            # Batches arrive in the dtype and layout the first convolution runs in, so the step
+            # does not convert a float32 NCHW copy of every batch.
+            output_dtype=self.amp_dtype or torch.float32,
+            channels_last=self.channels_last,
         )
 
     def _prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,8 +359,8 @@ class Trainer:
         # (next epoch, next fold) reuses them.
         return {"device_type": self.device.type, "amp_dtype": self.amp_dtype, "batch_size": self.rank_batch_size, "mode": self.compile_mode}
 
-    def train_epoch(self, model, loader, loss_fn, optimizer, scaler) -> EpochStats:
-        """One pass over ``loader``, eager or compiled as the run is configured (figures over all ranks)."""
+    def train_epoch(self, model, loader, loss_fn, optimizer, scaler, schedule: Schedule | None = None) -> EpochStats:
+        """One pass over ``loader``, eager or compiled as the run is configured (figures over all ranks); ``schedule`` steps per batch."""
         model.train()
         keep_frozen_batchnorm_in_eval(model)
         step = TrainStep(model, loss_fn, optimizer, scaler, **self._step_settings())
@@ -354,6 +371,8 @@ class Trainer:
         for images, labels in loader:
             images, labels = self._prepare_batch(images, labels)
             loss, logits = step(images, labels)
+            if schedule is not None:
+                schedule.step()
             # Accumulate on the device: a .item() per batch would stall the GPU every step.
             total_loss += loss * labels.shape[0]
             correct += (logits.argmax(1) == labels).sum()
@@ -420,6 +439,7 @@ class Trainer:
         writer = RunWriter(self.run_dir) if self.dist.is_main else None
         classes, split = run.classes, run.split
         files = [str(Path(split["root"]) / f) for f in split["files"]]
+        self._cache_files = tuple(files)
         labels = np.asarray(split["labels"], dtype=np.int64)
         norms = [Normalization.from_dict(n) for n in run.normalization["folds"]]
         history: list[dict[str, Any]] = list(resume_state.history) if resume_state else []
@@ -449,31 +469,39 @@ class Trainer:
         optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
         counts = np.bincount(labels[train_idx], minlength=num_classes)
-        loss_fn = self.loss_spec.build(counts.tolist()).to(self.device)
+        loss_fn = self.loss_spec.make(counts.tolist(), label_smoothing=self.config.label_smoothing).to(self.device)
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
         best, early_stopping = BestKeeper(), EarlyStopping(self.config.patience)
+
+        train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
+        val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
+        # Built before a resumed optimizer state is loaded, as torch expects: the state then
+        # overwrites the learning rates the schedule set, and the schedule continues from its own.
+        schedule = build_schedule(self.config.schedule, optimizer, epochs=self.config.epochs, steps_per_epoch=len(train_loader))
 
         start_epoch = 1
         if state is not None:
             model.load_state_dict(state.model)
             optimizer.load_state_dict(state.optimizer)
+            if state.schedule is not None:  # None: a checkpoint from before schedules (constant)
+                schedule.load_state_dict(state.schedule)
             restore_rng_state(state.rng)
             best.load_state_dict(state.best)
             early_stopping.load_state_dict(state.early_stopping)
             start_epoch = state.epoch + 1
             self.progress.message(f"resuming fold {fold_index} after epoch {state.epoch}")
 
-        train_loader = self._loader([files[i] for i in train_idx], labels[train_idx], norm, train=True, seed=seed)
-        val_loader = self._loader([files[i] for i in val_idx], labels[val_idx], norm, train=False, seed=seed)
         last_state = state  # the last epoch's checkpoint; a resumed fold starts from the one it loaded
         try:
+            if self.cache != "off":
+                self.progress.message(f"decoded-image cache: {train_loader.cache_in_use}")
             for epoch in range(start_epoch, self.config.epochs + 1):
                 if early_stopping.should_stop:
                     break
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
-                stats = self.train_epoch(trained, train_loader, loss_fn, optimizer, scaler)
+                stats = self.train_epoch(trained, train_loader, loss_fn, optimizer, scaler, schedule)
                 val_loss, val_acc, _ = self.evaluate(model, val_loader, val_loss_fn)
                 row = {
                     "fold": fold_index,
@@ -486,6 +514,7 @@ class Trainer:
                     "seconds": stats.seconds,
                     "compile_seconds": stats.compile_seconds,
                     "loader": train_loader.backend,
+                    "cache": train_loader.cache_in_use,
                     "device": str(self.device),
                     "compile": self.compile_mode,
                     "world_size": self.dist.world_size,
@@ -507,6 +536,7 @@ class Trainer:
                         fold_results=fold_results,
                         best=best.state_dict(),
                         early_stopping=early_stopping.state_dict(),
+                        schedule=schedule.state_dict(),
                     )
                     writer.save_fold_state(last_state, best=improved)
                     writer.write_history(history)

@@ -50,7 +50,8 @@ def _weights(module: nn.Conv2d) -> np.ndarray:
     return module.weight.detach().float().cpu().numpy()
 
 
-def _describe(name: str, layer: int, module: nn.Conv2d, weights: np.ndarray, shown: tuple[int, int]) -> str:
+def describe_layer(name: str, layer: int, module: nn.Conv2d, weights: np.ndarray, shown: tuple[int, int]) -> str:
+    """The layer's title: name, shape and, when a map is capped, which kernels it shows."""
     out_channels, in_channels, kh, kw = weights.shape
     groups = f", groups {module.groups}" if module.groups > 1 else ""
     text = f"Conv layer {layer} '{name}': {module.in_channels}->{module.out_channels}, kernel {kh}x{kw}{groups}"
@@ -59,6 +60,13 @@ def _describe(name: str, layer: int, module: nn.Conv2d, weights: np.ndarray, sho
     if capped:
         text += "\nshowing " + " and ".join(capped)
     return text
+
+
+def capped_kernels(weights: np.ndarray) -> np.ndarray:
+    """The kernels a map shows: the first MAX_OUTPUTS outputs, and as many inputs as fit in
+    MAX_KERNELS (at least MIN_INPUTS)."""
+    outputs = min(weights.shape[0], MAX_OUTPUTS)
+    return weights[:outputs, : max(MIN_INPUTS, MAX_KERNELS // outputs)]
 
 
 def _mosaic(tiles: np.ndarray, fill: float) -> np.ndarray:
@@ -104,8 +112,7 @@ def plot_kernels(model: nn.Module, layer: int, out_path: Path, *, title: str | N
     per input channel, one column per output channel, intensity = weight."""
     name, module = conv_layer(model, layer)
     weights = _weights(module)
-    outputs = min(weights.shape[0], MAX_OUTPUTS)
-    shown = weights[:outputs, : max(MIN_INPUTS, MAX_KERNELS // outputs)]
+    shown = capped_kernels(weights)
     outputs, inputs, kh, kw = shown.shape
     limit = float(np.abs(shown).max()) or 1.0  # all-zero weights: any symmetric scale will do
     mosaic = _mosaic(shown.transpose(1, 0, 2, 3), fill=np.nan)  # rows = inputs, columns = outputs
@@ -130,7 +137,7 @@ def plot_kernels(model: nn.Module, layer: int, out_path: Path, *, title: str | N
     colour_bar = figure.colorbar(image, cax=axis.inset_axes(bar_box), orientation=orientation)
     colour_bar.set_label("weight", fontsize=8)
     colour_bar.ax.tick_params(labelsize=7)
-    axis.set_title(title or _describe(name, layer, module, weights, (outputs, inputs)), fontsize=9)
+    axis.set_title(title or describe_layer(name, layer, module, weights, (outputs, inputs)), fontsize=9)
     return save(figure, out_path)
 
 
@@ -159,7 +166,7 @@ def plot_rgb_kernels(model: nn.Module, layer: int, out_path: Path, *, title: str
                  "", "output channel" if rows == 1 else "output channel (row's first + column)")
     if rows == 1:
         axis.set_yticks([])
-    description = _describe(name, layer, module, weights, (outputs, 3))
+    description = describe_layer(name, layer, module, weights, (outputs, 3))
     axis.set_title(title or f"{description}\neach kernel as one RGB image (min-max scaled per kernel)", fontsize=9)
     return save(figure, out_path)
 

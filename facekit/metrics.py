@@ -1,7 +1,9 @@
 """Per-class metrics of a classifier, as the 2019 study defines them (docs/report.md).
 
-Everything is computed from one confusion matrix with plain integer arithmetic, so the numbers
-are exact, fast and free of division warnings.
+Everything is computed from the confusion counts with plain integer arithmetic, so the numbers
+are exact, fast and free of division warnings. The counts are kept sparse (only the (true,
+predicted) pairs that occur), so memory grows with the test samples and the classes, never with
+classes squared: 50,000 classes need megabytes, where a dense matrix would need 20 GB.
 
 Conventions:
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Sequence
 
 import numpy as np
 
@@ -35,14 +38,17 @@ METRIC_LABELS = {
 }
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """``matrix[t, p]`` = number of test samples of class t predicted as class p."""
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> "ConfusionCounts":
+    """The non-zero cells of the confusion matrix of ``y_pred`` against ``y_true`` (class ids)."""
     y_true = _labels(y_true, num_classes, "y_true")
     y_pred = _labels(y_pred, num_classes, "y_pred")
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true and y_pred differ in length ({y_true.size} vs {y_pred.size})")
-    flat = np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    # One int64 code per sample (true * C + predicted, below 2**63 for any C under 3 billion);
+    # np.unique sorts the codes, so the cells come out ordered by (true, predicted).
+    cells, counts = np.unique(y_true * num_classes + y_pred, return_counts=True)
+    true, predicted = np.divmod(cells, num_classes)
+    return ConfusionCounts(num_classes, true, predicted, counts.astype(np.int64))
 
 
 def _labels(values: np.ndarray, num_classes: int, name: str) -> np.ndarray:
@@ -70,28 +76,71 @@ class Confusion:
 
 
 @dataclass(frozen=True, eq=False)  # eq would compare arrays element-wise
-class ClassMetrics:
-    """Per-class metrics from a confusion matrix; build it with :func:`per_class_metrics`."""
+class ConfusionCounts:
+    """A confusion matrix stored sparsely: ``count[i]`` test samples of class ``true[i]`` were
+    predicted as ``predicted[i]``; pairs that never occur are not stored. Ordered by (true, predicted)."""
 
-    confusion: np.ndarray  # (C, C) int, rows = true class, columns = predicted class
+    num_classes: int
+    true: np.ndarray  # (K,) int64
+    predicted: np.ndarray  # (K,) int64
+    count: np.ndarray  # (K,) int64, all > 0
+
+    def per_true_class(self) -> np.ndarray:
+        """Test samples per true class (the dense matrix's row sums)."""
+        return self._sum_by(self.true)
+
+    def per_predicted_class(self) -> np.ndarray:
+        """Test samples predicted as each class (the dense matrix's column sums)."""
+        return self._sum_by(self.predicted)
+
+    def diagonal(self) -> np.ndarray:
+        """Correct predictions per class."""
+        right = self.true == self.predicted
+        return self._sum_by(self.true[right], self.count[right])
+
+    def _sum_by(self, ids: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        counts = self.count if counts is None else counts
+        # Integer sums by class without bincount's float64 weights: add.at keeps int64 exact.
+        totals = np.zeros(self.num_classes, dtype=np.int64)
+        np.add.at(totals, ids, counts)
+        return totals
+
+    def matrix(self, class_ids: Sequence[int] | None = None) -> np.ndarray:
+        """The dense counts among ``class_ids`` (rows = true, columns = predicted, in the order
+        given), or among all classes when None: for plots and checks of a few classes only."""
+        ids = np.arange(self.num_classes) if class_ids is None else np.asarray(class_ids, dtype=np.int64)
+        position = np.full(self.num_classes, -1, dtype=np.int64)
+        position[ids] = np.arange(ids.size)
+        rows, cols = position[self.true], position[self.predicted]
+        inside = (rows >= 0) & (cols >= 0)
+        dense = np.zeros((ids.size, ids.size), dtype=np.int64)
+        dense[rows[inside], cols[inside]] = self.count[inside]
+        return dense
+
+
+@dataclass(frozen=True, eq=False)  # eq would compare arrays element-wise
+class ClassMetrics:
+    """Per-class metrics from the confusion counts; build it with :func:`per_class_metrics`."""
+
+    confusion: ConfusionCounts
 
     @property
     def num_classes(self) -> int:
-        return self.confusion.shape[0]
+        return self.confusion.num_classes
 
     @cached_property
     def support(self) -> np.ndarray:
         """Test samples per true class."""
-        return self.confusion.sum(axis=1)
+        return self.confusion.per_true_class()
 
     @cached_property
     def predicted(self) -> np.ndarray:
         """Test samples predicted as each class."""
-        return self.confusion.sum(axis=0)
+        return self.confusion.per_predicted_class()
 
     @cached_property
     def true_positives(self) -> np.ndarray:
-        return np.diag(self.confusion)
+        return self.confusion.diagonal()
 
     @cached_property
     def measured(self) -> np.ndarray:
@@ -192,10 +241,9 @@ class ClassMetrics:
 
     def confusions(self, k: int) -> list[Confusion]:
         """The k most frequent mistakes, largest count first, ties by (true, predicted) id."""
-        mistakes = self.confusion.copy()
-        np.fill_diagonal(mistakes, 0)
-        true, predicted = np.nonzero(mistakes)
-        counts = mistakes[true, predicted]
+        cells = self.confusion
+        wrong = cells.true != cells.predicted
+        true, predicted, counts = cells.true[wrong], cells.predicted[wrong], cells.count[wrong]
         order = np.lexsort((predicted, true, -counts))[: max(k, 0)]
         return [
             Confusion(int(t), int(p), int(c), float(c / self.support[t]))
@@ -212,7 +260,7 @@ class ClassMetrics:
 
 def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> ClassMetrics:
     """Per-class metrics of predictions ``y_pred`` against labels ``y_true`` (class ids)."""
-    return ClassMetrics(confusion_matrix(y_true, y_pred, num_classes))
+    return ClassMetrics(confusion_counts(y_true, y_pred, num_classes))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

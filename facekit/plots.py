@@ -1,5 +1,8 @@
 """The report's figures (PNG): loss curves, the most confused classes, score vs training images.
 
+Up to MANY_CLASSES classes a figure can name every class it shows; beyond that the report draws
+the top confusions as bars and the per-class scores as distributions instead.
+
 Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot: no global state, no
 GUI backend, nothing to close, safe to call from tests and threads.
 """
@@ -11,11 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from facekit.metrics import ClassMetrics, spearman
 
 DPI = 110
+MANY_CLASSES = 50  # above this, per-class figures become distributions (see the module docstring)
 
 
 def readable(name: str) -> str:
@@ -75,7 +79,7 @@ def plot_confusion_matrix(
     share of the true class (row), so small and large classes read alike."""
     chosen = metrics.most_confused_classes(n) or metrics.top_k(n)  # a perfect model has no mistakes
     chosen = sorted(chosen)
-    counts = metrics.confusion[np.ix_(chosen, chosen)]
+    counts = metrics.confusion.matrix(chosen)
     support = metrics.support[chosen][:, None]
     shares = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
     labels = [f"{readable(classes[i])} ({i})" for i in chosen]
@@ -155,4 +159,90 @@ def plot_score_vs_training_images(
     axis.grid(alpha=0.3, which="both")
     axis.set_title(f"{title}\nSpearman rank correlation {rho:+.2f} over {ids.size} classes"
                    " (marker area: test images)", fontsize=10)
+    return save(figure, out_path)
+
+
+def plot_top_confusions(
+    metrics: ClassMetrics, classes: Sequence[str], out_path: Path, *, n: int = 10,
+    title: str = "Most common confusions",
+) -> Path:
+    """The ``n`` most frequent (true, predicted) mistakes as bars, longest first: bar length is
+    the count, the label at its end adds the share of the true class's test samples. Stays
+    readable for any number of classes, where a confusion matrix cannot."""
+    confusions = metrics.confusions(n)
+    labels = [f"{readable(classes[c.true])} ({c.true}) → {readable(classes[c.predicted])} ({c.predicted})"
+              for c in confusions]
+    counts = [c.count for c in confusions]
+    figure = Figure(figsize=(8, 1.4 + 0.32 * max(len(confusions), 1)), layout="constrained")
+    axis = figure.subplots()
+    positions = np.arange(len(confusions))
+    axis.barh(positions, counts, color="C0")
+    for position, confusion in zip(positions, confusions):
+        axis.text(confusion.count, position, f" {confusion.count} ({confusion.share:.1%} of the true class)",
+                  va="center", fontsize=8)
+    axis.set_yticks(positions, labels, fontsize=8)
+    axis.invert_yaxis()  # the most frequent mistake on top
+    axis.set_xlim(0, 1.35 * max(counts, default=1))  # room for the labels
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.set_xlabel("Test images of the true class predicted as the other")
+    axis.grid(axis="x", alpha=0.3)
+    subtitle = (f"{len(confusions)} most frequent of {int(metrics.total - metrics.true_positives.sum())} mistakes"
+                f" over {metrics.num_classes} classes" if confusions else "no mistakes")
+    axis.set_title(f"{title}\n{subtitle}", fontsize=10)
+    return save(figure, out_path)
+
+
+def plot_score_distribution(
+    metrics: ClassMetrics, train_counts: np.ndarray, out_path: Path, *,
+    title: str = "Per-class scores",
+) -> Path:
+    """For many classes: a histogram of the measured classes' aggregated scores, and beside it
+    the median score (a bar spanning the middle half of the classes, the number of classes beside
+    it) against training images per class."""
+    ids = np.flatnonzero(metrics.measured)
+    scores = metrics.aggregated[ids]
+    counts = np.asarray(train_counts)[ids]
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = figure.subplots(1, 2)
+
+    left.hist(scores, bins=np.linspace(0, 1, 21), color="C0", edgecolor="white")
+    left.axvline(metrics.macro("aggregated"), color="grey", linestyle="--", linewidth=1,
+                 label=f"macro average {metrics.macro('aggregated'):.3f}")
+    left.set_xlabel("Aggregated score on the test split")
+    left.set_ylabel("Classes")
+    left.legend(loc="best", fontsize=8, frameon=False)
+    left.grid(axis="y", alpha=0.3)
+    left.set_title(f"Distribution over {ids.size} measured classes", fontsize=10)
+
+    if counts.size:
+        # One group per distinct training-image count when there are few, else ~12 log-spaced bins.
+        distinct = np.unique(counts)
+        edges = (np.append(distinct, distinct[-1] + 1) if distinct.size <= 12 else
+                 np.unique(np.geomspace(max(distinct[0], 1), distinct[-1] + 1, 13).astype(int)))
+        if distinct[0] < edges[0]:  # classes with no training images get their own group
+            edges = np.insert(edges, 0, 0)
+        inside = [(counts >= low) & (counts < high) for low, high in zip(edges, edges[1:])]
+        # Each group: the fewest and most training images of its classes, and their scores.
+        groups = [(counts[mask].min(), counts[mask].max(), scores[mask]) for mask in inside if mask.any()]
+        x = np.array([np.sqrt(low * high) for low, high, _ in groups], dtype=float)
+        quartiles = np.array([np.percentile(group, [25, 50, 75]) for _, _, group in groups])
+        right.errorbar(x, quartiles[:, 1], yerr=[quartiles[:, 1] - quartiles[:, 0], quartiles[:, 2] - quartiles[:, 1]],
+                       marker="o", capsize=4, color="C0", label="median; bar: middle half of the classes")
+        for position, (_, _, group), median in zip(x, groups, quartiles[:, 1]):
+            right.annotate(f"{group.size}", (position, median), xytext=(6, 4), textcoords="offset points", fontsize=7)
+        right.legend(loc="best", fontsize=8, frameon=False)
+    if counts.size and counts.min() < 1:
+        right.set_xscale("symlog", linthresh=1)
+    else:
+        right.set_xscale("log")
+    if counts.size:  # one tick per group, named by its range of training images
+        right.set_xticks(x, [f"{low}" if high == low else f"{low}-{high}" for low, high, _ in groups],
+                         rotation=45 if len(groups) > 6 else 0, fontsize=8)
+        right.xaxis.set_minor_locator(NullLocator())
+    right.set_ylim(-0.05, 1.05)
+    right.set_xlabel("Training images of the class (log scale)")
+    right.set_ylabel("Aggregated score")
+    right.grid(alpha=0.3, which="both")
+    right.set_title(f"Score vs training images: Spearman {spearman(counts, scores):+.2f}", fontsize=10)
+    figure.suptitle(title)
     return save(figure, out_path)

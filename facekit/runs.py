@@ -87,6 +87,7 @@ class FoldState:
     best: dict[str, Any]
     early_stopping: dict[str, Any]
     fold_done: bool = False
+    schedule: dict[str, Any] | None = None  # facekit.schedules.Schedule.state_dict(); None in older checkpoints
 
     @property
     def next_fold(self) -> int:
@@ -113,6 +114,7 @@ class FoldState:
             "best_epoch": self.best["best_epoch"],
             "stale": self.early_stopping["stale"],
             "fold_done": self.fold_done,
+            "schedule": self.schedule,
         }
 
     @classmethod
@@ -131,6 +133,7 @@ class FoldState:
             best={"best_val_loss": best_val_loss, "best_epoch": int(data["best_epoch"])},
             early_stopping={"best_val_loss": best_val_loss, "stale": int(data["stale"])},
             fold_done=bool(data.get("fold_done", False)),
+            schedule=data.get("schedule"),
         )
 
 
@@ -323,6 +326,13 @@ class Run:
             raise FacekitError(f"{file} is missing: the run has no test predictions yet (did training finish?)")
         with np.load(file) as data:
             return {key: data[key] for key in data.files}
+
+    def test_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """``y_true`` and ``y_pred`` alone: reports never read ``probs`` (N x C, gigabytes at 50k classes)."""
+        if not self.has_predictions:
+            self.predictions()  # raises the missing-file error
+        with np.load(self.path / "predictions.npz") as data:  # an npz reads each array on access only
+            return data["y_true"], data["y_pred"]
 
     def train_counts(self, fold: int | None = None) -> np.ndarray:
         """Training images per class for ``fold`` (default: the kept fold)."""

@@ -50,6 +50,12 @@ class Schedule:
             self.scheduler.load_state_dict(state["scheduler"])
 
 
+def check_schedule(name: str) -> None:
+    """A UsageError naming the choices unless ``name`` is a schedule (before any work is done)."""
+    if name not in SCHEDULES:
+        raise UsageError(unknown_name_message("--schedule", name, list(SCHEDULES)))
+
+
 def build_schedule(name: str, optimizer, *, epochs: int, steps_per_epoch: int) -> Schedule:
     """The schedule ``name`` over ``epochs`` x ``steps_per_epoch`` optimizer steps of ``optimizer``.
 
@@ -57,8 +63,7 @@ def build_schedule(name: str, optimizer, *, epochs: int, steps_per_epoch: int) -
     """
     from torch.optim import lr_scheduler
 
-    if name not in SCHEDULES:
-        raise UsageError(unknown_name_message("--schedule", name, list(SCHEDULES)))
+    check_schedule(name)
     total = max(1, epochs) * max(1, steps_per_epoch)
     if name == "cosine":
         return Schedule(name, lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0.0), total)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import typer
@@ -12,7 +13,14 @@ from typer.testing import CliRunner
 
 from facekit.cli import report_cmd
 from facekit.errors import FacekitError, UsageError
-from facekit.kernels import conv_layers, plot_kernels, plot_rgb_kernels, write_kernel_maps
+from facekit.kernels import (
+    capped_kernels,
+    conv_layers,
+    describe_layer,
+    plot_kernels,
+    plot_rgb_kernels,
+    write_kernel_maps,
+)
 from facekit.runs import Run, save_checkpoint, write_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,6 +74,16 @@ def test_deeper_layer_writes_one_grid(model, tmp_path):
 
 
 def test_wide_grouped_layer_is_capped(model, tmp_path):
+    weights = model.wide.weight.detach().numpy()  # 80 outputs x 2 inputs per group
+    shown = capped_kernels(weights)
+    assert shown.shape == (64, 2, 1, 1)
+    np.testing.assert_array_equal(shown, weights[:64])
+    assert describe_layer("wide", 3, model.wide, weights, shown.shape[:2]) == (
+        "Conv layer 3 'wide': 4->80, kernel 1x1, groups 2\nshowing the first 64 of 80 outputs"
+    )
+    # 64 outputs leave room for 1024 // 64 = 16 inputs of a wider layer.
+    assert capped_kernels(np.zeros((100, 40, 3, 3))).shape == (64, 16, 3, 3)
+    assert capped_kernels(np.zeros((8, 200, 3, 3))).shape == (8, 128, 3, 3)
     path = plot_kernels(model, 3, tmp_path / "wide.png", title="custom title")
     assert path.read_bytes()[:8] == PNG
 

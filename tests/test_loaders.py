@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from facekit.api import Normalization
+from facekit.data.augment import AugmentPipeline
 from facekit.data.index import index_dataset
 from facekit.data.loaders import LoaderOptions, available_backends, make_loader
 from facekit.data.loaders import _native
@@ -26,6 +27,7 @@ from facekit.data.loaders._common import RotateNormalize, plan_epoch
 from facekit.data.stats import channel_sums, normalization_from_sums
 from facekit.data.synth import make_synthetic_dataset
 from facekit.errors import UsageError
+from facekit.plugins import augmentations
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LFW_TINY = SHARED / "lfw_tiny20"
@@ -34,6 +36,7 @@ HAS_DALI = "dali" in available_backends()
 needs_dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed or does not work here")
 PIXELS = Normalization((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))  # output in grey levels
 MEAN_TOLERANCE, MAX_TOLERANCE = 0.5, 16.0
+ROTATE_15 = AugmentPipeline.from_args(["rotate:15"], augmentations())
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +84,7 @@ def test_training_reshuffles_by_seed_and_epoch(synth, backend):
     assert sorted(first.tolist()) == list(range(20)) and first.tolist() != second.tolist()
     loader.set_epoch(1)
     assert _epoch(loader)[1].tolist() == second.tolist()
-    assert first.tolist() == plan_epoch(20, epoch=0, seed=4, train=True, rotate=0, shard_id=0, num_shards=1).indices.tolist()
+    assert first.tolist() == plan_epoch(20, epoch=0, seed=4, train=True, augment=AugmentPipeline(), shard_id=0, num_shards=1).indices.tolist()
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
@@ -149,10 +152,10 @@ def test_rotation_is_about_the_centre_by_an_angle_in_range(tmp_path, backend, ca
         rotate=15.0, seed=9, backend=backend, cache=cache,
     )
     for epoch in range(2):
-        plan = plan_epoch(10, epoch=epoch, seed=9, train=True, rotate=15.0, shard_id=0, num_shards=1)
+        plan = plan_epoch(10, epoch=epoch, seed=9, train=True, augment=ROTATE_15, shard_id=0, num_shards=1)
         images, positions = _epoch(loader)
         assert positions.tolist() == plan.indices.tolist()
-        for image, expected in zip(images / 255, plan.angles):
+        for image, expected in zip(images / 255, plan.samples[0][:, 0]):
             angle, cx, cy = _orientation(image)
             assert -15 <= expected <= 15
             assert abs(angle - expected) < 0.5 and abs(cx) < 0.3 and abs(cy) < 0.3
@@ -244,7 +247,7 @@ def test_every_shard_and_epoch_follows_the_shared_plan(synth, backend):
         loader = _loader(files, ids, backend, train=True, rotate=15.0, seed=5, shard_id=shard, num_shards=3)
         for epoch in (0, 1, 3):
             loader.set_epoch(epoch)
-            plan = plan_epoch(20, epoch=epoch, seed=5, train=True, rotate=15.0, shard_id=shard, num_shards=3)
+            plan = plan_epoch(20, epoch=epoch, seed=5, train=True, augment=ROTATE_15, shard_id=shard, num_shards=3)
             assert _epoch(loader)[1].tolist() == plan.indices.tolist() == loader.plan(epoch).indices.tolist()
             assert len(plan.indices) == 7  # 20 over 3 shards, padded by wrapping: no duplicates appended by a reader
         loader.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_every_metric_equals_scikit_learn(seed):
     labels = np.arange(num_classes)
     measured = metrics.measured
 
-    np.testing.assert_array_equal(metrics.confusion, sk_confusion_matrix(y_true, y_pred, labels=labels))
+    np.testing.assert_array_equal(metrics.confusion.matrix(), sk_confusion_matrix(y_true, y_pred, labels=labels))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
@@ -74,6 +75,57 @@ def test_every_metric_equals_scikit_learn(seed):
         sklearn_quietly(balanced_accuracy_score, y_true, y_pred), abs=1e-12
     )
     assert metrics.overall_accuracy == pytest.approx(np.mean(y_true == y_pred), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sparse_counts_equal_the_dense_matrix(seed):
+    rng = np.random.default_rng(seed)
+    num_classes = int(rng.integers(2, 300))
+    n = int(rng.integers(0, 2000))
+    y_true, y_pred = rng.integers(0, num_classes, n), rng.integers(0, num_classes, n)
+    y_pred[: n // 2] = y_true[: n // 2]  # a diagonal worth measuring
+    dense = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(dense, (y_true, y_pred), 1)
+    metrics = per_class_metrics(y_true, y_pred, num_classes)
+    cells = metrics.confusion
+
+    np.testing.assert_array_equal(cells.matrix(), dense)
+    assert (cells.count > 0).all() and cells.count.sum() == n
+    np.testing.assert_array_equal(metrics.support, dense.sum(axis=1))
+    np.testing.assert_array_equal(metrics.predicted, dense.sum(axis=0))
+    np.testing.assert_array_equal(metrics.true_positives, np.diag(dense))
+    chosen = rng.choice(num_classes, size=min(7, num_classes), replace=False)
+    np.testing.assert_array_equal(cells.matrix(chosen), dense[np.ix_(chosen, chosen)])
+
+    # The top confusions from the sparse counts are the dense matrix's largest off-diagonal cells.
+    mistakes = dense.copy()
+    np.fill_diagonal(mistakes, 0)
+    true, predicted = np.nonzero(mistakes)
+    order = np.lexsort((predicted, true, -mistakes[true, predicted]))[:15]
+    expected = [(int(true[i]), int(predicted[i]), int(mistakes[true[i], predicted[i]])) for i in order]
+    assert [(c.true, c.predicted, c.count) for c in metrics.confusions(15)] == expected
+
+
+def test_fifty_thousand_classes_need_megabytes_not_a_dense_matrix():
+    # A dense 50k x 50k int64 matrix would be 20 GB; per-class vectors are 400 kB each.
+    num_classes, n = 50_000, 100_000
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, num_classes, n)
+    y_pred = np.where(rng.random(n) < 0.7, y_true, rng.integers(0, num_classes, n))
+    tracemalloc.start()
+    try:
+        metrics = per_class_metrics(y_true, y_pred, num_classes)
+        scores = metrics.aggregated
+        worst = metrics.worst_k(10)
+        confusions = metrics.confusions(10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    assert metrics.support.sum() == n and scores.shape == (num_classes,)
+    assert len(worst) == 10 and all(metrics.aggregated[i] <= metrics.aggregated[j] for i, j in zip(worst, worst[1:]))
+    assert confusions[0].count >= confusions[-1].count >= 1
+    assert metrics.overall_accuracy == pytest.approx(np.mean(y_true == y_pred))
 
 
 def test_study_row_sheikh_hasina():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tracemalloc
 import warnings
 from pathlib import Path
 
@@ -145,15 +146,25 @@ def test_json_and_csv_are_machine_readable(run):
     assert [row["id"] for row in data["top"]] == report.top
     rows = list(csv.DictReader(io.StringIO(report_csv(report))))
     assert [row["class"] for row in rows] == CLASSES
-    assert rows[0]["aggregated"] == "0.90625"
+    assert rows[0]["aggregated"] == "0.9062"  # 0.90625 with 4 decimals
+    assert rows[1]["precision"] == "0.5000" and rows[3]["precision"] == "0.0000"
     assert rows[5]["aggregated"] == ""
+    assert rows[0]["support"] == "3" and rows[0]["train_images"] == str(report.train_counts[0])
 
 
 @pytest.mark.parametrize("fmt, suffix", [("markdown", ".md"), ("md", ".md"), ("json", ".json"), ("csv", ".csv")])
 def test_write_report_in_each_format(run, tmp_path, fmt, suffix):
-    path = write_report(build_report(run), fmt, tmp_path / "out")
+    report = build_report(run)
+    path = write_report(report, fmt, tmp_path / "out")
     assert path == tmp_path / "out" / f"report{suffix}"
-    assert path.read_text().strip()
+    expected = {".md": report_markdown, ".json": report_json, ".csv": report_csv}[suffix](report)
+    assert path.read_text() == expected
+    if suffix == ".md":
+        assert expected.startswith("## Report: run-a\n") and "| 1 | Ann_A | 0 | 3 |" in expected
+    elif suffix == ".json":
+        assert json.loads(expected)["averages"]["overall_accuracy"] == pytest.approx(6 / 11)
+    else:
+        assert expected.splitlines()[1] == "0,Ann_A,3,4,8,1.0000,0.7500,1.0000,0.8750,0.9062,0.8571"
 
 
 def test_unknown_format_and_negative_k_are_usage_errors(run, tmp_path):
@@ -197,6 +208,29 @@ def test_reporters_render_tables_and_plots(run, tmp_path):
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert context.written == written
+
+
+def test_many_classes_get_distribution_plots_and_no_probs_read(tmp_path):
+    from benchmarks.scale import fabricate_run
+
+    path = tmp_path / "large"
+    fabricate_run(path, classes=2000, per_class=3)  # probs: 2000 x 2000 float32 = 16 MB
+    run = Run.open(path)
+    tracemalloc.start()
+    try:
+        report = build_report(run, top=3, worst=3, confusions=5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB: were the probabilities read?"
+    assert [len(t.rows) for t in report.tables()[:2]] == [3, 3]  # per-class tables stay --top/--worst long
+    assert report.metrics.total == 2000 and len(report.class_rows()) == 2000
+
+    context = ReportContext(run=run, report=report, console=Console(record=True), out_dir=tmp_path / "plots")
+    written = builtin_reporters.render_plots(context)
+    assert [p.name for p in written] == ["loss_curves.png", "top_confusions.png", "score_distribution.png"]
+    for png in written:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_register_reporters_hook():
@@ -259,7 +293,55 @@ def test_cli_report_compare(tmp_path, builtin_reporters_only):
     code, output = run_cli(["report", str(a), "--compare", str(b), "--format", "csv", "--out", str(tmp_path / "cmp")])
     assert code == 0, output
     assert "Runs compared" in output
-    assert (tmp_path / "cmp" / "comparison.csv").read_text().startswith("metric,a,b\n")
+    lines = (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()
+    assert lines[0] == "metric,a,b"
+    assert lines[3] == "Precision,0.4500,1.0000"  # 4 decimals, not float noise
+
+
+def run_cli_stdout(args: list[str]):
+    """The report command's exit code, stdout alone and stderr alone."""
+    app = typer.Typer()
+    app.command("report")(report_cmd.report)
+    app.command("kernels")(report_cmd.kernels)
+    result = CliRunner().invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_report_json_prints_only_json(tmp_path, builtin_reporters_only):
+    run = make_run(tmp_path / "run-a", Y_TRUE, Y_PRED, folds=3)
+    code, stdout, stderr = run_cli_stdout(["report", str(run), "--json", "--top", "2", "--format", "csv"])
+    assert code == 0, stderr
+    data = json.loads(stdout)  # the whole of stdout, nothing else
+    assert data == json.loads(report_json(build_report(Run.open(run), top=2)))
+    assert [row["class"] for row in data["top"]] == ["Ann_A", "Bob_B"]
+    assert "Top 2 classes" not in stdout + stderr  # no tables in --json mode
+    assert (run / "report" / "report.csv").is_file() and "report.csv" in stderr
+    assert not (run / "report" / "confusion_matrix.png").exists()  # no default reporters with --json
+
+
+def test_cli_report_compare_keeps_the_order_given(tmp_path, builtin_reporters_only):
+    a, b, c = (make_run(tmp_path / name, Y_TRUE, Y_TRUE if name == "b" else Y_PRED) for name in "abc")
+    code, stdout, _ = run_cli_stdout(["report", str(a), "--compare", str(c), "--compare", str(b), "--json"])
+    assert code == 0
+    data = json.loads(stdout)
+    assert data["runs"] == ["a", "c", "b"]
+    assert data["metrics"]["Aggregated"]["b"] == 1.0
+    # Every spelling keeps the order typed: the README's `--compare A B` included.
+    for args, order in (
+        (["--compare", str(b), "--compare", str(a)], ["b", "a"]),
+        (["--compare", str(c), str(a), str(b)], ["c", "a", "b"]),
+        ([str(b), str(c)], ["b", "c"]),
+        ([str(c), str(b), "--compare"], ["c", "b"]),
+    ):
+        code, stdout, _ = run_cli_stdout(["report", *args, "--json"])
+        assert code == 0 and json.loads(stdout)["runs"] == order, args
+
+
+def test_cli_report_compare_needs_two_runs(tmp_path, builtin_reporters_only):
+    a = make_run(tmp_path / "a", Y_TRUE, Y_PRED)
+    code, output = run_cli(["report", "--compare", str(a)])
+    assert code == 2 and "--compare needs two or more run folders" in output
 
 
 def test_cli_report_errors(tmp_path, builtin_reporters_only):

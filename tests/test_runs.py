@@ -10,9 +10,10 @@ from torch import nn
 from facekit.engine import rng_state
 from facekit.errors import UsageError
 from facekit.runs import CHECKPOINTS, FoldState, Run, RunWriter
+from facekit.schedules import build_schedule
 
 CHECKPOINT_KEYS = ["model", "optimizer", "epoch", "fold", "rng", "config", "classes", "history", "fold_results",
-                   "best_val_loss", "best_epoch", "stale", "fold_done"]  # fmt: skip
+                   "best_val_loss", "best_epoch", "stale", "fold_done", "schedule"]  # fmt: skip
 
 
 def fold_state(fold: int = 0, epoch: int = 2, **changes) -> FoldState:
@@ -20,13 +21,16 @@ def fold_state(fold: int = 0, epoch: int = 2, **changes) -> FoldState:
     torch.manual_seed(fold)
     model = nn.Linear(4, 3)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    schedule = build_schedule("onecycle", optimizer, epochs=2, steps_per_epoch=3)
     model(torch.randn(5, 4)).sum().backward()
     optimizer.step()
+    schedule.step()
     history = [{"fold": fold, "epoch": e, "val_loss": 1.0 / e} for e in range(1, epoch + 1)]
     values = dict(
         model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch, fold=fold, rng=rng_state(),
         config={"arch": "baseline", "epochs": 5}, classes=["ann", "bob", "cy"], history=history, fold_results=[],
         best={"best_val_loss": 0.5, "best_epoch": epoch}, early_stopping={"best_val_loss": 0.5, "stale": 0},
+        schedule=schedule.state_dict(),
     )  # fmt: skip
     return FoldState(**(values | changes))
 
@@ -38,7 +42,7 @@ def assert_same_state(a: FoldState, b: FoldState) -> None:
         assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(b.optimizer["state"][key][n])) for n, v in slot.items())
     assert torch.equal(a.rng["torch"], b.rng["torch"]) and a.rng["numpy"] == b.rng["numpy"]
     assert list(a.rng["python"][1]) == list(b.rng["python"][1])
-    for field in ("epoch", "fold", "config", "classes", "history", "fold_results", "best", "early_stopping", "fold_done"):
+    for field in ("epoch", "fold", "config", "classes", "history", "fold_results", "best", "early_stopping", "fold_done", "schedule"):
         assert getattr(a, field) == getattr(b, field), field
 
 
@@ -47,9 +51,15 @@ def test_fold_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     RunWriter(tmp_path).save_fold_state(state, best=True)
     for name in ("fold-1-last.pt", "fold-1-best.pt"):
         raw = torch.load(tmp_path / CHECKPOINTS / name, map_location="cpu", weights_only=True)
-        assert list(raw) == CHECKPOINT_KEYS  # the on-disk layout older runs have
+        assert list(raw) == CHECKPOINT_KEYS  # the on-disk layout older runs have, plus the schedule
         assert (raw["best_val_loss"], raw["best_epoch"], raw["stale"], raw["fold_done"]) == (0.5, 3, 2, False)
         assert_same_state(FoldState.from_dict(raw), state)
+
+
+def test_a_checkpoint_from_before_schedules_loads_without_one(tmp_path):
+    raw = fold_state().to_dict()
+    del raw["schedule"]
+    assert FoldState.from_dict(raw).schedule is None
 
 
 def test_a_plain_epoch_writes_only_the_last_checkpoint(tmp_path):

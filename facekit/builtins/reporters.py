@@ -32,15 +32,25 @@ def render_plots(context: ReportContext) -> list[Path]:
             run.history, out / "loss_curves.png", kept_fold=run.kept_fold, best_epochs=best_epochs,
             title=f"Loss curves: {report.name} ({run.config.get('arch')})",
         ))
-    written.append(plots.plot_confusion_matrix(
-        report.metrics, report.classes, out / "confusion_matrix.png",
-        n=max(len(report.confusions), 10),  # at least enough classes to show a pattern
-        title=f"Most confused classes: {report.name}",
-    ))
-    written.append(plots.plot_score_vs_training_images(
-        report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
-        title=f"Aggregated score vs training images: {report.name}",
-    ))
+    shown = max(len(report.confusions), 10)  # at least enough to show a pattern
+    if report.metrics.num_classes > plots.MANY_CLASSES:  # too many classes to name them all
+        written.append(plots.plot_top_confusions(
+            report.metrics, report.classes, out / "top_confusions.png", n=shown,
+            title=f"Most common confusions: {report.name}",
+        ))
+        written.append(plots.plot_score_distribution(
+            report.metrics, report.train_counts, out / "score_distribution.png",
+            title=f"Per-class aggregated scores: {report.name}",
+        ))
+    else:
+        written.append(plots.plot_confusion_matrix(
+            report.metrics, report.classes, out / "confusion_matrix.png", n=shown,
+            title=f"Most confused classes: {report.name}",
+        ))
+        written.append(plots.plot_score_vs_training_images(
+            report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
+            title=f"Aggregated score vs training images: {report.name}",
+        ))
     context.written.extend(written)  # `facekit report` lists them after every reporter has run
     return written
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 import facekit
-from facekit.cli.help import ReadableGroup, ReadableTyper
+from facekit.cli.help import ReadableCommand, ReadableGroup, ReadableTyper
 from facekit.errors import FacekitError, UsageError
 
 
@@ -61,7 +61,18 @@ def root(
 
 
 # ----------------------------------------------------------------------------- train
-@app.command()
+class TrainCommand(ReadableCommand):
+    """``train``, where a bare ``--cache`` (the on/off flag of earlier versions) still works: it means ``--cache auto``."""
+
+    def parse_args(self, ctx, args):
+        args = [
+            "--cache=auto" if arg == "--cache" and (i + 1 == len(args) or args[i + 1].startswith("-")) else arg
+            for i, arg in enumerate(args)
+        ]
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=TrainCommand)
 def train(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder with one sub-folder of images per identity."),
@@ -77,13 +88,31 @@ def train(
     weight_decay: float = typer.Option(5e-3, "--weight-decay", help="Adam weight decay."),
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better validation loss (0: never)."),
     seed: int = typer.Option(0, "--seed", help="Random seed for the split, initial weights and augmentation."),
-    rotate: float = typer.Option(15.0, "--rotate", help="Random rotation range in degrees for training images (0: off)."),
+    rotate: Optional[float] = typer.Option(
+        None, "--rotate", metavar="DEG",
+        help="Random rotation range in degrees for training images (0: off); short for --augment rotate:DEG.",
+    ),
+    augment: Optional[list[str]] = typer.Option(
+        None, "--augment", metavar="STEP",
+        help="Training augmentation NAME[:ARG], repeatable: rotate, flip, crop, color, erase or a plugin's "
+        "(default rotate:15; giving it replaces the default).",
+    ),
+    label_smoothing: float = typer.Option(
+        0.0, "--label-smoothing", metavar="X", help="Label smoothing of the training loss (0 up to 1; 0: off)."
+    ),
+    schedule: str = typer.Option(
+        "constant", "--schedule", metavar="NAME", help="Learning-rate schedule over the run: constant, cosine or onecycle."
+    ),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Square input size (default: the architecture's, 224)."),
     finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train every layer, not just the head."),
     weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (sha256 checked)."),
     trust_weights: bool = typer.Option(False, "--trust-weights", help="Accept a --weights file whose sha256 is not the published one."),
     loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (DALI where it works), dali or torch."),
-    cache: bool = typer.Option(False, "--cache/--no-cache", help="Keep decoded images in memory after the first epoch."),
+    cache: str = typer.Option(
+        "off", "--cache", metavar="auto|memory|disk|off",
+        help="Keep decoded images after the first epoch: auto (device, RAM or disk, where they fit), memory, disk or off.",
+    ),  # fmt: skip
+    no_cache: bool = typer.Option(False, "--no-cache", help="Same as --cache off."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Loader worker processes / threads."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads for torch (default: one per core; 1 on a machine other jobs share)."
@@ -126,8 +155,9 @@ def train(
             data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
-            loader=loader, cache=cache, workers=workers, threads=threads, device=device, compile=compile_setting,
-            out=out, force=force,
+            augment=augment, label_smoothing=label_smoothing, schedule=schedule,
+            loader=loader, cache="off" if no_cache else cache, workers=workers, threads=threads, device=device,
+            compile=compile_setting, out=out, force=force,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job

@@ -19,8 +19,10 @@ from facekit.report import (
     build_report,
     check_format,
     compare_runs,
+    comparison_json,
     print_written,
     render_report,
+    report_json,
     rich_table,
     select_reporters,
     write_comparison,
@@ -29,7 +31,9 @@ from facekit.runs import RUNS_DIR, Run
 
 
 def report(
-    run: Optional[Path] = typer.Argument(None, metavar="RUN", help="Run folder; default: the latest under --runs-dir."),
+    runs: Optional[list[Path]] = typer.Argument(
+        None, metavar="[RUN]...", help="Run folder(s); default: the latest under --runs-dir. Two or more: compared."
+    ),
     top: int = typer.Option(5, "--top", metavar="K", help="Show the K best classes by aggregated score."),
     worst: int = typer.Option(5, "--worst", metavar="K", help="Show the K worst classes by aggregated score."),
     confusions: int = typer.Option(10, "--confusions", metavar="K", help="Show the K most common confusions."),
@@ -37,11 +41,15 @@ def report(
         None, "--format", metavar="FORMAT", help="Also write report.md / report.json / report.csv: markdown, json or csv."
     ),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for files (default: RUN/report/)."),
-    compare: Optional[list[Path]] = typer.Option(
-        None, "--compare", metavar="RUN", help="Another run to put side by side (repeat the option); with RUN, RUN is the first."
+    compare: bool = typer.Option(
+        False, "--compare", help="Put the runs' averages side by side, in the order given (--compare A B C)."
     ),
     reporter: Optional[list[str]] = typer.Option(
-        None, "--reporter", metavar="NAME", help="Run only these reporters (repeat the option; default: all default reporters)."
+        None, "--reporter", metavar="NAME",
+        help="Run only these reporters (repeat the option; default: all default reporters, none with --json).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the whole report (or comparison) as JSON on stdout, and nothing else there."
     ),
     runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", metavar="DIR", help="Where to look for the latest run."),
 ) -> None:
@@ -49,13 +57,19 @@ def report(
 
     Also averages and per-fold results. Never retrains: it reads RUN/predictions.npz."""
     fmt = check_format(format)
-    console = Console()
-    if compare:
-        _compare(([run] if run else []) + list(compare), fmt, out, console)
+    # With --json, stdout carries the JSON alone: what reporters print and the list of files
+    # written go to stderr.
+    console = Console(stderr=True) if as_json else Console()
+    runs = list(runs or [])
+    if compare and len(runs) < 2:
+        raise UsageError("--compare needs two or more run folders: facekit report --compare RUN_A RUN_B")
+    if len(runs) > 1:
+        _compare(runs, fmt, out, console, as_json)
         return
 
-    opened = Run.open(run, runs_dir)
-    selected = select_reporters(reporter)  # fail on a bad name before any work
+    opened = Run.open(runs[0] if runs else None, runs_dir)
+    # --json replaces the tables; reporters run there only when named.
+    selected = select_reporters(reporter) if reporter or not as_json else []  # bad names fail before any work
     context = ReportContext(
         run=opened,
         report=build_report(opened, top=top, worst=worst, confusions=confusions),
@@ -63,12 +77,18 @@ def report(
         out_dir=out or opened.path / REPORT_DIR,
         format=fmt,
     )
-    print_written(console, render_report(context, selected))
+    written = render_report(context, selected)
+    if as_json:
+        typer.echo(report_json(context.report), nl=False)
+    print_written(console, written)
 
 
-def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console) -> None:
+def _compare(paths: list[Path], fmt: Optional[str], out: Optional[Path], console: Console, as_json: bool) -> None:
     comparison = compare_runs([Run.open(path) for path in paths])
-    console.print(rich_table(comparison.table(), console.width))
+    if as_json:
+        typer.echo(comparison_json(comparison), nl=False)
+    else:
+        console.print(rich_table(comparison.table(), console.width))
     if fmt:
         print_written(console, [write_comparison(comparison, fmt, out or Path("."))])
 

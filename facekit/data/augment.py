@@ -21,9 +21,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from facekit.api import AugmentationSpec, Normalization
+from facekit.errors import UsageError
 from facekit.plugins import Registry
 
 DEFAULT_AUGMENT = ("rotate:15",)
+
+
+def augment_args(augment: Sequence[str] | None, rotate: float | None) -> list[str]:
+    """The ``--augment`` list a run uses: the one given, ``--rotate DEG`` as ``rotate:DEG``, or the default.
+
+    Runs saved before ``--augment`` existed have only ``rotate``, so they resume with the
+    rotation they were trained with. Giving both is a usage error: which one should win?
+    """
+    if augment is not None and rotate is not None:
+        raise UsageError(f"--rotate {rotate:g} and --augment: give one; --rotate DEG is short for --augment rotate:DEG")
+    if augment is not None:
+        return list(augment)
+    if rotate is not None:
+        return [f"rotate:{repr(float(rotate)).removesuffix('.0')}"]  # exact: the angles must not change
+    return list(DEFAULT_AUGMENT)
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,15 @@ class AugmentPipeline:
         # Stable sort: geometric steps first, then the others, each in the order given.
         self.steps = tuple(sorted(steps, key=lambda step: not step.spec.geometric))
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AugmentPipeline) and self.steps == other.steps
+
+    def __hash__(self) -> int:
+        return hash(self.steps)
+
+    def __repr__(self) -> str:
+        return f"AugmentPipeline({self.to_args()})"
+
     @classmethod
     def from_args(cls, args: Sequence[str], registry: Registry) -> "AugmentPipeline":
         """Parse ``["rotate:15", "flip", "crop:0.8"]``; an unknown name or bad argument is a UsageError."""
@@ -78,10 +103,11 @@ class AugmentPipeline:
             samples.append(drawn.reshape(num_files, -1))
         return EpochDraws(order, tuple(samples))
 
-    def apply(self, images, samples: Sequence, normalization: Normalization):
-        """Augment a uint8 NCHW batch with its draws (one (n, k) array per step) and normalize.
+    def transform(self, images, samples: Sequence):
+        """The steps alone on a uint8 NCHW batch with its draws (one (n, k) array per step).
 
-        Runs on the batch's device; returns float32 NCHW ``(pixel / 255 - mean) / std``.
+        Runs on the batch's device; returns float32 NCHW grey levels (0-255), not normalized.
+        Draws already on that device are used as they are (no copy, no wait for the device).
         """
         import torch
 
@@ -89,6 +115,16 @@ class AugmentPipeline:
         for step, drawn in zip(self.steps, samples, strict=True):
             drawn = torch.as_tensor(drawn, dtype=torch.float32, device=out.device)
             out = step.spec.apply_torch(out, drawn, step.params)
+        return out
+
+    def apply(self, images, samples: Sequence, normalization: Normalization):
+        """Augment a uint8 NCHW batch with its draws (one (n, k) array per step) and normalize.
+
+        Runs on the batch's device; returns float32 NCHW ``(pixel / 255 - mean) / std``.
+        """
+        import torch
+
+        out = self.transform(images, samples)
         mean = torch.tensor(normalization.mean, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
         std = torch.tensor(normalization.std, dtype=torch.float32, device=out.device).view(1, 3, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift, in one pass over the batch.

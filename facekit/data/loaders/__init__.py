@@ -1,10 +1,10 @@
 """Batches of (images, labels) for training and evaluation: a DALI backend and a torchvision one.
 
 Both backends follow one recipe: decode -> RGB -> resize to input_size x input_size (plain
-resize) -> rotate by a random angle (training) -> ``(x / 255 - mean) / std`` -> NCHW batches
-(float32 unless ``output_dtype`` says otherwise). The order and angles of an epoch come from
-:func:`plan_epoch` (a function of seed and epoch), so both backends visit the same images in the
-same order with the same angles.
+resize) -> augment (training only; random rotation by default, see :mod:`facekit.data.augment`)
+-> ``(x / 255 - mean) / std`` -> NCHW batches (float32 unless ``output_dtype`` says otherwise).
+The order and augmentation draws of an epoch come from :func:`plan_epoch` (a function of seed
+and epoch), so both backends visit the same images in the same order with the same draws.
 
 Layout: :mod:`.options` (the options and their limits), :mod:`.base` (the :class:`Loader` every
 backend extends), :mod:`.dali` and :mod:`.torch_loader` (the backends); this module only picks one.

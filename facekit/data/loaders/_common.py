@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from facekit.api import Normalization
+from facekit.data.augment import AugmentPipeline
 from facekit.data.loaders import _native
 
 # torchvision 0.29 warns on every decode that its decoders move to TorchCodec; they still work,
@@ -53,35 +54,47 @@ def decode_resized(path: str | Path, size: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """Which samples this shard reads in one epoch, in order, and the rotation of each."""
+    """Which samples this shard reads in one epoch, in order, and each one's augmentation draws."""
 
     indices: np.ndarray  # int64 positions into the loader's file list
-    angles: np.ndarray  # float32 degrees, counter-clockwise as seen on screen
+    samples: tuple[np.ndarray, ...]  # per augmentation step: float32 (len(indices), k); () for evaluation
 
     def batches(self, batch_size: int):
+        """(positions, per-step draws) of each batch, in order."""
         for start in range(0, len(self.indices), batch_size):
-            yield self.indices[start : start + batch_size], self.angles[start : start + batch_size]
+            stop = start + batch_size
+            yield self.indices[start:stop], tuple(drawn[start:stop] for drawn in self.samples)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without making the host wait for the device's queue."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+# What a backend's ``_raw_batches`` yields: uint8 NCHW images on the device, their int64 positions,
+# and their per-step draws (None when the backend already augmented them).
+RawBatch = tuple[torch.Tensor, torch.Tensor, "tuple[np.ndarray, ...] | None"]
 
 
 def plan_epoch(
-    num_files: int, *, epoch: int, seed: int, train: bool, rotate: float, shard_id: int, num_shards: int
+    num_files: int, *, epoch: int, seed: int, train: bool, augment: AugmentPipeline, shard_id: int, num_shards: int
 ) -> EpochPlan:
-    """The order and angles of one epoch: a function of (seed, epoch) only, like DistributedSampler.
+    """The order and draws of one epoch: a function of (seed, epoch) only, like DistributedSampler.
 
     Training shards are padded by wrapping around so every shard has the same number of samples
     (data-parallel ranks stay in step); evaluation shards are not padded, so across shards every
-    image is seen exactly once.
+    image is seen exactly once, and never augmented.
     """
-    rng = np.random.default_rng([seed, epoch])
     if train:
-        order = rng.permutation(num_files)
-        angles = rng.uniform(-rotate, rotate, num_files).astype(np.float32) if rotate > 0 else np.zeros(num_files, np.float32)
+        draws = augment.sample(seed, epoch, num_files)
         per_shard = math.ceil(num_files / num_shards) if num_files else 0
         padded = np.resize(np.arange(num_files), per_shard * num_shards)  # wraps around
         chosen = padded[shard_id::num_shards]
-        return EpochPlan(order[chosen].astype(np.int64), angles[chosen])
+        return EpochPlan(draws.order[chosen].astype(np.int64), draws.take(chosen))
     indices = np.arange(num_files, dtype=np.int64)[shard_id::num_shards]
-    return EpochPlan(indices, np.zeros(len(indices), np.float32))
+    return EpochPlan(indices, ())
 
 
 def shard_size(num_files: int, *, train: bool, shard_id: int, num_shards: int) -> int:
@@ -137,15 +150,17 @@ class RotateNormalize:
             return self._layout(out)
         if index is not None:
             images = images.reshape(len(images), -1).index_select(0, index).view(-1, *images.shape[1:])
-        n, c, h, w = images.shape
-        out = torch.empty(
-            (n, c, h, w), dtype=self.dtype, device=images.device,
-            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
-        )  # fmt: skip
         if bool((angles != 0).any()):
             images = self._rotate(images, angles)
-        # One pass: normalize, cast and lay out (uint8 or rotated float in, self.dtype out).
-        return torch.addcmul(self.shift, images, self.scale, out=out)
+        return self.normalize(images)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels * scale + shift`` in one pass: uint8 or float grey levels in, the output dtype and layout out."""
+        out = torch.empty(
+            pixels.shape, dtype=self.dtype, device=pixels.device,
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format,
+        )  # fmt: skip
+        return torch.addcmul(self.shift, pixels, self.scale, out=out)
 
     def _layout(self, batch: torch.Tensor) -> torch.Tensor:
         if self.dtype != batch.dtype:
@@ -180,6 +195,40 @@ class RotateNormalize:
             buffer = torch.empty(math.prod(shape), dtype=torch.float32, device=device)
             setattr(self, name, buffer)
         return buffer[: math.prod(shape)].view(shape)
+
+
+class BatchAugment:
+    """Augment and normalize uint8 NCHW batches with a pipeline, into the trainer's dtype and layout.
+
+    No augmentation, or rotation alone (the default), takes :class:`RotateNormalize`'s path: the
+    fused C kernel on the CPU, exactly as before augmentations were plugins. Any other pipeline
+    runs its torch steps (:meth:`AugmentPipeline.transform`) on the batch's device, its draws
+    sent up without making the host wait for the device, then normalizes in one pass. Batches
+    that DALI already augmented in its graph come with ``samples=None`` and are only normalized.
+    """
+
+    def __init__(self, augment: AugmentPipeline, normalization: Normalization, device: torch.device):
+        self.augment = augment
+        self.rotate_normalize = RotateNormalize(normalization, device)
+        self.fused = [step.spec.name for step in augment.steps] in ([], ["rotate"])
+
+    def configure(self, *, dtype: torch.dtype = torch.float32, channels_last: bool = False) -> None:
+        """Output dtype and memory layout (see :meth:`RotateNormalize.configure`)."""
+        self.rotate_normalize.configure(dtype=dtype, channels_last=channels_last)
+
+    def __call__(
+        self, images: torch.Tensor, samples: tuple[np.ndarray, ...] | None, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``images`` (or ``images[index]``, the cache) augmented with ``samples``, one (n, k) array per step."""
+        if samples is None or not self.augment.steps:
+            count = len(images) if index is None else len(index)
+            return self.rotate_normalize(images, np.zeros(count, np.float32), index)
+        if self.fused:
+            return self.rotate_normalize(images, samples[0][:, 0], index)
+        if index is not None:
+            images = images.reshape(len(images), -1).index_select(0, index).view(-1, *images.shape[1:])
+        drawn = tuple(to_device(torch.from_numpy(np.ascontiguousarray(d)), images.device) for d in samples)
+        return self.rotate_normalize.normalize(self.augment.transform(images, drawn))
 
 
 class _OutputPool:

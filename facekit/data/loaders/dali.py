@@ -9,10 +9,14 @@ is ``device="mixed"`` (nvJPEG) and resizing runs on the GPU; the uint8 batches r
 CUDA tensors (channels-last, DALI's HWC layout, without a copy). Without a GPU DALI decodes and
 resizes with CPU operators (``device_id=None``).
 
-Rotation and normalization then run in the loader's :class:`RotateNormalize`: facekit's fused C
-kernel on the CPU (~5x cheaper than DALI's CPU ``fn.rotate`` + ``fn.crop_mirror_normalize``),
-one ``grid_sample`` + one ``addcmul`` into the trainer's dtype and layout on the GPU, exactly
-as on a warm decoded-image cache.
+Augmentation: rotation alone (the default) and normalization run in the loader's
+:class:`RotateNormalize`: facekit's fused C kernel on the CPU (~5x cheaper than DALI's CPU
+``fn.rotate`` + ``fn.crop_mirror_normalize``), one ``grid_sample`` + one ``addcmul`` into the
+trainer's dtype and layout on the GPU, exactly as on a warm decoded-image cache. Any other
+pipeline whose steps all have DALI versions runs inside the graph after ``fn.resize``
+(:meth:`AugmentPipeline.dali_graph`), each step fed its per-image draws from the plan through
+the external source; the loader then only normalizes. With the decoded-image cache on, or a
+step without a DALI version, DALI hands over plain images and the steps run in torch.
 
 Names, not ``fn.readers.file``: a reader fixes its file list when the pipeline is built, while
 the epoch order, the data-parallel shard and each image's angle come from the shared
@@ -29,7 +33,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from facekit.data.loaders._common import EpochPlan
+from facekit.data.augment import AugmentPipeline
+from facekit.data.loaders._common import EpochPlan, RawBatch
 from facekit.data.loaders.base import Loader
 from facekit.data.loaders.options import LoaderOptions
 from facekit.errors import FacekitError
@@ -54,24 +59,30 @@ def dali_available() -> bool:
 
 
 class _EpochNames:
-    """DALI external source: one epoch of file-name batches (UTF-8 bytes as uint8) per ``iter()``."""
+    """DALI external source: one epoch of file-name batches (UTF-8 bytes as uint8) per ``iter()``.
+
+    With ``draws`` on, each batch comes with one more output per augmentation step: every
+    image's draws from the plan, a float32 array of shape (k,) per image.
+    """
 
     def __init__(self, files: list[str], batch_size: int):
         self.encoded = [np.frombuffer(f.encode("utf-8"), dtype=np.uint8) for f in files]
         self.batch_size = batch_size
         self.plan: EpochPlan | None = None
+        self.draws = False
 
     def __iter__(self):
         encoded = self.encoded
-        for positions, _ in self.plan.batches(self.batch_size):
-            yield [encoded[p] for p in positions.tolist()]
+        for positions, samples in self.plan.batches(self.batch_size):
+            names = [encoded[p] for p in positions.tolist()]
+            yield (names, *(list(drawn) for drawn in samples)) if self.draws else names
 
 
 def _build_pipeline(
     source: _EpochNames, *, batch_size: int, size: int, num_threads: int, device_id: int | None, seed: int,
-    hw_decoder_load: float | None = None,
+    augment: AugmentPipeline | None, hw_decoder_load: float | None = None,
 ):  # fmt: skip
-    """Names in, resized uint8 images out: CHW on the CPU (the C kernel's layout), HWC on a GPU."""
+    """Names in, resized (and with ``augment``, augmented) uint8 images out: CHW on the CPU (the C kernel's layout), HWC on a GPU."""
     from nvidia.dali import fn, pipeline_def, types
 
     on_gpu = device_id is not None
@@ -81,13 +92,23 @@ def _build_pipeline(
         prefetch_queue_depth=PREFETCH, exec_async=True, exec_pipelined=True,
     )  # fmt: skip
     def pipeline():
-        names = fn.external_source(source=source, batch=True, cycle="raise", dtype=types.UINT8, ndim=1)
+        if augment is None:
+            names = fn.external_source(source=source, batch=True, cycle="raise", dtype=types.UINT8, ndim=1)
+        else:
+            steps = len(augment.steps)
+            names, *draws = fn.external_source(
+                source=source, num_outputs=1 + steps, batch=True, cycle="raise",
+                dtype=[types.UINT8] + [types.FLOAT] * steps, ndim=[1] * (1 + steps),
+            )  # fmt: skip
         encoded = fn.io.file.read(names)
         # The mixed decoder splits JPEGs between the GPU's hardware decoder and nvJPEG's hybrid one.
         hardware = {"hw_decoder_load": hw_decoder_load} if on_gpu and hw_decoder_load is not None else {}
         images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB, **hardware)
         # Linear interpolation with antialiasing, like torchvision's Resize(antialias=True).
         images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+        if augment is not None:
+            # The draws are CPU nodes: argument inputs, which GPU operators accept too.
+            images = augment.dali_graph(images, draws)
         return images if on_gpu else fn.transpose(images, perm=[2, 0, 1])
 
     built = pipeline()
@@ -105,14 +126,15 @@ class DaliLoader(Loader):
         self._source = _EpochNames(self.files, self.batch_size)
         self._pipeline = None
         self._mid_epoch = False  # a pipeline left mid-epoch still holds that epoch's prefetched batches
+        self._in_graph = False  # whether the built pipeline augments (see _graph_augments)
 
-    def _raw_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _raw_batches(self, plan: EpochPlan) -> Iterator[RawBatch]:
         if len(plan.indices) == 0:
             return
         pipe = self._pipeline_for(plan)
         self._mid_epoch = True
         # DALI returns batches in the order the source gave them: the plan says which is which.
-        for positions, angles in plan.batches(self.batch_size):
+        for positions, samples in plan.batches(self.batch_size):
             try:
                 (images,) = pipe.run()
             except RuntimeError as err:
@@ -120,7 +142,7 @@ class DaliLoader(Loader):
                     f"DALI could not decode a batch ({str(err).splitlines()[0]}); "
                     "run `facekit data check` on the data set, or use --loader torch, which skips bad files"
                 ) from err
-            yield self._to_torch(images), torch.from_numpy(positions), torch.from_numpy(angles)
+            yield self._to_torch(images), torch.from_numpy(positions), None if self._in_graph else samples
         self._mid_epoch = False
 
     def _pipeline_for(self, plan: EpochPlan):
@@ -128,12 +150,20 @@ class DaliLoader(Loader):
         if self._pipeline is not None and not self._mid_epoch:
             self._pipeline.reset()
             return self._pipeline
+        self._in_graph = self._source.draws = self._graph_augments()
         self._pipeline = _build_pipeline(
             self._source, batch_size=self.batch_size, size=self.input_size, num_threads=self.num_threads,
-            device_id=self._device_id, seed=self.options.seed, hw_decoder_load=self.options.hw_decoder_load,
+            device_id=self._device_id, seed=self.options.seed, augment=self.options.augment if self._in_graph else None,
+            hw_decoder_load=self.options.hw_decoder_load,
         )  # fmt: skip
         self._mid_epoch = False
         return self._pipeline
+
+    def _graph_augments(self) -> bool:
+        """Augment inside DALI: every step has a DALI version, it is not rotation alone (the fused
+        kernel's), and there is no decoded-image cache to fill (it must hold plain images)."""
+        augment = self.options.augment
+        return augment.runs_in_dali and not self._augment.fused and self._open_store() is None
 
     def _to_torch(self, batch) -> torch.Tensor:
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor

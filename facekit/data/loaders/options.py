@@ -8,7 +8,10 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from facekit.api import Normalization
+from facekit.data.augment import AugmentPipeline, augment_args
+from facekit.data.decoded_cache import cache_choice
 from facekit.errors import UsageError
+from facekit.plugins import augmentations
 
 BACKENDS = ("dali", "torch")
 # Smallest input size anything in facekit accepts (the engine's --input-size check uses it too):
@@ -38,18 +41,28 @@ class LoaderOptions:
 
     ``output_dtype`` and ``channels_last`` let a CUDA trainer receive batches in the precision
     and memory layout its first convolution uses (bf16, channels-last) instead of converting
-    float32 NCHW batches itself.
+    float32 NCHW batches itself. ``augment`` is the training images' augmentation pipeline;
+    ``rotate=DEG`` is short for the pipeline ``rotate:DEG`` (giving both is a usage error), and
+    with neither training images get the default, ``rotate:15``. Validated options of an
+    evaluation loader hold the empty pipeline: validation and test images are never augmented.
+
+    ``cache`` is a ``--cache`` value (:func:`~facekit.data.decoded_cache.choose_cache`; True and
+    False, the old flag, mean "auto" and "off"). ``cache_files`` are the files a disk cache
+    covers, when the loader reads a part of a data set: give the whole set's files, and every
+    split and fold of it shares one cache (default: the loader's own files).
     """
 
     batch_size: int
     input_size: int
     normalization: Normalization
     train: bool
-    rotate: float = 15.0
+    rotate: float | None = None
+    augment: AugmentPipeline | None = None
     seed: int = 0
     device: torch.device | str = "cpu"
     backend: str = "auto"
-    cache: bool = False
+    cache: str | bool = "off"
+    cache_files: tuple[str, ...] | None = None
     num_workers: int | None = None  # None: default_workers()
     shard_id: int = 0
     num_shards: int = 1
@@ -65,7 +78,7 @@ class LoaderOptions:
             raise UsageError(f"--batch-size {self.batch_size}: give a positive number")
         if self.input_size < MIN_INPUT_SIZE:
             raise UsageError(f"--input-size must be at least {MIN_INPUT_SIZE} pixels (got {self.input_size})")
-        if not 0 <= self.rotate <= MAX_ROTATE:
+        if self.rotate is not None and not 0 <= self.rotate <= MAX_ROTATE:
             raise UsageError(f"--rotate {self.rotate}: give a range in degrees between 0 and 180 (0 turns rotation off)")
         if self.num_workers is not None and self.num_workers < 0:
             raise UsageError(f"--workers {self.num_workers}: give 0 or more")
@@ -81,9 +94,18 @@ class LoaderOptions:
             self,
             device=torch.device(self.device),
             backend=self.backend.lower(),
-            rotate=float(self.rotate) if self.train else 0.0,
+            cache=cache_choice(self.cache),
+            cache_files=None if self.cache_files is None else tuple(map(str, self.cache_files)),
+            rotate=None,
+            augment=self._pipeline(),
             num_workers=default_workers() if self.num_workers is None else self.num_workers,
         )
+
+    def _pipeline(self) -> AugmentPipeline:
+        args = augment_args(None if self.augment is None else self.augment.to_args(), self.rotate)
+        if not self.train:
+            return AugmentPipeline()
+        return self.augment if self.augment is not None else AugmentPipeline.from_args(args, augmentations())
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
-"""The torchvision backend: worker processes decode and resize; rotation and normalization run batched.
+"""The torchvision backend: worker processes decode and resize; augmentation and normalization run batched.
 
 Workers return uint8 images (a quarter of the bytes of float32 through shared memory); the
-main process rotates and normalizes whole batches on the target device (GPU when training
+main process augments and normalizes whole batches on the target device (GPU when training
 there). A file that fails to decode mid-epoch is skipped with a warning, never a crash.
 """
 
@@ -13,13 +13,13 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from facekit.data.loaders._common import EpochPlan, decode_resized
+from facekit.data.loaders._common import EpochPlan, RawBatch, decode_resized
 from facekit.data.loaders.base import Loader, warn_skipped
 from facekit.data.loaders.options import LoaderOptions
 
 
 class _DecodeDataset(Dataset):
-    """Item key ``(position, angle)`` -> ``(uint8 image or None, position, angle, path)``."""
+    """Item key ``(position, row)`` -> ``(uint8 image or None, position, row, path)``; ``row`` is the place in the plan."""
 
     def __init__(self, files: list[str], size: int):
         self.files = files
@@ -28,13 +28,13 @@ class _DecodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, key: tuple[int, float]):
-        position, angle = key
+    def __getitem__(self, key: tuple[int, int]):
+        position, row = key
         try:
             image = decode_resized(self.files[position], self.size)
         except Exception:  # noqa: BLE001 - any decoder failure means "skip this file"
             image = None
-        return image, position, angle, self.files[position]
+        return image, position, row, self.files[position]
 
 
 def _collate(items):
@@ -44,20 +44,22 @@ def _collate(items):
         return None, None, None, failed
     images = torch.stack([item[0] for item in kept])
     positions = torch.tensor([item[1] for item in kept], dtype=torch.int64)
-    angles = torch.tensor([item[2] for item in kept], dtype=torch.float32)
-    return images, positions, angles, failed
+    rows = torch.tensor([item[2] for item in kept], dtype=torch.int64)
+    return images, positions, rows, failed
 
 
 class _PlanSampler(Sampler):
-    """Yields the current epoch's batches of (position, angle) keys; iterated in the main process."""
+    """Yields the current epoch's batches of (position, row in the plan) keys; iterated in the main process."""
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
         self.plan: EpochPlan | None = None
 
     def __iter__(self):
-        for positions, angles in self.plan.batches(self.batch_size):
-            yield list(zip(positions.tolist(), angles.tolist()))
+        indices = self.plan.indices.tolist()
+        for start in range(0, len(indices), self.batch_size):
+            rows = range(start, min(start + self.batch_size, len(indices)))
+            yield [(indices[row], row) for row in rows]
 
     def __len__(self) -> int:
         return -(-len(self.plan.indices) // self.batch_size)
@@ -80,16 +82,18 @@ class TorchLoader(Loader):
             prefetch_factor=4 if self.num_workers > 0 else None,
         )
 
-    def _raw_batches(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _raw_batches(self, plan: EpochPlan) -> Iterator[RawBatch]:
         if len(plan.indices) == 0:
             return
         self._sampler.plan = plan
-        for images, positions, angles, failed in self._loader:
+        for images, positions, rows, failed in self._loader:
             if failed:
                 warn_skipped(failed)
             if images is None:
                 continue
-            yield images.to(self.device, non_blocking=True), positions, angles
+            # The draws of the images that decoded (a failed file drops its row).
+            samples = tuple(drawn[rows.numpy()] for drawn in plan.samples)
+            yield images.to(self.device, non_blocking=True), positions, samples
 
     def close(self) -> None:
         super().close()
