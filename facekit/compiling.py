@@ -62,7 +62,7 @@ def resolve_compile_mode(mode: str | None, device: torch.device) -> tuple[str | 
     if mode is None:
         return None, None
     if mode not in COMPILE_MODES:
-        raise UsageError(f"--compile-mode {mode!r} is not a compile mode: use {' or '.join(COMPILE_MODES)}")
+        raise UsageError(f"--compile {mode!r} is not a compile mode: use {' or '.join(COMPILE_MODES)}")
     problem = compile_problem(device)
     if problem is not None:
         raise UsageError(f"--compile: {problem}; or train without it (--no-compile when resuming)")
@@ -72,7 +72,7 @@ def resolve_compile_mode(mode: str | None, device: torch.device) -> tuple[str | 
     # was found; true and irrelevant here.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if mode == "reduce-overhead":
-        return "default", f"--compile-mode reduce-overhead records CUDA graphs, which need a CUDA device; compiling in the default mode on {device}"
+        return "default", f"--compile reduce-overhead records CUDA graphs, which need a CUDA device; compiling in the default mode on {device}"
     return mode, None
 
 

@@ -164,7 +164,7 @@ def test_cli_compiles_on_request_and_a_resume_may_turn_it_off(synthetic_dataset,
     runner = CliRunner()
     fast = ["--data", synthetic_dataset, "--input-size", 48, "--epochs", 2, "--batch-size", 8, "--loader", "torch",
             "--workers", 0, "--rotate", 0, "--threads", 1]  # fmt: skip
-    result = runner.invoke(app, list(map(str, ["train", *fast, "--out", tmp_path / "run", "--compile-mode", "reduce-overhead"])))
+    result = runner.invoke(app, list(map(str, ["train", *fast, "--out", tmp_path / "run", "--compile", "reduce-overhead"])))
     assert result.exit_code == 0, result.output
     assert "CUDA graphs, which need a CUDA device; compiling in the default mode on cpu" in " ".join(result.output.split())
     config = Run(tmp_path / "run").config
@@ -176,8 +176,16 @@ def test_cli_compiles_on_request_and_a_resume_may_turn_it_off(synthetic_dataset,
     assert result.exit_code == 0, result.output
     assert [row["compile"] for row in Run(tmp_path / "broken").history] == ["default", None]  # ...ends eagerly
 
-    result = runner.invoke(app, list(map(str, ["train", *fast, "--out", tmp_path / "x", "--no-compile", "--compile-mode", "default"])))
-    assert result.exit_code == 2 and "--no-compile and --compile-mode contradict each other" in result.output
+    with pytest.raises(KeyboardInterrupt):  # and an eager one, resumed with a bare --compile, ends compiled
+        Trainer(compiled_config(synthetic_dataset, tmp_path / "eager", compile=None), InterruptAt(2)).train()
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "eager"), "--quiet", "--compile"])
+    assert result.exit_code == 0, result.output
+    assert [row["compile"] for row in Run(tmp_path / "eager").history] == [None, "default"]
+
+    result = runner.invoke(app, list(map(str, ["train", *fast, "--out", tmp_path / "x", "--compile", "--no-compile"])))
+    assert result.exit_code == 2 and "--no-compile and --compile contradict each other" in result.output
+    result = runner.invoke(app, list(map(str, ["train", *fast, "--out", tmp_path / "x", "--compile", "max-speed"])))
+    assert result.exit_code == 2 and "--compile 'max-speed' is not a compile mode" in result.output
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
