@@ -165,7 +165,7 @@ def loader_alone(loader, device: torch.device) -> float:
 
 def training_setup(
     arch: str, num_classes: int, *, data, batch_size: int, input_size, device: str, finetune: bool,
-    loader: str = "auto", workers: int | None = None, augment: list[str] | None = None,
+    loader: str = "auto", workers: int | None = None, augment: list[str] | None = None, compile: str | None = None,
 ):  # fmt: skip
     """The engine's trainer and a fresh model, optimizer and scaler, as ``facekit train`` sets them up.
 
@@ -173,7 +173,7 @@ def training_setup(
     """
     trainer = Trainer(TrainConfig(
         data=Path(data), arch=arch, batch_size=batch_size, device=device, augment=augment, loader=loader,
-        workers=workers, input_size=input_size, finetune=finetune,
+        workers=workers, input_size=input_size, finetune=finetune, compile=compile,
     ))  # fmt: skip
     torch.manual_seed(0)
     model = create_model(
@@ -190,7 +190,7 @@ def training_rate(setup, loader) -> float:
     trainer, model, loss_fn, optimizer, scaler = setup
     synchronize(trainer.device)
     start = time.perf_counter()
-    _, _, _, seen = trainer.train_epoch(model, loader, loss_fn, optimizer, scaler)
+    seen = trainer.train_epoch(model, loader, loss_fn, optimizer, scaler).images
     synchronize(trainer.device)
     return seen / (time.perf_counter() - start)
 

@@ -21,7 +21,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from torch import nn
 from facekit import distributed
 from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
+from facekit.compiling import EvalStep, TrainStep, resolve_compile_mode
 from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.data.decoded_cache import cache_choice
 from facekit.data.loaders.options import BACKENDS, MIN_INPUT_SIZE
@@ -42,7 +43,7 @@ from facekit.schedules import Schedule, build_schedule, check_schedule
 MAX_INPUT_SIZE = 4096  # one 4096x4096 image is 200 MB as float32 already; more only exhausts memory
 # Settings a resume may change: how long and where it trains, not what it trains (that would no
 # longer continue the same run). Others given with --resume are refused by name.
-RESUME_SETTINGS = ("epochs", "patience", "threads", "workers", "device", "cache")
+RESUME_SETTINGS = ("epochs", "patience", "threads", "workers", "device", "cache", "compile")
 # Of those, the ones that shape the training itself: they apply only while no fold has finished,
 # so every fold of a run trains alike.
 RESUME_TRAINING_SETTINGS = ("epochs", "patience")
@@ -80,6 +81,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool | None = None  # None: on for CUDA
     channels_last: bool | None = None  # None: on for CUDA
+    compile: str | None = None  # torch.compile mode of the training/evaluation steps ("default", "reduce-overhead"); None: eager
     out: Path | None = None
     force: bool = False
 
@@ -125,6 +127,22 @@ class TrainConfig:
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(**values)
+
+
+class EpochStats(NamedTuple):
+    """One training pass: mean loss, accuracy, wall seconds, images seen, and the seconds of those spent compiling."""
+
+    loss: float
+    accuracy: float
+    seconds: float
+    images: int
+    compile_seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        """Steady-state throughput: the calls that compiled a graph are left out."""
+        running = self.seconds - self.compile_seconds
+        return self.images / running if running > 0 else 0.0
 
 
 class Progress(Protocol):
@@ -253,6 +271,10 @@ class Trainer:
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if config.amp is None else (config.amp and on_cuda)
         self.channels_last = on_cuda if config.channels_last is None else config.channels_last
+        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if self.amp else None
+        self.compile_mode, compile_note = resolve_compile_mode(config.compile, self.device)
+        if compile_note:
+            self.progress.message(compile_note)
         # Known once the folder exists (a default name gets a suffix when taken); the caller's Ctrl-C
         # handler reads it from TrainingInterrupted.
         self.run_dir: Path | None = Path(run_dir) if run_dir else None
@@ -297,6 +319,7 @@ class Trainer:
             "device_used": str(self.device),
             "amp": self.amp,
             "channels_last": self.channels_last,
+            "compile_used": self.compile_mode,
             "world_size": self.dist.world_size,
         }
         return dict(
@@ -410,18 +433,9 @@ class Trainer:
             num_shards=self.dist.world_size,
             # Batches arrive in the dtype and layout the first convolution runs in, so the step
             # does not convert a float32 NCHW copy of every batch.
-            output_dtype=self._autocast_dtype() if self.amp else torch.float32,
+            output_dtype=self.amp_dtype or torch.float32,
             channels_last=self.channels_last,
         )
-
-    @staticmethod
-    def _autocast_dtype() -> torch.dtype:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-    def _autocast(self):
-        if not self.amp:
-            return torch.autocast(device_type=self.device.type, enabled=False)
-        return torch.autocast(device_type="cuda", dtype=self._autocast_dtype())
 
     def _prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
@@ -429,36 +443,34 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True).long()
 
-    def train_epoch(
-        self, model, loader, loss_fn, optimizer, scaler, schedule: Schedule | None = None
-    ) -> tuple[float, float, float, int]:
-        """One pass over ``loader``: mean loss, accuracy, seconds and images seen (over all ranks); ``schedule`` steps per batch."""
+    def _step_settings(self) -> dict[str, Any]:
+        # Steps are cheap to make: torch.compile keeps its graphs per code object, so a new step
+        # (next epoch, next fold) reuses them.
+        return {"device_type": self.device.type, "amp_dtype": self.amp_dtype, "batch_size": self.rank_batch_size, "mode": self.compile_mode}
+
+    def train_epoch(self, model, loader, loss_fn, optimizer, scaler, schedule: Schedule | None = None) -> EpochStats:
+        """One pass over ``loader``, eager or compiled as the run is configured (figures over all ranks); ``schedule`` steps per batch."""
         model.train()
         keep_frozen_batchnorm_in_eval(model)
+        step = TrainStep(model, loss_fn, optimizer, scaler, **self._step_settings())
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         start = time.perf_counter()
         for images, labels in loader:
             images, labels = self._prepare_batch(images, labels)
-            with self._autocast():
-                logits = model(images)
-                loss = loss_fn(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = step(images, labels)
             if schedule is not None:
                 schedule.step()
             # Accumulate on the device: a .item() per batch would stall the GPU every step.
-            total_loss += loss.detach() * labels.shape[0]
+            total_loss += loss * labels.shape[0]
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.shape[0]
-            self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss.detach()), labels.shape[0])
+            self.progress.batch_end(float("nan") if self.device.type == "cuda" else float(loss), labels.shape[0])
         elapsed = time.perf_counter() - start
         total, right, seen = distributed.sum_across_ranks([float(total_loss), float(correct), seen])
-        seen = max(int(seen), 1)
-        return total / seen, right / seen, elapsed, seen
+        divisor = max(int(seen), 1)
+        return EpochStats(total / divisor, right / divisor, elapsed, int(seen), step.compile_seconds)
 
     @torch.no_grad()
     def evaluate(self, model, loader, loss_fn) -> tuple[float, float, np.ndarray]:
@@ -468,12 +480,12 @@ class Trainer:
         in length by one, and the wrapper would wait for a forward pass that never comes.
         """
         model.eval()
+        step = EvalStep(model, loss_fn, **self._step_settings())
         total_loss, correct, seen, probs = 0.0, 0, 0, []
         for images, labels in loader:
             images, labels = self._prepare_batch(images, labels)
-            with self._autocast():
-                logits = model(images).float()
-            total_loss += float(loss_fn(logits, labels)) * labels.shape[0]
+            loss, logits = step(images, labels)
+            total_loss += float(loss) * labels.shape[0]
             correct += int((logits.argmax(1) == labels).sum())
             seen += labels.shape[0]
             probs.append(torch.softmax(logits, 1).cpu())
@@ -669,25 +681,27 @@ class Trainer:
                     break
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
-                train_loss, train_acc, seconds, seen = self.train_epoch(trained, train_loader, loss_fn, optimizer, scaler, schedule)
+                stats = self.train_epoch(trained, train_loader, loss_fn, optimizer, scaler, schedule)
                 val_loss, val_acc = self.evaluate(model, val_loader, val_loss_fn)[:2] if validated else (math.nan, math.nan)
                 # The fp16 scaler skips steps whose loss overflowed, so only its weights tell divergence then.
-                losses = ([] if scaler.is_enabled() else [train_loss]) + ([val_loss] if validated else [])
+                losses = ([] if scaler.is_enabled() else [stats.loss]) + ([val_loss] if validated else [])
                 if not all_finite(model, losses):
                     diverged_epoch = epoch  # this epoch's state is never saved: the last good one stays
                     break
                 row = {
                     "fold": fold_index,
                     "epoch": epoch,
-                    "train_loss": train_loss,
+                    "train_loss": stats.loss,
                     "val_loss": val_loss,
-                    "train_acc": train_acc,
+                    "train_acc": stats.accuracy,
                     "val_acc": val_acc,
-                    "images_per_s": seen / seconds if seconds > 0 else 0.0,
-                    "seconds": seconds,
+                    "images_per_s": stats.images_per_s,
+                    "seconds": stats.seconds,
+                    "compile_seconds": stats.compile_seconds,
                     "loader": train_loader.backend,
                     "cache": train_loader.cache_in_use,
                     "device": str(self.device),
+                    "compile": self.compile_mode,
                     "world_size": self.dist.world_size,
                 }
                 history.append(row)

@@ -286,6 +286,7 @@ def test_options_object_and_keywords_give_the_same_loader(synth):
         (dict(num_workers=-1), "--workers"),
         (dict(shard_id=3, num_shards=3), "shard 3 of 3"),
         (dict(output_dtype=torch.int8), "output dtype"),
+        (dict(hw_decoder_load=1.5), "hw_decoder_load 1.5: give a share between 0 and 1"),
     ],
 )
 def test_each_bad_option_is_one_usage_error(change, message):

@@ -75,11 +75,14 @@ def root(
 
 # ----------------------------------------------------------------------------- train
 class TrainCommand(ReadableCommand):
-    """``train``, where a bare ``--cache`` (the on/off flag of earlier versions) still works: it means ``--cache auto``."""
+    """``train``, where an option with an optional value may stand bare: ``--cache`` (the on/off flag
+    of earlier versions) means ``--cache auto``, ``--compile`` means ``--compile default``."""
+
+    BARE = {"--cache": "auto", "--compile": "default"}
 
     def parse_args(self, ctx, args):
         args = [
-            "--cache=auto" if arg == "--cache" and (i + 1 == len(args) or args[i + 1].startswith("-")) else arg
+            f"{arg}={self.BARE[arg]}" if arg in self.BARE and (i + 1 == len(args) or args[i + 1].startswith("-")) else arg
             for i, arg in enumerate(args)
         ]
         return super().parse_args(ctx, args)
@@ -131,6 +134,11 @@ def train(
         None, "--threads", help="CPU threads for torch (default: one per core; 1 on a machine other jobs share)."
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
+    compile_mode: Optional[str] = typer.Option(
+        None, "--compile", metavar="MODE",
+        help="Compile the training and evaluation steps with torch.compile: default (a bare --compile) or reduce-overhead (CUDA graphs, CUDA only).",
+    ),  # fmt: skip
+    no_compile: bool = typer.Option(False, "--no-compile", help="Train eagerly (with --resume: though the run was compiled)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint."),
@@ -149,6 +157,8 @@ def train(
         launch(nproc, _typed_arguments(ctx, leave_out="nproc"))
         return
     progress = ConsoleProgress(err_console if as_json else console, quiet=quiet or as_json)
+    if no_compile and compile_mode is not None:
+        raise UsageError("--no-compile and --compile contradict each other: give one of them")
     if resume is not None:
         # Only what was typed counts: the engine applies what a resume may change and refuses the rest.
         settings = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -158,6 +168,8 @@ def train(
         }  # fmt: skip
         if no_cache:
             given["cache"] = "off"
+        if compile_mode is not None or no_compile:  # --no-compile: eager, though the run was compiled
+            given["compile"] = compile_mode
         run_dir = Trainer.resume(resume, progress, **given)
     elif data is None:
         raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
@@ -167,7 +179,8 @@ def train(
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
             augment=augment, label_smoothing=label_smoothing, schedule=schedule,
-            loader=loader, cache="off" if no_cache else cache, workers=workers, threads=threads, device=device, out=out, force=force,
+            loader=loader, cache="off" if no_cache else cache, workers=workers, threads=threads, device=device,
+            compile=compile_mode, out=out, force=force,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job

@@ -19,6 +19,7 @@ class ConsoleProgress:
         self.task = None
         self.loss_sum = 0.0
         self.images = 0
+        self.rate_from = (0.0, 0)  # (seconds, images) at the end of the epoch's first batch
         self.epochs = 0
         self.kfold = False
 
@@ -50,8 +51,13 @@ class ConsoleProgress:
             self.loss_sum += loss * images
         self.images += images
         elapsed = self.bar.tasks[0].elapsed or 0.0
+        if self.images == images:
+            # The rate counts from the second batch: the first one carries the loader's start-up
+            # and, with --compile, the compilation.
+            self.rate_from = (elapsed, images)
         shown_loss = f"{self.loss_sum / self.images:.3f}" if self.loss_sum else "-"
-        rate = f"{self.images / elapsed:.0f}" if elapsed > 0 else "-"
+        seconds, counted = elapsed - self.rate_from[0], self.images - self.rate_from[1]
+        rate = f"{counted / seconds:.0f}" if counted and seconds > 0 else "-"
         self.bar.update(self.task, advance=1, loss=shown_loss, rate=rate)
 
     def epoch_end(self, row: dict[str, Any]) -> None:
@@ -60,6 +66,8 @@ class ConsoleProgress:
             self.bar = None
         if self.quiet:
             return
+        if row.get("compile_seconds"):
+            self.message(f"compiling the training step took {row['compile_seconds']:.1f}s (not counted in img/s)")
         # Fits 80 columns: logs and CI consoles should not wrap it.
         best = " [green]*[/green]" if row.get("best") else ""
         fold = f"fold {row['fold']} " if row["fold"] or self.kfold else ""

@@ -80,7 +80,7 @@ class _EpochNames:
 
 def _build_pipeline(
     source: _EpochNames, *, batch_size: int, size: int, num_threads: int, device_id: int | None, seed: int,
-    augment: AugmentPipeline | None,
+    augment: AugmentPipeline | None, hw_decoder_load: float | None = None,
 ):  # fmt: skip
     """Names in, resized (and with ``augment``, augmented) uint8 images out: CHW on the CPU (the C kernel's layout), HWC on a GPU."""
     from nvidia.dali import fn, pipeline_def, types
@@ -101,7 +101,9 @@ def _build_pipeline(
                 dtype=[types.UINT8] + [types.FLOAT] * steps, ndim=[1] * (1 + steps),
             )  # fmt: skip
         encoded = fn.io.file.read(names)
-        images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+        # The mixed decoder splits JPEGs between the GPU's hardware decoder and nvJPEG's hybrid one.
+        hardware = {"hw_decoder_load": hw_decoder_load} if on_gpu and hw_decoder_load is not None else {}
+        images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB, **hardware)
         # Linear interpolation with antialiasing, like torchvision's Resize(antialias=True).
         images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
         if augment is not None:
@@ -152,6 +154,7 @@ class DaliLoader(Loader):
         self._pipeline = _build_pipeline(
             self._source, batch_size=self.batch_size, size=self.input_size, num_threads=self.num_threads,
             device_id=self._device_id, seed=self.options.seed, augment=self.options.augment if self._in_graph else None,
+            hw_decoder_load=self.options.hw_decoder_load,
         )  # fmt: skip
         self._mid_epoch = False
         return self._pipeline

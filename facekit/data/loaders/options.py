@@ -68,6 +68,9 @@ class LoaderOptions:
     num_shards: int = 1
     output_dtype: torch.dtype = torch.float32
     channels_last: bool = False
+    # DALI on a GPU: the share of JPEGs for the hardware decoder (NVJPG engines of A100/H100/H200),
+    # the rest to nvJPEG's hybrid CPU+GPU decoder; None: DALI's default (0.65); 0: hybrid only.
+    hw_decoder_load: float | None = None
 
     def validate(self) -> "LoaderOptions":
         """The same options, checked (UsageError naming the option), with device and workers resolved."""
@@ -83,6 +86,8 @@ class LoaderOptions:
             raise UsageError(f"shard {self.shard_id} of {self.num_shards} does not exist")
         if self.backend.lower() not in ("auto", *BACKENDS):
             raise UsageError(f"unknown loader {self.backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+        if self.hw_decoder_load is not None and not 0 <= self.hw_decoder_load <= 1:
+            raise UsageError(f"hw_decoder_load {self.hw_decoder_load}: give a share between 0 and 1")
         if self.output_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise UsageError(f"output dtype {self.output_dtype}: use torch.float32, torch.bfloat16 or torch.float16")
         return replace(
