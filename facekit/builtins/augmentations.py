@@ -127,8 +127,13 @@ def sample_flip(rng: np.random.Generator, n: int, probability: float) -> np.ndar
 
 
 def flip_torch(images, samples, probability: float):
-    chosen = (samples[:, 0] > 0.5).nonzero().view(-1)
-    images[chosen] = images[chosen].flip(-1)  # only the chosen images move: half the traffic
+    import torch
+
+    chosen = samples[:, 0] > 0.5
+    if images.is_cuda:  # nonzero() would make the host wait for the GPU every batch
+        return torch.where(chosen.view(-1, 1, 1, 1), images.flip(-1), images)
+    index = chosen.nonzero().view(-1)
+    images[index] = images[index].flip(-1)  # on the CPU only the chosen images move: half the traffic
     return images
 
 
