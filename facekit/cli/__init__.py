@@ -218,8 +218,8 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
     if run.has_predictions:
         from facekit.metrics import per_class_metrics
 
-        predictions = run.predictions()
-        metrics = per_class_metrics(predictions["y_true"], predictions["y_pred"], len(run.classes))
+        y_true, y_pred = run.test_labels()  # not probs: N x C floats are gigabytes for many classes
+        metrics = per_class_metrics(y_true, y_pred, len(run.classes))
         summary |= {"test_accuracy": metrics.overall_accuracy, "balanced_accuracy": metrics.balanced_accuracy}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
