@@ -40,6 +40,8 @@ from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, default_run_dir, load_checkpoint
 from facekit.schedules import Schedule, build_schedule, check_schedule
 
+# 65,536 images of 224 px are 39 GB as float32 on one device already; more is a typo.
+MAX_BATCH_SIZE = 65536
 MAX_INPUT_SIZE = 4096  # one 4096x4096 image is 200 MB as float32 already; more only exhausts memory
 # Settings a resume may change: how long and where it trains, not what it trains (that would no
 # longer continue the same run). Others given with --resume are refused by name.
@@ -93,7 +95,7 @@ class TrainConfig:
                 raise UsageError(f"{option} must be {what} (got {value})")
 
         require(self.epochs >= 1, "--epochs", self.epochs, "at least 1")
-        require(self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1")
+        require(1 <= self.batch_size <= MAX_BATCH_SIZE, "--batch-size", self.batch_size, f"from 1 to {MAX_BATCH_SIZE}")
         require(_finite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number above 0, e.g. 1e-4")
         require(_finite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay", self.weight_decay,
                 "a finite number, 0 or more")  # fmt: skip

@@ -69,6 +69,7 @@ def test_builtins_are_registered_with_defaults():
         ("crop:0", "--augment crop:0"),
         ("crop:0.5,2,1", "RATIO_MIN <= RATIO_MAX"),
         ("rotate:-3", "--augment rotate:-3"),
+        ("rotate:500", "from 0 to 180"),
         ("flip:1.5", "--augment flip:1.5"),
         ("color:0.1,0.2,0.3,0.4", "--augment color:0.1,0.2,0.3,0.4"),
         ("erase:nan", "--augment erase:nan"),

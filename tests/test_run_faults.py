@@ -590,3 +590,38 @@ def test_a_loader_this_machine_lacks_fails_before_any_folder_is_made(synthetic_d
     line = one_line_error(invoke("train", "--data", synthetic_dataset, *FAST, "--loader", "dali", "--out", tmp_path / "run"), 2)
     assert line.startswith("Error: --loader dali: DALI does not work here") and "--loader torch" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_size_no_machine_holds_is_refused_before_any_folder(tmp_path, synthetic_dataset):
+    result = invoke("train", "--data", synthetic_dataset, "--out", tmp_path / "run", "--batch-size", 10**20)
+    assert "--batch-size must be from 1 to 65536" in one_line_error(result, 2)
+    assert not (tmp_path / "run").exists()
+
+
+UNFORESEEN = r"""
+from facekit.api import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    @cli.command()
+    def explode():
+        "Fail the way nobody planned for."
+        raise RuntimeError("the flux capacitor\nsecond line")
+"""
+
+
+def test_an_unforeseen_exception_is_one_line_unless_debugging(facekit_plugin, monkeypatch):
+    """Any exception a command raises (facekit's or a plugin's) is one line and exit 1; FACEKIT_DEBUG=1 shows it."""
+    import typer
+
+    from facekit.cli import FacekitGroup
+
+    cli = typer.Typer(cls=FacekitGroup)
+    cli.command()(lambda: None)
+    facekit_plugin(UNFORESEEN, package="facekit-explode").add_commands(cli)
+    result = CliRunner().invoke(cli, ["explode"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert one_line_error(result, 1).startswith("Error: unexpected RuntimeError: the flux capacitor (rerun with FACEKIT_DEBUG=1")
+    monkeypatch.setenv("FACEKIT_DEBUG", "1")
+    result = CliRunner().invoke(cli, ["explode"])
+    assert isinstance(result.exception, RuntimeError)  # the real exception, for a bug report

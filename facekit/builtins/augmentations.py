@@ -81,8 +81,8 @@ def _resample(images, theta, padding: str):
 
 def parse_rotate(arg: str | None) -> float:
     (degrees,) = _numbers("rotate", arg, (15.0,))
-    if degrees < 0:
-        _fail("rotate", arg, "the angle is a bound in degrees, 0 or more")
+    if not 0 <= degrees <= 180:
+        _fail("rotate", arg, "the angle is a bound in degrees, from 0 to 180 (0: no rotation)")
     return degrees
 
 

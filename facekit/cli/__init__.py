@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -19,11 +20,15 @@ from facekit.cli.help import ReadableCommand, ReadableGroup, ReadableTyper
 from facekit.errors import FacekitError, UsageError
 
 
+DEBUG_ENV = "FACEKIT_DEBUG"
+
+
 class FacekitGroup(ReadableGroup):
     """Turns a FacekitError raised by any command, plugins' included, into one line and its exit code.
 
-    So does a file the operating system refused (a full disk, a read-only folder: exit 1) and
-    Ctrl-C, which names the command that continues an interrupted training.
+    So does a file the operating system refused (a full disk, a read-only folder: exit 1), Ctrl-C,
+    which names the command that continues an interrupted training, and any other exception
+    (exit 1; ``FACEKIT_DEBUG=1`` shows its traceback).
     """
 
     def invoke(self, ctx):
@@ -42,6 +47,20 @@ class FacekitGroup(ReadableGroup):
             hint = f" Continue with: facekit train --resume {shlex.quote(str(run_dir))}" if run_dir else ""
             typer.echo(f"Interrupted.{hint}", err=True)
             raise typer.Exit(130) from None
+        except (typer.exceptions.TyperException, typer.Exit, typer.Abort):
+            raise  # the command line's own usage errors and exits
+        except Exception as exc:
+            # A failure nobody foresaw (facekit's or a plugin's): still one line, and the traceback
+            # for a bug report when asked for.
+            if os.environ.get(DEBUG_ENV):
+                raise
+            where = str(exc).splitlines()[0] if str(exc) else ""
+            typer.echo(
+                f"Error: unexpected {exc.__class__.__name__}: {where} "
+                f"(rerun with {DEBUG_ENV}=1 for the traceback, and report it if facekit is at fault)",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
 
 app = ReadableTyper(
