@@ -248,14 +248,14 @@ def what_the_numbers_say(summaries: dict, runs: dict[str, Path], profile: str) -
             f" the best CNN trained from scratch here ({avg(scratch_best, 'balanced_accuracy')})" if scratch_best else ""
         )
         out += [
-            f"- **ImageNet features are not face features**: EfficientNet-Lite0 with a frozen backbone reaches",
+            "- **ImageNet features are not face features**: EfficientNet-Lite0 with a frozen backbone reaches",
             f"  balanced accuracy {avg('efficientnet-frozen', 'balanced_accuracy')}{versus}, from six epochs of a linear head",
             "  (lr 1e-3: a new head learns slowly at 1e-4). Fine-tuning everything at 1e-4 for three epochs at",
             f"  128 px ({avg('efficientnet-finetune', 'balanced_accuracy')}) had not caught up.",
         ]
     if "dlib-frozen" in runs:
         out += [
-            f"- **A face-pretrained backbone decides it**: dlib's face ResNet on aligned chips reaches balanced",
+            "- **A face-pretrained backbone decides it**: dlib's face ResNet on aligned chips reaches balanced",
             f"  accuracy {avg('dlib-frozen', 'balanced_accuracy')} and macro F1 {avg('dlib-frozen', 'macro_f1')} with a frozen backbone in three",
             "  minutes of CPU training, more than three times the eigenfaces reference; fine-tuning it does not",
             "  help on 3,376 training images (docs/dlib.md).",

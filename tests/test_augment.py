@@ -23,6 +23,7 @@ from facekit.data.loaders import available_backends
 from facekit.data.loaders._common import RotateNormalize
 from facekit.errors import UsageError
 from facekit.plugins import augmentations
+from _testutil import INVERT_PLUGIN
 
 PIXELS = Normalization((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))  # output in grey levels
 needs_dali = pytest.mark.skipif("dali" not in available_backends(), reason="NVIDIA DALI is not installed or does not work here")
@@ -243,26 +244,10 @@ def test_the_whole_pipeline_agrees_with_its_dali_graph():
 
 # --- plugins ----------------------------------------------------------------------------------
 
-INVERT = """
-import numpy as np
-from facekit import hookimpl
-from facekit.api import AugmentationSpec
-
-def sample(rng, n, params):
-    return (rng.random((n, 1)) < params).astype(np.float32)
-
-def invert(images, samples, params):
-    chosen = samples[:, 0].view(-1, 1, 1, 1) > 0.5
-    return images.where(~chosen, 255 - images)
-
-@hookimpl
-def register_augmentations(register):
-    register(AugmentationSpec("invert", lambda arg: float(arg or 0.5), sample, invert, "Photo negative."))
-"""
 
 
 def test_a_plugin_augmentation_joins_the_pipeline_without_dali(facekit_plugin):
-    plugin_set = facekit_plugin(INVERT, package="facekit-invert")
+    plugin_set = facekit_plugin(INVERT_PLUGIN, package="facekit-invert")
     registry = plugin_set.registries["augmentations"]
     assert registry.owner["invert"] == "facekit-invert"
     pipeline = AugmentPipeline.from_args(["invert:1", "flip:1"], registry)

@@ -17,10 +17,11 @@ from facekit.data.index import index_dataset
 from facekit.data.loaders import available_backends, make_loader
 from facekit.data.loaders._common import RotateNormalize, decode_resized
 from facekit.data.synth import make_synthetic_dataset
-from facekit.engine import SilentProgress, Trainer, TrainConfig
+from facekit.engine import Trainer, TrainConfig
 from facekit.errors import UsageError
 from facekit.plugins import augmentations
 from facekit.runs import Run, load_checkpoint
+from _testutil import INVERT_PLUGIN, InterruptAt
 
 
 def config(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -83,13 +84,6 @@ def test_label_smoothing_on_a_loss_without_support_fails_first(facekit_plugin, t
 
 
 # ------------------------------------------------------------------ runs: config and resume
-class InterruptAt(SilentProgress):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def epoch_start(self, fold, epoch, epochs, batches):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def _last_lrs(run_dir: Path) -> list[float]:
@@ -294,7 +288,7 @@ def test_dali_cpu_graph_and_torch_give_the_same_augmented_batches(faces):
 
 @needs_dali
 def test_a_step_without_dali_version_runs_in_torch_after_dali(faces, facekit_plugin):
-    plugin_set = facekit_plugin(INVERT, package="facekit-invert")
+    plugin_set = facekit_plugin(INVERT_PLUGIN, package="facekit-invert")
     files, labels = faces
     pipeline = AugmentPipeline.from_args(["invert:1"], plugin_set.registries["augmentations"])
     dali = _loader(files, labels, "dali", augment=pipeline)
@@ -304,22 +298,6 @@ def test_a_step_without_dali_version_runs_in_torch_after_dali(faces, facekit_plu
     assert torch.equal(images, 255 - plain)
 
 
-INVERT = """
-import numpy as np
-from facekit import hookimpl
-from facekit.api import AugmentationSpec
-
-def sample(rng, n, params):
-    return (rng.random((n, 1)) < params).astype(np.float32)
-
-def invert(images, samples, params):
-    chosen = samples[:, 0].view(-1, 1, 1, 1) > 0.5
-    return images.where(~chosen, 255 - images)
-
-@hookimpl
-def register_augmentations(register):
-    register(AugmentationSpec("invert", lambda arg: float(arg or 0.5), sample, invert, "Photo negative."))
-"""
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

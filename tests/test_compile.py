@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from facekit.compiling import EvalStep, TrainStep, compile_problem, graphs_compiled, resolve_compile_mode
-from facekit.engine import SilentProgress, Trainer, TrainConfig
+from facekit.engine import Trainer, TrainConfig
 from facekit.errors import FacekitError, UsageError
 from facekit.runs import Run
+from _testutil import InterruptAt
 
 BATCH = 8
 CPU = torch.device("cpu")
@@ -129,13 +130,6 @@ def compiled_config(data: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**(settings | overrides))
 
 
-class InterruptAt(SilentProgress):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def epoch_start(self, fold, epoch, epochs, batches):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_a_compiled_run_records_its_compile_time_and_resumes_to_the_same_history(synthetic_dataset, tmp_path):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from facekit.engine import SilentProgress, Trainer, TrainConfig, resolve_device
+from facekit.engine import Trainer, TrainConfig, resolve_device
 from facekit.errors import UsageError
 from facekit.runs import Run, load_checkpoint
+from _testutil import InterruptAt
 
 RUN_FILES = ["config.json", "classes.json", "split.json", "normalization.json", "history.json", "folds.json",
              "predictions.npz", "predictions.csv", "checkpoints/best.pt"]  # fmt: skip
@@ -60,13 +61,6 @@ def test_kfold_trains_k_models_and_keeps_the_best(synthetic_dataset, tmp_path):
     assert len(run.normalization["folds"]) == 3
 
 
-class InterruptAt(SilentProgress):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def epoch_start(self, fold, epoch, epochs, batches):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_resume_continues_from_the_saved_epoch_with_the_same_history(synthetic_dataset, tmp_path):

@@ -19,6 +19,7 @@ from facekit.cli import app
 from facekit.engine import Trainer, TrainConfig, TrainingDiverged, TrainingInterrupted
 from facekit.errors import FacekitError, UsageError
 from facekit.runs import CHECKPOINTS, LOCK_FILE, Run, RunWriter, latest_run, load_checkpoint
+from _testutil import InterruptAt
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--input-size", "48", "--epochs", "2", "--batch-size", "8", "--loader", "torch", "--workers", "0",
@@ -279,26 +280,6 @@ def test_resume_removes_what_killed_writers_left(synthetic_dataset, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ 7
-class InterruptAt:
-    """Progress that presses Ctrl-C as ``epoch`` of ``fold`` starts."""
-
-    def __init__(self, epoch: int, fold: int = 0):
-        self.epoch, self.fold = epoch, fold
-
-    def message(self, text):
-        pass
-
-    def epoch_start(self, fold, epoch, epochs, batches):
-        if (fold, epoch) == (self.fold, self.epoch):
-            raise KeyboardInterrupt
-
-    def batch_end(self, loss, images):
-        pass
-
-    def epoch_end(self, row):
-        pass
-
-
 def fail_checkpoint_writes_from(monkeypatch, epoch: int, error: OSError) -> None:
     """torch.save fails as on a full disk (a RuntimeError whose context is the OSError) from ``epoch`` on."""
     import facekit.runs
