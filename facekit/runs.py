@@ -586,7 +586,10 @@ class Run:
         try:
             with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as data:
                 stored = set(data.files)
-                if "probs" not in stored and not set(TOP_KEYS) <= stored:
+                tops = stored & set(TOP_KEYS)
+                if len(tops) == 1:
+                    raise KeyError(f"{tops.pop()} is stored without {(set(TOP_KEYS) - stored).pop()}")
+                if not tops and "probs" not in stored:
                     raise KeyError("neither probs nor top_ids and top_probs are stored")
                 predictions = {key: data[key] for key in (*PREDICTION_KEYS, *TOP_KEYS) if key in stored}
                 probs = None

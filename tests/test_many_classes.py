@@ -118,12 +118,13 @@ def test_report_on_a_fabricated_run_of_many_classes_without_probs(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def top_k_file(**changes):
-    """Damages predictions.npz: facekit_run's top-k arrays (8 images x 4 classes) with ``changes``."""
+def top_k_file(keep_probs: bool = False, **changes):
+    """Damages predictions.npz: facekit_run's top-k arrays (8 images x 4 classes) with ``changes``
+    (None: removed), and without ``probs`` unless ``keep_probs``."""
 
     def damage(file: Path) -> None:
         with np.load(file) as data:
-            arrays = {key: data[key] for key in data.files if key != "probs"} | changes
+            arrays = {key: data[key] for key in data.files if keep_probs or key != "probs"} | changes
         np.savez(file, **{key: value for key, value in arrays.items() if value is not None})
 
     return damage
@@ -131,7 +132,8 @@ def top_k_file(**changes):
 
 @pytest.mark.parametrize(
     "damage, problem",
-    [(top_k_file(top_ids=None), "KeyError: 'neither probs nor top_ids and top_probs are stored'"),
+    [(top_k_file(top_ids=None, top_probs=None), "KeyError: 'neither probs nor top_ids and top_probs are stored'"),
+     (top_k_file(top_probs=None, keep_probs=True), "KeyError: 'top_ids is stored without top_probs'"),
      (top_k_file(top_ids=np.zeros((8, 3), np.int32)), "arrays of mismatched shapes"),
      (top_k_file(top_probs=np.zeros((7, 4), np.float32)), "arrays of mismatched shapes"),
      (top_k_file(top_ids=np.full((8, 4), 4, np.int32)), "class ids outside 0..3"),
