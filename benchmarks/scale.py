@@ -13,9 +13,9 @@ pattern per identity plus noise), then times, each in its own process so that it
 
 Training every N takes long on a small CPU; ``--train-up-to`` bounds the classes trained for
 real. Above it the report runs on a fabricated run folder (same files as ``facekit train``
-writes: config, classes, split, folds, predictions.npz with y_true/y_pred, and probs up to
-MAX_PROBS values), whose predictions are right with probability 0.6, so that the report
-measures the same work.
+writes: config, classes, split, folds, predictions.npz with y_true/y_pred, the top-k classes
+and, up to facekit.runs.DENSE_PROBS_LIMIT values, probs), whose predictions are right with
+probability 0.6, so that the report measures the same work.
 Each measured figure is fitted as ``a * x**slope`` over the classes (log-log least squares):
 a slope near 1 means linear growth. Writes JSON and the table in docs/benchmarks.md.
 """
@@ -41,7 +41,6 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 TABLE_START, TABLE_END = "<!-- scale-table:start -->", "<!-- scale-table:end -->"
 STEPS = ("check", "train", "report")
 IMAGE_SIZE = 16
-MAX_PROBS = 2**27  # fabricated probs up to 512 MB (10k classes); 50k x 50k would be 10 GB
 
 
 def write_identities(root: Path, classes: int, per_class: int, seed: int = 0) -> int:
@@ -67,6 +66,7 @@ def fabricate_run(run_dir: Path, classes: int, per_class: int, seed: int = 0) ->
     """A run folder as ``facekit train --split holdout`` leaves it, with made-up predictions:
     one test image per class (the last), right with probability 0.6."""
     from facekit.files import write_json
+    from facekit.runs import DENSE_PROBS_LIMIT, TOP_K
 
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(classes), per_class)
@@ -93,9 +93,16 @@ def fabricate_run(run_dir: Path, classes: int, per_class: int, seed: int = 0) ->
     write_json(run_dir / "folds.json", {"kept": 0, "folds": [{"fold": 0, "best_epoch": 1, "val_loss": 9.5, "val_acc": 0.4}]})
     y_true = labels[test]
     y_pred = np.where(rng.random(test.size) < 0.6, y_true, rng.integers(0, classes, test.size))
-    arrays = {"index": test, "y_true": y_true, "y_pred": y_pred}
-    if test.size * classes <= MAX_PROBS:
-        # probs as train writes them (N x C float32), which the report must not need to read.
+    # As train writes them: the prediction first among the top k (certain), and the N x C probs
+    # only while small; the report must read neither.
+    k = min(classes, TOP_K)
+    top_probs = np.zeros((test.size, k), dtype=np.float32)
+    top_probs[:, 0] = 1.0
+    arrays = {
+        "index": test, "y_true": y_true, "y_pred": y_pred, "top_probs": top_probs,
+        "top_ids": ((y_pred[:, None] + np.arange(k)) % classes).astype(np.int32),
+    }  # fmt: skip
+    if test.size * classes <= DENSE_PROBS_LIMIT:
         arrays["probs"] = np.zeros((test.size, classes), dtype=np.float32)
         arrays["probs"][np.arange(test.size), y_pred] = 1.0
     np.savez(run_dir / "predictions.npz", **arrays)

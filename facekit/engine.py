@@ -36,7 +36,7 @@ from facekit.data.loaders.options import BACKENDS, MIN_INPUT_SIZE
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
-from facekit.runs import FoldState, Run, RunWriter, default_run_dir, load_checkpoint
+from facekit.runs import DENSE_PROBS_LIMIT, TOP_K, FoldState, Run, RunWriter, TestScores, default_run_dir, load_checkpoint
 from facekit.schedules import Schedule, build_schedule, check_schedule
 
 # 65,536 images of 224 px are 39 GB as float32 on one device already; more is a typo.
@@ -474,26 +474,46 @@ class Trainer:
         return EpochStats(total / divisor, right / divisor, elapsed, int(seen), step.compile_seconds)
 
     @torch.no_grad()
-    def evaluate(self, model, loader, loss_fn) -> tuple[float, float, np.ndarray]:
-        """Mean loss and accuracy (over all ranks), and the softmax probabilities of this rank's images in loader order.
+    def evaluate(self, model, loader, loss_fn) -> tuple[float, float, TestScores]:
+        """Mean loss and accuracy (over all ranks), and the scores of this rank's images in loader order.
 
+        Of each image it keeps the argmax and the top k = min(C, TOP_K) classes (found on the device,
+        a batch at a time), and the whole softmax row only while the N x C probabilities of all ranks
+        stay within DENSE_PROBS_LIMIT: memory proportional to N * k for many classes.
         Give it the bare model, never the DistributedDataParallel wrapper: evaluation shards differ
         in length by one, and the wrapper would wait for a forward pass that never comes.
         """
         model.eval()
         step = EvalStep(model, loss_fn, **self._step_settings())
-        total_loss, correct, seen, probs = 0.0, 0, 0, []
+        total_loss, correct, seen, num_classes = 0.0, 0, 0, 0
+        y_pred, top_ids, top_probs, probs = [], [], [], []
         for images, labels in loader:
             images, labels = self._prepare_batch(images, labels)
             loss, logits = step(images, labels)
             total_loss += float(loss) * labels.shape[0]
             correct += int((logits.argmax(1) == labels).sum())
             seen += labels.shape[0]
-            probs.append(torch.softmax(logits, 1).cpu())
+            batch_probs = torch.softmax(logits, 1)
+            num_classes = batch_probs.shape[1]
+            top = torch.topk(batch_probs, min(num_classes, TOP_K), dim=1)
+            y_pred.append(batch_probs.argmax(1).cpu())
+            top_ids.append(top.indices.to(torch.int32).cpu())
+            top_probs.append(top.values.float().cpu())
+            # This rank's rows alone past the limit: all ranks' are too, so the rows are not kept.
+            if probs is not None and seen * num_classes <= DENSE_PROBS_LIMIT:
+                probs.append(batch_probs.cpu())
+            else:
+                probs = None
         total_loss, correct, seen = distributed.sum_across_ranks([total_loss, correct, seen])
+        keep_probs = probs is not None and int(seen) * num_classes <= DENSE_PROBS_LIMIT  # the same on every rank
         seen = max(int(seen), 1)
-        stacked = torch.cat(probs).numpy() if probs else np.zeros((0, 0), dtype=np.float32)
-        return total_loss / seen, correct / seen, stacked
+        scores = TestScores(
+            y_pred=_stacked(y_pred, np.int64, 1),
+            top_ids=_stacked(top_ids, np.int32, 2),
+            top_probs=_stacked(top_probs, np.float32, 2),
+            probs=_stacked(probs, np.float32, 2) if keep_probs else None,
+        )
+        return total_loss / seen, correct / seen, scores
 
     # ----------------------------------------------------------------- running
     def train(self) -> Path:
@@ -759,12 +779,16 @@ class Trainer:
         test_idx = np.asarray(run.split["test"], dtype=int)
         loader = self._loader([files[i] for i in test_idx], labels[test_idx], norms[kept], train=False, seed=self.config.seed)
         try:
-            test_loss, test_acc, probs = self.evaluate(model, loader, nn.CrossEntropyLoss().to(self.device))
+            test_loss, test_acc, scores = self.evaluate(model, loader, nn.CrossEntropyLoss().to(self.device))
         finally:
             loader.close()
-        probs = distributed.gather_shards(probs)
+        # Each array gathered on its own: N x k, and N x C only while small (see evaluate).
+        gathered = {
+            field.name: None if (part := getattr(scores, field.name)) is None else distributed.gather_shards(part)
+            for field in dataclasses.fields(scores)
+        }
         if writer is not None:
-            writer.write_predictions(test_idx, labels[test_idx], probs, run.classes, run.split["files"])
+            writer.write_predictions(test_idx, labels[test_idx], TestScores(**gathered), run.classes, run.split["files"])
         kept_val_loss = next(r["val_loss"] for r in fold_results if r["fold"] == kept)
         shown = "-" if math.isnan(kept_val_loss) else f"{kept_val_loss:.3f}"  # "-": not validated
         self.progress.message(
@@ -886,3 +910,8 @@ def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:
 def train(config: TrainConfig, progress: Progress | None = None) -> Path:
     """Train a new run; returns its folder."""
     return Trainer(config, progress).train()
+
+
+def _stacked(batches: list[torch.Tensor], dtype: type, ndim: int) -> np.ndarray:
+    """The batches' rows as one array; an empty one of ``ndim`` dimensions where there were no batches."""
+    return torch.cat(batches).numpy() if batches else np.zeros((0,) * ndim, dtype=dtype)

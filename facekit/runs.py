@@ -8,7 +8,7 @@ Layout (docs/train.md, "The run folder", describes each file)::
     RUN/normalization.json   per-fold mean/std and where they came from
     RUN/history.json         one row per fold and epoch
     RUN/folds.json           per-fold best validation figures, their mean/std, the kept fold
-    RUN/predictions.npz      test split: index, y_true, y_pred, probs (N x C)
+    RUN/predictions.npz      test split: index, y_true, y_pred, top_ids/top_probs (N x k), probs (N x C) while small
     RUN/predictions.csv      the same, readable: file, true and predicted class, confidence
     RUN/checkpoints/fold-K-last.pt, fold-K-best.pt, best.pt (the kept model)
     RUN/.lock                held by the process that trains the run
@@ -51,7 +51,14 @@ if TYPE_CHECKING:
 RUNS_DIR = Path("runs")
 CHECKPOINTS = "checkpoints"
 LOCK_FILE = ".lock"
-PREDICTION_KEYS = ("index", "y_true", "y_pred", "probs")
+PREDICTION_KEYS = ("index", "y_true", "y_pred")  # always in predictions.npz, with TOP_KEYS and maybe "probs"
+TOP_KEYS = ("top_ids", "top_probs")
+# Classes kept per test image, most probable first: enough for top-5 figures and a look at the runners-up.
+TOP_K = 10
+# The N x C probabilities are kept (in memory during evaluation, and in predictions.npz) only up to this
+# many floats (64 MB): every run of up to ~4k test images x 4k classes keeps them as it always did, while
+# 100k images x 50k classes (20 GB) keep top_ids/top_probs alone, memory proportional to N * TOP_K.
+DENSE_PROBS_LIMIT = 2**24
 RESULT_FILES = ("predictions.npz", f"{CHECKPOINTS}/best.pt")  # what a finished run has
 
 # What to do about a failed write, by its cause.
@@ -434,17 +441,36 @@ class RunWriter:
 
     @_guarded
     def write_predictions(
-        self, index: np.ndarray, y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], files: Sequence[str]
+        self, index: np.ndarray, y_true: np.ndarray, scores: TestScores, classes: Sequence[str], files: Sequence[str]
     ) -> None:
         """The kept model's test predictions: ``predictions.npz`` and a readable ``predictions.csv``."""
-        y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+        arrays = {"top_ids": scores.top_ids, "top_probs": scores.top_probs.astype(np.float32)}
+        if scores.probs is not None:
+            arrays["probs"] = scores.probs.astype(np.float32)
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, index=index, y_true=y_true, y_pred=y_pred, probs=probs.astype(np.float32))
+        np.savez_compressed(buffer, index=index, y_true=y_true, y_pred=scores.y_pred, **arrays)
         atomic_write(self.path / "predictions.npz", buffer.getvalue())
         lines = ["file,true_id,true_name,pred_id,pred_name,confidence"]
-        for i, t, p, row in zip(index, y_true, y_pred, probs):
-            lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{row[p]:.4f}")
+        for i, t, p, confidence in zip(index, y_true, scores.y_pred, scores.top_probs[:, 0] if len(index) else []):
+            lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{confidence:.4f}")
         atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class TestScores:
+    """What evaluation keeps of the model's softmax over the test images, row ``i`` for image ``i``.
+
+    ``y_pred`` is the argmax; ``top_ids``/``top_probs`` (N x k, k = min(C, TOP_K)) the k most
+    probable classes and their probabilities, descending; ``probs`` the whole N x C softmax, or
+    None where N * C exceeds :data:`DENSE_PROBS_LIMIT`.
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    y_pred: np.ndarray
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    probs: np.ndarray | None
 
 
 def _best_fold(fold_results: list[dict[str, Any]]) -> int:
@@ -538,7 +564,10 @@ class Run:
         return (self.path / "predictions.npz").is_file()
 
     def predictions(self) -> dict[str, np.ndarray]:
-        """Test predictions: ``index``, ``y_true``, ``y_pred``, ``probs`` (N x C)."""
+        """Test predictions: ``index``, ``y_true``, ``y_pred`` (N), ``top_ids`` and ``top_probs`` (N x k:
+        the k = min(C, 10) most probable classes, descending), and ``probs`` (N x C) only where the run
+        kept it: runs of N * C above :data:`DENSE_PROBS_LIMIT` have none. Runs written before
+        ``top_ids``/``top_probs`` existed have ``probs`` alone."""
         file = self.path / "predictions.npz"
         if not file.is_file():
             raise self.no_results(file)
@@ -546,7 +575,7 @@ class Run:
 
     def test_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """``y_true`` and ``y_pred`` alone, checked as :meth:`predictions` checks them: reports never
-        need ``probs`` (N x C, gigabytes at 50k classes), which is checked a block at a time instead."""
+        need ``probs`` (N x C), which is checked a block at a time instead."""
         file = self.path / "predictions.npz"
         if not file.is_file():
             raise self.no_results(file)
@@ -556,8 +585,19 @@ class Run:
     def _checked_predictions(self, file: Path, *, with_probs: bool) -> dict[str, np.ndarray]:
         try:
             with open(file, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                predictions = {key: data[key] for key in PREDICTION_KEYS if with_probs or key != "probs"}
-                probs = _ProbsSummary.of(predictions["probs"]) if with_probs else _ProbsSummary.read(data)
+                stored = set(data.files)
+                tops = stored & set(TOP_KEYS)
+                if len(tops) == 1:
+                    raise KeyError(f"{tops.pop()} is stored without {(set(TOP_KEYS) - stored).pop()}")
+                if not tops and "probs" not in stored:
+                    raise KeyError("neither probs nor top_ids and top_probs are stored")
+                predictions = {key: data[key] for key in (*PREDICTION_KEYS, *TOP_KEYS) if key in stored}
+                probs = None
+                if "probs" in stored and with_probs:
+                    predictions["probs"] = data["probs"]
+                    probs = _ProbsSummary.of(predictions["probs"])
+                elif "probs" in stored:
+                    probs = _ProbsSummary.read(data)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise self._damaged(file, f"{exc.__class__.__name__}: {exc}") from None
         problem = _prediction_problem(predictions, probs, len(self.classes))
@@ -666,7 +706,7 @@ class _ProbsSummary:
 
     @classmethod
     def of(cls, probs: np.ndarray) -> "_ProbsSummary":
-        return cls(probs.shape, np.issubdtype(probs.dtype, np.floating) and bool(np.isfinite(probs).all()))
+        return cls(probs.shape, _finite(probs))
 
     @classmethod
     def read(cls, data: Any, block: int = 1 << 20) -> "_ProbsSummary":
@@ -684,16 +724,39 @@ class _ProbsSummary:
             return cls(tuple(shape), finite)
 
 
-def _prediction_problem(predictions: dict[str, np.ndarray], probs: _ProbsSummary, num_classes: int) -> str | None:
-    """What is wrong with loaded test predictions, or None: shapes that agree, class ids in range."""
-    index, y_true, y_pred = (predictions[key] for key in PREDICTION_KEYS[:3])
+def _prediction_problem(
+    predictions: dict[str, np.ndarray], probs: _ProbsSummary | None, num_classes: int
+) -> str | None:
+    """What is wrong with loaded test predictions, or None: shapes that agree, class ids in range,
+    probabilities finite (and, of the top k, in [0, 1] and descending)."""
+    index, y_true, y_pred = (predictions[key] for key in PREDICTION_KEYS)
     n = len(index)
-    empty = n == 0 and math.prod(probs.shape) == 0  # no test images: probabilities of no particular width
-    if any(a.ndim != 1 or len(a) != n for a in (index, y_true, y_pred)) or (probs.shape != (n, num_classes) and not empty):
+    top_ids, top_probs = (predictions.get(key) for key in TOP_KEYS)
+    mismatched = any(a.ndim != 1 or len(a) != n for a in (index, y_true, y_pred))
+    if probs is not None:
+        empty = n == 0 and math.prod(probs.shape) == 0  # no test images: probabilities of no particular width
+        mismatched = mismatched or (probs.shape != (n, num_classes) and not empty)
+    if top_ids is not None:
+        k = top_ids.shape[1] if top_ids.ndim == 2 else -1
+        empty = n == 0 and top_ids.size == 0 and top_probs.size == 0
+        mismatched = mismatched or (
+            (top_ids.shape != (n, k) or top_probs.shape != (n, k) or not 1 <= k <= num_classes) and not empty
+        )
+    if mismatched:
         return f"arrays of mismatched shapes for {num_classes} classes"
-    if not probs.finite:
+    if (probs is not None and not probs.finite) or (top_probs is not None and not _finite(top_probs)):
         return "probabilities that are not finite numbers"
-    labels = np.concatenate([y_true, y_pred])
+    if top_probs is not None and top_probs.size:
+        if top_probs.min() < 0 or top_probs.max() > 1:
+            return "top_probs outside 0..1"
+        if (np.diff(top_probs, axis=1) > 0).any():
+            return "top_probs not in descending order"
+    labels = np.concatenate([y_true, y_pred, top_ids.ravel() if top_ids is not None else y_true[:0]])
     if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes):
         return f"class ids outside 0..{num_classes - 1}"
     return None
+
+
+def _finite(values: np.ndarray) -> bool:
+    """Floating-point numbers, every one finite."""
+    return np.issubdtype(values.dtype, np.floating) and bool(np.isfinite(values).all())

@@ -9,7 +9,7 @@ from torch import nn
 
 from facekit.engine import rng_state
 from facekit.errors import UsageError
-from facekit.runs import CHECKPOINTS, FoldState, Run, RunWriter
+from facekit.runs import CHECKPOINTS, FoldState, Run, RunWriter, TestScores
 from facekit.schedules import build_schedule
 
 CHECKPOINT_KEYS = ["model", "optimizer", "epoch", "fold", "rng", "config", "classes", "history", "fold_results",
@@ -132,9 +132,12 @@ def test_predictions_npz_and_csv(tmp_path):
     files = ["a/1.jpg", 'odd, "name"/2.jpg', "c/3.jpg"]
     classes = ["ann", "bob, jr", "cy"]
     (tmp_path / "classes.json").write_text(json.dumps(classes))  # predictions are read against the run's classes
-    RunWriter(tmp_path).write_predictions(np.array([1, 2]), np.array([0, 2]), probs, classes, files)
+    scores = TestScores(y_pred=np.array([0, 2]), top_ids=np.array([[0, 1], [2, 1]], dtype=np.int32),
+                        top_probs=np.array([[0.7, 0.2], [0.6, 0.3]]), probs=probs)
+    RunWriter(tmp_path).write_predictions(np.array([1, 2]), np.array([0, 2]), scores, classes, files)
     saved = Run(tmp_path).predictions()
     assert saved["y_pred"].tolist() == [0, 2] and saved["index"].tolist() == [1, 2] and saved["probs"].dtype == np.float32
+    assert saved["top_ids"].tolist() == [[0, 1], [2, 1]] and saved["top_probs"].dtype == np.float32
     assert (tmp_path / "predictions.csv").read_text().splitlines() == [
         "file,true_id,true_name,pred_id,pred_name,confidence",
         '"odd, ""name""/2.jpg",0,ann,0,ann,0.7000',
