@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.classes, args.per_class, args.train_up_to = [200, 400], 4, 200
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="facekit-scale-", dir=args.work))
     try:
         rows = []
