@@ -493,17 +493,25 @@ class Trainer:
             total_loss += float(loss) * labels.shape[0]
             correct += int((logits.argmax(1) == labels).sum())
             seen += labels.shape[0]
-            batch_probs = torch.softmax(logits, 1)
-            num_classes = batch_probs.shape[1]
-            top = torch.topk(batch_probs, min(num_classes, TOP_K), dim=1)
-            y_pred.append(batch_probs.argmax(1).cpu())
-            top_ids.append(top.indices.to(torch.int32).cpu())
-            top_probs.append(top.values.float().cpu())
+            num_classes = logits.shape[1]
             # This rank's rows alone past the limit: all ranks' are too, so the rows are not kept.
-            if probs is not None and seen * num_classes <= DENSE_PROBS_LIMIT:
-                probs.append(batch_probs.cpu())
-            else:
+            if probs is not None and seen * num_classes > DENSE_PROBS_LIMIT:
                 probs = None
+            if probs is not None:
+                batch_probs = torch.softmax(logits, 1)
+                probs.append(batch_probs.cpu())
+                top = torch.topk(batch_probs, min(num_classes, TOP_K), dim=1)
+                top_values, predicted = top.values, batch_probs.argmax(1)
+            else:
+                # Many classes: the top k of the logits and their softmax values alone, without a
+                # second batch x classes tensor per batch (freed and reallocated, such tensors
+                # fragment the CPU heap: the peak grew by gigabytes over a 50k-class validation).
+                top = torch.topk(logits, min(num_classes, TOP_K), dim=1)
+                top_values = (top.values - torch.logsumexp(logits, 1, keepdim=True)).exp()
+                predicted = top.indices[:, 0]
+            y_pred.append(predicted.cpu())
+            top_ids.append(top.indices.to(torch.int32).cpu())
+            top_probs.append(top_values.float().cpu())
         total_loss, correct, seen = distributed.sum_across_ranks([total_loss, correct, seen])
         keep_probs = probs is not None and int(seen) * num_classes <= DENSE_PROBS_LIMIT  # the same on every rank
         seen = max(int(seen), 1)
