@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     modes = [None] if args.compile is None else [None, *(args.compile or ["default"])]
     rows = []
     for arch in args.arch:
+        eager: dict = {}  # modes[0] is None: the eager row comes first and is every row's reference
         for mode in modes:
             row = bench_arch(arch, files, labels, index.num_classes, args, mode)
             eager = row if mode is None else eager
