@@ -7,7 +7,7 @@ architecture plugin is built the same way everywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from facekit.specs import ArchOptions
 
@@ -53,4 +53,30 @@ def create_model(
         model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def create_run_model(
+    config: Mapping[str, Any],
+    num_classes: int,
+    weights: Mapping[str, Any],
+    *,
+    device: "torch.device | str | None" = None,
+    channels_last: bool = False,
+) -> "nn.Module":
+    """The architecture a run's config.json names, at the run's input size, holding ``weights`` (eval mode).
+
+    Built without pretrained weights: the checkpoint holds every weight, so nothing is fetched.
+    """
+    model = create_model(
+        config["arch"],
+        num_classes=num_classes,
+        input_size=int(config["input_size"]),
+        finetune=bool(config.get("finetune", False)),
+        pretrained=False,
+        device=device,
+        channels_last=channels_last,
+    )
+    model.load_state_dict(weights)
+    model.eval()
     return model

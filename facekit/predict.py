@@ -45,7 +45,7 @@ def unreadable(path: Path) -> str | None:
 def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = "auto", batch_size: int = 32) -> list[dict[str, Any]]:
     """One entry per image: the file and its ``top_k`` identities (name, id, probability)."""
     from facekit.data.loaders import make_loader
-    from facekit.engine import resolve_device
+    from facekit.training.accelerator import resolve_device
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {top_k})")
