@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facekit.api import Normalization
+from facekit.specs import Normalization
 from facekit.errors import UsageError
 from facekit.runs import Run
 

@@ -258,7 +258,7 @@ def build_report(run: Run, *, top: int = 5, worst: int = 5, confusions: int = 10
 
 @dataclass
 class ReportContext:
-    """What a reporter (:class:`facekit.api.ReporterSpec`) gets: the report and where to put things."""
+    """What a reporter (:class:`facekit.specs.ReporterSpec`) gets: the report and where to put things."""
 
     run: Run
     report: Report

@@ -45,8 +45,8 @@ from facekit.files import atomic_write, remove_stale_temporaries, write_json
 if TYPE_CHECKING:
     from torch import nn
 
-    from facekit.api import SplitPlan
-    from facekit.engine import TrainConfig
+    from facekit.specs import SplitPlan
+    from facekit.config import TrainConfig
 
 RUNS_DIR = Path("runs")
 CHECKPOINTS = "checkpoints"

@@ -189,7 +189,8 @@ def train(
     """Train a model; the run folder holds everything `facekit report` reads."""
     from facekit.cli.progress import ConsoleProgress
     from facekit.distributed import Distributed, launch
-    from facekit.engine import Trainer, TrainConfig
+    from facekit.config import TrainConfig
+    from facekit.engine import Trainer
 
     if nproc is not None:
         launch(nproc, _typed_arguments(ctx, leave_out="nproc"))
