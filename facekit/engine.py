@@ -1,11 +1,10 @@
 """The training engine: one model per fold of a split plan, the best kept, judged on the test split.
 
-It knows architectures, losses and splits only through their spec contracts (facekit.specs).
-It only trains: the settings and their limits are :mod:`facekit.config`'s, the device and
-precision :mod:`facekit.training.accelerator`'s, the resume rules :mod:`facekit.training.resume`'s,
-the passes over a loader :mod:`facekit.training.loops`'; everything a run produces is written by
-its run folder's keeper (:class:`facekit.runs.RunWriter`), checkpointed every epoch, so an
-interruption never loses more than one epoch.
+It knows architectures, losses and splits only through their spec contracts (facekit.specs), and
+only trains: settings and limits are :mod:`facekit.config`'s, device and precision, resume rules
+and the passes over a loader :mod:`facekit.training`'s, and every file of a run is written by its
+keeper (:class:`facekit.runs.RunWriter`), checkpointed every epoch, so an interruption never
+loses more than one epoch.
 
 Started by torchrun it trains data-parallel (:mod:`facekit.distributed`): the model is wrapped
 in ``DistributedDataParallel``, each rank reads its shard of every epoch, ``--batch-size`` is the
@@ -43,14 +42,11 @@ from facekit.training.divergence import TrainingDiverged, all_finite, divergence
 from facekit.training.loops import EpochStats
 from facekit.training.optim import build_optimizer
 from facekit.training.probe import check_model
-from facekit.training.progress import Progress, SilentProgress
+from facekit.training.progress import Progress, SilentProgress, TrainingInterrupted
 from facekit.training.rng import restore_rng_state, rng_state, seed_everything
 from facekit.training.state import FoldTraining, RunRecord
 
-__all__ = [
-    "EpochStats", "Progress", "SilentProgress", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted",
-    "build_optimizer", "resolve_device", "rng_state", "train",
-]  # fmt: skip
+# Also importable from here, as before: build_optimizer, resolve_device, rng_state, EpochStats, Progress, SilentProgress.
 
 
 class Trainer:
@@ -102,15 +98,21 @@ class Trainer:
     def _setup(self) -> dict[str, Any]:
         """Index the data, plan the split, compute the normalization: all a run's setup, before its folder exists."""
         from facekit.data.index import index_dataset
+        from facekit.openset_training import openset_setup
 
         self.progress.message(f"indexing {self.config.data}")
         index = index_dataset(self.config.data)
         for bad in index.bad:
             self.progress.message(f"skipping {bad.path}: {bad.reason}")
+        index, openset_split = openset_setup(
+            index, fraction=self.config.unknown_identities, strangers=self.config.strangers, seed=self.config.seed
+        )
         options = SplitOptions(
             seed=self.config.seed, test_size=self.config.test_size, val_size=self.config.val_size, folds=self.config.folds
         )
         plan = self.split_spec.split(index.labels, options)
+        if openset_split is not None and any(len(fold.val) == 0 for fold in plan.folds):
+            raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
         for note in plan.notes:
             self.progress.message(note)
         config = self.config.to_dict() | {
@@ -124,7 +126,8 @@ class Trainer:
         }
         return dict(
             config=config, classes=index.classes, root=Path(self.config.data), files=index.files, labels=index.labels,
-            strategy=self.split_spec.name, plan=plan, normalization=run_normalizations(self.arch, index.paths(), plan, self.input_size, self.progress),
+            strategy=self.split_spec.name, plan=plan, openset=openset_split,
+            normalization=run_normalizations(self.arch, index.paths(), plan, self.input_size, self.progress),
         )  # fmt: skip
 
     def check_model(self) -> None:
@@ -269,9 +272,15 @@ class Trainer:
 
         if record.fold_results:  # the same on every rank: losses are summed over the ranks
             self._finish(run, record)
+            if writer is not None and split.get("openset"):
+                from facekit.openset_training import evaluate_openset
+
+                evaluate_openset(
+                    Run(self.run_dir), device=self.device, target_fpir=self.config.target_fpir,
+                    score=self.config.openset_score, progress=self.progress, writer=writer,
+                )  # fmt: skip
         if divergence is not None:
-            message = divergence_message(self.run_dir, self.config.lr, *divergence, folds=len(split["folds"]))
-            raise TrainingDiverged(message)
+            raise TrainingDiverged(divergence_message(self.run_dir, self.config.lr, *divergence, folds=len(record.folds)))
         return self.run_dir
 
     # ------------------------------------------------------------- one fold
@@ -428,14 +437,6 @@ class Trainer:
         kept_val_loss = next(r["val_loss"] for r in record.fold_results if r["fold"] == kept)
         shown = "-" if math.isnan(kept_val_loss) else f"{kept_val_loss:.3f}"  # "-": not validated
         self.progress.message(f"kept fold {kept} (val loss {shown}); test accuracy {test_acc:.3f}, test loss {test_loss:.3f}")
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; ``run_dir`` is the folder to continue with ``facekit train --resume``."""
-
-    def __init__(self, run_dir: Path | None):
-        super().__init__(f"training of {run_dir} interrupted")
-        self.run_dir = run_dir
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> Path:

@@ -23,19 +23,30 @@ def check_model(arch: ArchitectureSpec, config: TrainConfig, input_size: int) ->
     except FacekitError:
         raise
     except Exception as exc:  # noqa: BLE001 -- a plugin's or torch's error, told apart below
+        cause = exc
         failure = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     else:
         build_optimizer(model, arch, config.lr, config.weight_decay)  # is there anything to train?
         return
-    if config.weights is not None and probe_works(arch, config, input_size):
-        raise UsageError(
-            f"--weights {config.weights}: not weights for architecture {arch.name!r} ({failure}); "
-            "give that architecture's weights file"
-        )
+    if (arch.pretrained or config.weights is not None) and probe_works(arch, config, input_size):
+        # The same network at the same size works without its pretrained weights: they are at fault.
+        if config.weights is not None:
+            raise UsageError(
+                f"--weights {config.weights}: not weights for architecture {arch.name!r} ({failure}); "
+                "give that architecture's weights file"
+            ) from cause
+        raise FacekitError(
+            f"architecture {arch.name!r}: its pretrained weights do not load ({failure}); "
+            "if they are a cached download, delete that file to fetch it again, or pass --weights FILE"
+        ) from cause
     if input_size < arch.input_size and probe_works(arch, config, arch.input_size):
         smallest = smallest_input_size(arch, config, input_size + 1, arch.input_size)
-        raise UsageError(f"--input-size {input_size} is too small for architecture {arch.name!r}: give at least {smallest}")
-    raise FacekitError(f"architecture {arch.name!r} could not be built for {input_size}x{input_size} images ({failure})")
+        raise UsageError(
+            f"--input-size {input_size} is too small for architecture {arch.name!r}: give at least {smallest}"
+        ) from cause
+    raise FacekitError(
+        f"architecture {arch.name!r} could not be built for {input_size}x{input_size} images ({failure})"
+    ) from cause
 
 
 def probe(arch: ArchitectureSpec, config: TrainConfig, size: int, *, pretrained: bool) -> nn.Module:

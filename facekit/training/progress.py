@@ -1,7 +1,8 @@
-"""What the engine tells its caller while it trains: the CLI draws bars from it, tests stay quiet."""
+"""What the engine tells its caller while it trains (the CLI draws bars from it, tests stay quiet), and how it says it was interrupted."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -26,3 +27,11 @@ class SilentProgress:
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``run_dir`` is the folder to continue with ``facekit train --resume``."""
+
+    def __init__(self, run_dir: Path | None):
+        super().__init__(f"training of {run_dir} interrupted")
+        self.run_dir = run_dir
