@@ -219,8 +219,14 @@ class Trainer:
 
     def _setup(self) -> dict[str, Any]:
         """Index the data, plan the split, compute the normalization: all a run's setup, before its folder exists."""
-        index = self._index()
+        from facekit.openset_training import openset_setup
+
+        index, openset_split = openset_setup(
+            self._index(), fraction=self.config.unknown_identities, strangers=self.config.strangers, seed=self.config.seed
+        )
         plan = self._plan(index.labels)
+        if openset_split is not None and any(len(fold.val) == 0 for fold in plan.folds):
+            raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
         for note in plan.notes:
             self.progress.message(note)
         config = self.config.to_dict() | {
@@ -241,6 +247,7 @@ class Trainer:
             strategy=self.split_spec.name,
             plan=plan,
             normalization=self._normalizations(index.paths(), plan),
+            openset=openset_split,
         )
 
     def check_model(self) -> None:
@@ -252,19 +259,26 @@ class Trainer:
         except FacekitError:
             raise
         except Exception as exc:  # noqa: BLE001 -- a plugin's or torch's error, told apart below
+            cause = exc
             failure = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
             build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)  # is there anything to train?
             return
-        if self.config.weights is not None and self._probe_works(size):
-            raise UsageError(
-                f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
-                "give that architecture's weights file"
-            )
+        if (self.arch.pretrained or self.config.weights is not None) and self._probe_works(size):
+            # The same network at the same size works without its pretrained weights: they are at fault.
+            if self.config.weights is not None:
+                raise UsageError(
+                    f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
+                    "give that architecture's weights file"
+                ) from cause
+            raise FacekitError(
+                f"architecture {name!r}: its pretrained weights do not load ({failure}); "
+                "if they are a cached download, delete that file to fetch it again, or pass --weights FILE"
+            ) from cause
         if size < self.arch.input_size and self._probe_works(self.arch.input_size):
             smallest = self._smallest_input_size(size + 1, self.arch.input_size)
-            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}")
-        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})")
+            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}") from cause
+        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})") from cause
 
     def _probe(self, size: int, *, pretrained: bool) -> nn.Module:
         model = create_model(
@@ -543,6 +557,13 @@ class Trainer:
 
         if fold_results:  # the same on every rank: losses are summed over the ranks
             self._finish(run, writer, files, labels, norms, fold_results)
+            if writer is not None and split.get("openset"):
+                from facekit.openset_training import evaluate_openset
+
+                evaluate_openset(
+                    Run(self.run_dir), device=self.device, target_fpir=self.config.target_fpir,
+                    score=self.config.openset_score, progress=self.progress, writer=writer,
+                )  # fmt: skip
         if divergence is not None:
             raise TrainingDiverged(self._divergence_message(*divergence, folds=len(split["folds"])))
         return self.run_dir

@@ -27,7 +27,7 @@ import numpy as np
 from facekit.errors import FacekitError, UsageError
 from facekit.files import atomic_write
 from facekit.metrics import METRIC_LABELS, METRICS
-from facekit.report import Report, ReportContext, TableData, number
+from facekit.report import Report, ReportContext, TableData, number, openset_table
 from facekit.runs import os_error_line
 
 THUMBNAIL_SIZE = 96  # pixels, the longer side; JPEG of ~3 KB each
@@ -42,6 +42,7 @@ FIGURES = {  # the report's figures, in reading order, with what they show
     "score_vs_training_images.png": "Each class's aggregated score against its training images.",
     "top_confusions.png": "The most frequent mistakes (true -> predicted).",
     "score_distribution.png": "Aggregated scores of all classes, and by training images.",
+    "det_curve.png": "Open-set identification: missed known people against accepted strangers (DET), thresholds marked.",
 }
 
 
@@ -221,6 +222,7 @@ def _summary(report: Report, thumbnails: Thumbnails) -> str:
     parts = ['<section id="summary"><h2>Summary</h2>', f"<p class=settings>{settings_line}</p>"]
     parts += [f"<p class=note>{_e(note)}</p>" for note in notes]
     tables += [folds] if folds else []
+    tables += [openset_table(report.openset)] if report.openset else []
     parts.append('<div class="row">' + "".join(f"<div>{_table(t)}</div>" for t in tables) + "</div>")
     return "\n".join(parts) + "</section>"
 
