@@ -20,7 +20,7 @@ from torch import nn
 from facekit.errors import FacekitError
 
 if TYPE_CHECKING:
-    from facekit.api import ArchitectureSpec
+    from facekit.specs import ArchitectureSpec
 
 
 def classifier_name(arch_spec: "ArchitectureSpec") -> str:

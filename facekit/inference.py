@@ -60,7 +60,7 @@ def readable_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def run_loader(run: "Run", files: Sequence[str | Path], *, device: "torch.device", batch_size: int = 32) -> "Loader":
     """Batches of ``files`` in order, at the run's input size and with its kept fold's normalization, never augmented."""
-    from facekit.api import Normalization
+    from facekit.specs import Normalization
     from facekit.data.loaders import make_loader
 
     if batch_size < 1:

@@ -78,7 +78,8 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def facekit_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run folder: the baseline trained for one epoch on ``synthetic_dataset`` at 48x48."""
-    from facekit.engine import SilentProgress, TrainConfig, Trainer
+    from facekit.config import TrainConfig
+    from facekit.engine import SilentProgress, Trainer
 
     config = TrainConfig(
         data=synthetic_dataset, out=tmp_path_factory.mktemp("facekit-run") / "run", arch="baseline", input_size=48,
@@ -110,7 +111,7 @@ def check_architecture(
     import torch
     from torch import nn
 
-    from facekit.api import ArchitectureSpec, ArchOptions, Normalization
+    from facekit.specs import ArchitectureSpec, ArchOptions, Normalization
 
     spec = _registered("architectures", name)
     assert isinstance(spec, ArchitectureSpec), f"architecture {name!r}: registered a {type(spec).__name__}, not an ArchitectureSpec"
@@ -205,7 +206,7 @@ def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None
     import torch
     from torch import nn
 
-    from facekit.api import LossSpec
+    from facekit.specs import LossSpec
 
     spec = _registered("losses", name)
     assert isinstance(spec, LossSpec), f"loss {name!r}: registered a {type(spec).__name__}, not a LossSpec"
@@ -233,7 +234,7 @@ def check_split(name: str, seed: int = 0) -> None:
     """
     import numpy as np
 
-    from facekit.api import Fold, SplitOptions, SplitPlan, SplitSpec
+    from facekit.specs import Fold, SplitOptions, SplitPlan, SplitSpec
 
     spec = _registered("splits", name)
     assert isinstance(spec, SplitSpec), f"split {name!r}: registered a {type(spec).__name__}, not a SplitSpec"
@@ -276,7 +277,9 @@ def check_reporter(name: str, run_dir: Path, out_dir: Path) -> None:
 
     from rich.console import Console
 
-    from facekit.api import ReportContext, ReporterSpec, Run
+    from facekit.report import ReportContext
+    from facekit.runs import Run
+    from facekit.specs import ReporterSpec
     from facekit.report import build_report
 
     spec = _registered("reporters", name)
