@@ -8,66 +8,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from facekit.specs import Normalization
 from facekit.errors import UsageError
+from facekit.inference import readable_images, run_loader
 from facekit.runs import Run
-
-
-def expand_images(inputs: list[Path]) -> list[Path]:
-    """Image files named directly, or found under folders (sorted); a missing path is a usage error."""
-    from facekit.data.index import IMAGE_EXTENSIONS
-
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UsageError(f"{item}: no such file or folder")
-    if not files:
-        raise UsageError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return files
-
-
-def unreadable(path: Path) -> str | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as exc:
-        return f"{exc.__class__.__name__}: {exc}"
-    return None
 
 
 @torch.no_grad()
 def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = "auto", batch_size: int = 32) -> list[dict[str, Any]]:
     """One entry per image: the file and its ``top_k`` identities (name, id, probability)."""
-    from facekit.data.loaders import make_loader
-    from facekit.engine import resolve_device
+    from facekit.devices import resolve_device
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {top_k})")
     run = Run.open(run_dir)
-    files = expand_images(inputs)
-    bad = {str(f): reason for f in files if (reason := unreadable(f))}
-    if bad:
-        first = next(iter(bad.items()))
-        raise UsageError(f"{first[0]} is not a readable image ({first[1]}); {len(bad)} unreadable file(s) in all")
+    files = readable_images(inputs)
     torch_device = resolve_device(device)
     model = run.load_model().to(torch_device)
-    loader = make_loader(
-        [str(f) for f in files],
-        np.zeros(len(files), dtype=np.int64),
-        batch_size=batch_size,
-        input_size=int(run.config["input_size"]),
-        normalization=Normalization.from_dict(run.normalization["folds"][run.kept_fold]),
-        train=False,
-        rotate=0.0,
-        device=torch_device,
-        backend="auto",  # the run's own --loader may not exist here (e.g. DALI on macOS); results agree within tolerance
-    )
+    loader = run_loader(run, files, device=torch_device, batch_size=batch_size)
     probs = []
     try:
         for images, _ in loader:

@@ -352,9 +352,10 @@ def plugins(
 
 
 def _mount_subcommands() -> None:
-    from facekit.cli import data_cmd, report_cmd
+    from facekit.cli import data_cmd, embed_cmd, report_cmd
 
     app.add_typer(data_cmd.app, name="data")
+    app.command("embed")(embed_cmd.embed)
     app.command("report")(report_cmd.report)
     app.command("kernels")(report_cmd.kernels)
 
