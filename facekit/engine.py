@@ -259,19 +259,26 @@ class Trainer:
         except FacekitError:
             raise
         except Exception as exc:  # noqa: BLE001 -- a plugin's or torch's error, told apart below
+            cause = exc
             failure = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
             build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)  # is there anything to train?
             return
-        if self.config.weights is not None and self._probe_works(size):
-            raise UsageError(
-                f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
-                "give that architecture's weights file"
-            )
+        if (self.arch.pretrained or self.config.weights is not None) and self._probe_works(size):
+            # The same network at the same size works without its pretrained weights: they are at fault.
+            if self.config.weights is not None:
+                raise UsageError(
+                    f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
+                    "give that architecture's weights file"
+                ) from cause
+            raise FacekitError(
+                f"architecture {name!r}: its pretrained weights do not load ({failure}); "
+                "if they are a cached download, delete that file to fetch it again, or pass --weights FILE"
+            ) from cause
         if size < self.arch.input_size and self._probe_works(self.arch.input_size):
             smallest = self._smallest_input_size(size + 1, self.arch.input_size)
-            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}")
-        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})")
+            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}") from cause
+        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})") from cause
 
     def _probe(self, size: int, *, pretrained: bool) -> nn.Module:
         model = create_model(

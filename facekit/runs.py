@@ -118,7 +118,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise FacekitError(f"checkpoint {path} could not be read ({exc.__class__.__name__}): {exc}") from exc
+        from facekit.weights import describe_load_failure
+
+        raise FacekitError(f"checkpoint {path} could not be read ({describe_load_failure(exc)})") from exc
 
 
 @dataclass

@@ -35,7 +35,7 @@ class FacekitGroup(ReadableGroup):
         try:
             return super().invoke(ctx)
         except FacekitError as exc:
-            typer.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {_scrubbed(str(exc))}{_blame(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             from facekit.runs import os_error_line
@@ -54,13 +54,32 @@ class FacekitGroup(ReadableGroup):
             # for a bug report when asked for.
             if os.environ.get(DEBUG_ENV):
                 raise
-            where = str(exc).splitlines()[0] if str(exc) else ""
+            where = _scrubbed(str(exc)).splitlines()[0] if str(exc).strip() else ""
+            culprit = _blame(exc)
             typer.echo(
-                f"Error: unexpected {exc.__class__.__name__}: {where} "
-                f"(rerun with {DEBUG_ENV}=1 for the traceback, and report it if facekit is at fault)",
+                f"Error: unexpected {exc.__class__.__name__}: {where}{culprit} "
+                f"(rerun with {DEBUG_ENV}=1 for the traceback, and report it if "
+                f"{'the plugin' if culprit else 'facekit'} is at fault)",
                 err=True,
             )
             raise typer.Exit(1) from None
+
+
+def _scrubbed(message: str) -> str:
+    """``message`` without PyTorch's advice to unpickle untrusted files, whoever passed it on (a plugin, torch)."""
+    from facekit.weights import scrub_torch_advice
+
+    return scrub_torch_advice(message)
+
+
+def _blame(exc: BaseException) -> str:
+    """`` (in plugin 'x' from package y)`` when a third-party plugin's code raised ``exc``, unless the message names it."""
+    from facekit.plugins import plugin_behind
+
+    info = plugin_behind(exc)
+    if info is None or info.package in str(exc):
+        return ""
+    return f" (in {info.label})"
 
 
 app = ReadableTyper(
@@ -75,7 +94,7 @@ err_console = Console(stderr=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False, soft_wrap=True)  # one line, however long
 
 
 def _version(value: bool) -> None:
@@ -371,6 +390,6 @@ def main(argv: list[str] | None = None) -> None:
         reset_plugins(plugin_set)
         plugin_set.add_commands(app)
     except FacekitError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+        typer.echo(f"Error: {_scrubbed(str(exc))}", err=True)
         raise SystemExit(exc.exit_code) from None
     app(args=argv, prog_name="facekit")
