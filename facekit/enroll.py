@@ -38,7 +38,7 @@ def enroll(run_dir: Path, folder: Path, *, device: str = "auto") -> list[dict[st
     is written.
     """
     from facekit.data.index import scan_dataset
-    from facekit.engine import resolve_device
+    from facekit.devices import resolve_device
     from facekit.openset_training import infer
     from facekit.runs import RunWriter
 

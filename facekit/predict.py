@@ -9,35 +9,8 @@ from typing import Any
 import torch
 
 from facekit.errors import UsageError
+from facekit.inference import readable_images
 from facekit.runs import Run
-
-
-def expand_images(inputs: list[Path]) -> list[Path]:
-    """Image files named directly, or found under folders (sorted); a missing path is a usage error."""
-    from facekit.data.index import IMAGE_EXTENSIONS
-
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UsageError(f"{item}: no such file or folder")
-    if not files:
-        raise UsageError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return files
-
-
-def unreadable(path: Path) -> str | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as exc:
-        return f"{exc.__class__.__name__}: {exc}"
-    return None
 
 
 NO_OPENSET_NOTE = (
@@ -59,7 +32,7 @@ def predict(
     image (as closed-set classification does) unless ``threshold`` is given; ``notes`` (when
     given) receives a line saying so.
     """
-    from facekit.engine import resolve_device
+    from facekit.devices import resolve_device
     from facekit.openset import OpenSet, decide, decision_score
     from facekit.openset_training import infer
 
@@ -69,11 +42,7 @@ def predict(
         raise UsageError(f"--threshold must be a finite number (got {threshold})")
     run = Run.open(run_dir)
     data = OpenSet.read(run.path)
-    files = expand_images(inputs)
-    bad = {str(f): reason for f in files if (reason := unreadable(f))}
-    if bad:
-        first = next(iter(bad.items()))
-        raise UsageError(f"{first[0]} is not a readable image ({first[1]}); {len(bad)} unreadable file(s) in all")
+    files = readable_images(inputs)
     if data is None and notes is not None and threshold is None:
         notes.append(NO_OPENSET_NOTE.format(run=run.path))
     torch_device = resolve_device(device)

@@ -368,9 +368,14 @@ def plugins(
 
 
 def _mount_subcommands() -> None:
+<<<<<<< HEAD
     from facekit.cli import data_cmd, enroll_cmd, report_cmd
+=======
+    from facekit.cli import data_cmd, embed_cmd, report_cmd
+>>>>>>> main
 
     app.add_typer(data_cmd.app, name="data")
+    app.command("embed")(embed_cmd.embed)
     app.command("report")(report_cmd.report)
     app.command("kernels")(report_cmd.kernels)
     app.command("enroll")(enroll_cmd.enroll)
