@@ -175,49 +175,14 @@ def test_compare_puts_openset_figures_beside_a_closed_set_run(openset_run, faces
 
 
 # --------------------------------------------------------------------------- predict, enroll
-def _baseline_embeddings(model, arch_name):
-    """(logits, embedding) of the baseline: its classifier's input to the last Linear."""
-    import torch
-
-    class Penultimate(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, images):
-            embedding = self.model.classifier[:-1](self.model.features(images))
-            return self.model.classifier[-1](embedding), embedding
-
-    return Penultimate()
-
-
 @pytest.fixture(scope="module")
 def gallery_run(faces, strangers, tmp_path_factory) -> Path:
     """An open-set run with a gallery (class centroids), so people can be enrolled in it."""
-    import facekit.openset_training as training
-
     out = tmp_path_factory.mktemp("os") / "gallery-run"
-    with pytest.MonkeyPatch.context() as patch:
-        if training.embedding_network(_probe_model(), "baseline") is None:  # this facekit has no embeddings API yet
-            patch.setattr(training, "embedding_network", _baseline_embeddings)
-        result = invoke("train", "--data", faces, "--out", out, "--unknown-identities", "0.25", "--strangers", strangers,
-                        "--val-size", "0.25", *FAST)  # fmt: skip
-        assert result.exit_code == 0, result.output
-        yield out
-
-
-def _probe_model():
-    from facekit.models import BaselineNet
-
-    return BaselineNet(2, 48)
-
-
-@pytest.fixture
-def embeddings_api(monkeypatch):
-    import facekit.openset_training as training
-
-    if training.embedding_network(_probe_model(), "baseline") is None:
-        monkeypatch.setattr(training, "embedding_network", _baseline_embeddings)
+    result = invoke("train", "--data", faces, "--out", out, "--unknown-identities", "0.25", "--strangers", strangers,
+                    "--val-size", "0.25", *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
 
 
 @pytest.mark.slow
@@ -252,7 +217,7 @@ def test_predict_on_a_closed_set_run_names_everyone_and_says_so(faces, tmp_path)
 
 
 @pytest.mark.slow
-def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, strangers, tmp_path, embeddings_api):
+def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, strangers, tmp_path):
     data = openset.OpenSet.read(gallery_run)
     assert data.gallery is not None and "centroid" in data.calibration
     assert data.gallery.names == Run(gallery_run).classes and data.gallery.embeddings.shape[0] == len(data.gallery.names)
@@ -294,7 +259,7 @@ def test_enroll_refuses_a_run_without_a_gallery_and_bad_arguments(tmp_path):
 
 
 @pytest.mark.slow
-def test_enroll_refuses_unreadable_photos_before_writing(gallery_run, tmp_path, embeddings_api):
+def test_enroll_refuses_unreadable_photos_before_writing(gallery_run, tmp_path):
     people = tmp_path / "people"
     (people / "amy").mkdir(parents=True)
     (people / "amy" / "broken.jpg").write_bytes(b"not a jpeg")

@@ -368,11 +368,7 @@ def plugins(
 
 
 def _mount_subcommands() -> None:
-<<<<<<< HEAD
-    from facekit.cli import data_cmd, enroll_cmd, report_cmd
-=======
-    from facekit.cli import data_cmd, embed_cmd, report_cmd
->>>>>>> main
+    from facekit.cli import data_cmd, embed_cmd, enroll_cmd, report_cmd
 
     app.add_typer(data_cmd.app, name="data")
     app.command("embed")(embed_cmd.embed)
