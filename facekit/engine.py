@@ -30,6 +30,7 @@ from facekit.config import TrainConfig
 from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.data.decoded_cache import cache_choice
 from facekit.data.stats import run_normalizations
+from facekit.devices import resolve_device
 from facekit.distributed import Distributed
 from facekit.errors import UsageError
 from facekit.factory import create_model
@@ -37,7 +38,7 @@ from facekit.runs import FoldState, Run, RunWriter, TestScores, default_run_dir,
 from facekit.schedules import Schedule, build_schedule
 from facekit.specs import Normalization, SplitOptions
 from facekit.training import loops, resume as resume_rules
-from facekit.training.accelerator import Accelerator, resolve_device
+from facekit.training.accelerator import Accelerator
 from facekit.training.divergence import TrainingDiverged, all_finite, divergence_message
 from facekit.training.loops import EpochStats
 from facekit.training.optim import build_optimizer
