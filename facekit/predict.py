@@ -9,18 +9,20 @@ import numpy as np
 import torch
 
 from facekit.api import Normalization
-from facekit.errors import UsageError
+from facekit.errors import FacekitError, UsageError
 from facekit.runs import Run
 
 
 def expand_images(inputs: list[Path]) -> list[Path]:
-    """Image files named directly, or found under folders (sorted); a missing path is a usage error."""
-    from facekit.data.index import IMAGE_EXTENSIONS
+    """Image files named directly, or found under folders as a data set's images are (sorted, each once:
+    hidden files such as ``._x.png`` and dot-folders, run folders and links back are left out);
+    a missing path is a usage error."""
+    from facekit.data.index import IMAGE_EXTENSIONS, image_files_under
 
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+            files.extend(image_files_under(item)[0])
         elif item.is_file():
             files.append(item)
         else:
@@ -31,14 +33,10 @@ def expand_images(inputs: list[Path]) -> list[Path]:
 
 
 def unreadable(path: Path) -> str | None:
-    from PIL import Image
+    """Why ``path`` cannot be read as training reads images (a GIF named .png too), or None."""
+    from facekit.data.index import image_problem
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as exc:
-        return f"{exc.__class__.__name__}: {exc}"
-    return None
+    return image_problem(path)
 
 
 @torch.no_grad()
@@ -62,7 +60,7 @@ def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = 
         np.zeros(len(files), dtype=np.int64),
         batch_size=batch_size,
         input_size=int(run.config["input_size"]),
-        normalization=Normalization.from_dict(run.normalization["folds"][run.kept_fold]),
+        normalization=Normalization.from_dict(run.fold_normalization()),
         train=False,
         rotate=0.0,
         device=torch_device,
@@ -75,6 +73,11 @@ def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = 
     finally:
         loader.close()
     probabilities = torch.cat(probs)
+    if not bool(torch.isfinite(probabilities).all()):
+        raise FacekitError(
+            f"the model of {run.path} gives probabilities that are not numbers (NaN) for these images: "
+            f"its checkpoint or normalization.json is damaged; use another run or train a new one"
+        )
     k = min(top_k, probabilities.shape[1])
     values, indices = probabilities.topk(k, dim=1)
     return [

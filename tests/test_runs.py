@@ -94,9 +94,16 @@ def test_create_refuses_a_non_empty_folder_without_force(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
+    for force in (False, True):  # not a run folder: never emptied, even with --force
+        with pytest.raises(UsageError, match=r"--out .*run is not a facekit run folder \(it holds precious.txt\)"):
+            RunWriter.create(out, force=force)
+    assert (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()
+    RunWriter.create(out, force=False).close()
+    (out / "config.json").write_text('{"arch": "baseline", "data": "faces"}')
+    (out / "split.json").write_text('{"files": []}')
     with pytest.raises(UsageError, match=r"run folder .*run already exists: .*--resume .*--force"):
         RunWriter.create(out, force=False)
-    assert (out / "precious.txt").read_text() == "keep me"
     writer = RunWriter.create(out, force=True)
     assert writer.path == out and [p.name for p in out.iterdir()] == [".lock"]  # only the training process's lock
     writer.close()
