@@ -6,7 +6,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from facekit.engine import Progress, TrainConfig, Trainer
+from facekit.config import TrainConfig
+from facekit.engine import Progress, Trainer
 
 DEMO_DATA = Path("runs") / "demo-data"
 

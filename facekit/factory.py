@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from facekit.api import ArchOptions
+from facekit.specs import ArchOptions
 
 if TYPE_CHECKING:  # torch is heavy; importing this module stays cheap
     import torch

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facekit.api import SplitOptions, SplitPlan, SplitSpec
+from facekit.specs import SplitOptions, SplitPlan, SplitSpec
 from facekit.data.index import BadFile, DatasetIndex, scan_dataset
 from facekit.data.leakage import find_leaks
 from facekit.errors import UsageError

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facekit.api import Normalization
+from facekit.specs import Normalization
 from facekit.data.augment import AugmentPipeline
 from facekit.data.loaders import _native
 from facekit.data.pixels import rgb8, wide_to_8bit
