@@ -34,11 +34,12 @@ from facekit.devices import resolve_device
 from facekit.distributed import Distributed
 from facekit.errors import UsageError
 from facekit.factory import create_model
-from facekit.runs import FoldState, Run, RunWriter, TestScores, default_run_dir, load_checkpoint
+from facekit.runs import FoldState, Run, RunWriter, TestScores, check_destination, default_run_dir, load_checkpoint
 from facekit.schedules import Schedule, build_schedule
-from facekit.specs import Normalization, SplitOptions
+from facekit.specs import Normalization
 from facekit.training import loops, resume as resume_rules
 from facekit.training.accelerator import Accelerator
+from facekit.training.data_plan import plan_data
 from facekit.training.divergence import TrainingDiverged, all_finite, divergence_message
 from facekit.training.loops import EpochStats
 from facekit.training.optim import build_optimizer
@@ -98,24 +99,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> dict[str, Any]:
         """Index the data, plan the split, compute the normalization: all a run's setup, before its folder exists."""
-        from facekit.data.index import index_dataset
-        from facekit.openset_training import openset_setup
-
-        self.progress.message(f"indexing {self.config.data}")
-        index = index_dataset(self.config.data)
-        for bad in index.bad:
-            self.progress.message(f"skipping {bad.path}: {bad.reason}")
-        index, openset_split = openset_setup(
-            index, fraction=self.config.unknown_identities, strangers=self.config.strangers, seed=self.config.seed
-        )
-        options = SplitOptions(
-            seed=self.config.seed, test_size=self.config.test_size, val_size=self.config.val_size, folds=self.config.folds
-        )
-        plan = self.split_spec.split(index.labels, options)
-        if openset_split is not None and any(len(fold.val) == 0 for fold in plan.folds):
-            raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
-        for note in plan.notes:
-            self.progress.message(note)
+        index, plan, openset_split = plan_data(self.config, self.split_spec, self.progress)
         config = self.config.to_dict() | {
             "input_size": self.input_size,
             # "device" stays what was asked ("auto"), so a resume elsewhere picks that machine's device.
@@ -170,6 +154,8 @@ class Trainer:
         the other ranks learn the folder and its setup from it, so they need no --out.
         """
         with distributed.joined(self.dist), distributed.translate_failures(self.dist, self.config.out), ExitStack() as held:
+            if self.dist.is_main and self.config.out is not None:  # an --out that would lose data fails before any work
+                check_destination(self.config.out, force=self.config.force, data=self.config.data)
             self.check_model()  # on every rank: it is deterministic, so each refuses alike
             writers: list[RunWriter] = []  # rank 0's, once make_run made the folder
 
@@ -199,8 +185,8 @@ class Trainer:
 
     def _new_writer(self) -> RunWriter:
         if self.config.out is not None:
-            return RunWriter.create(self.config.out, self.config.force)
-        return RunWriter.create_new(default_run_dir(self.config))
+            return RunWriter.create(self.config.out, self.config.force, data=self.config.data)
+        return RunWriter.create_new(default_run_dir(self.config), data=self.config.data)
 
     @classmethod
     def resume(cls, run_dir: Path, progress: Progress | None = None, **given: Any) -> Path:

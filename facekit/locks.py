@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from facekit.errors import UsageError
-
-LOCK_FILE = ".lock"
+from facekit.files import NOFOLLOW
+from facekit.run_files import LOCK_FILE
 
 
 def try_lock(fd: int) -> bool:
@@ -43,7 +43,14 @@ def try_lock(fd: int) -> bool:
 
 def lock_folder(path: Path) -> int:
     """Take the run folder's exclusive lock; the kernel releases it when the process dies, so it never sticks."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o666)
+    except OSError as exc:
+        if (path / LOCK_FILE).is_symlink():  # ELOOP: writing the pid would overwrite whatever it points to
+            raise UsageError(
+                f"{path / LOCK_FILE} is a symbolic link, which facekit never writes through: remove it, or choose another --out"
+            ) from None
+        raise exc
     if not try_lock(fd):
         owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)

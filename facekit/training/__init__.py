@@ -3,6 +3,7 @@
 - :mod:`.accelerator`: the device, the precision and the memory layout a run trains in.
 - :mod:`.rng`: seeding and the random-number state a checkpoint carries.
 - :mod:`.optim`: the optimizer over an architecture's parameter groups; frozen batch norms.
+- :mod:`.data_plan`: the index, the unknown people set aside and the split plan, before a run folder exists.
 - :mod:`.probe`: one image through a freshly built model before anything is written.
 - :mod:`.loops`: one training pass and one evaluation pass over a loader.
 - :mod:`.divergence`: when the loss stops being a number, and what to tell the user.
