@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from facekit import openset
-from facekit.errors import UsageError
+from facekit.errors import FacekitError, UsageError
 
 OPENSET_TEST_FILE = "openset_test.npz"
 # The score a run rejects by when it has several: the first available of these. The order is
@@ -172,7 +172,10 @@ def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size
                     embeddings.append(batch_embeddings.float().cpu())
     finally:
         loader.close()
-    return torch.cat(logits).numpy(), (torch.cat(embeddings).numpy() if embeddings else None)
+    logits = torch.cat(logits)
+    if not bool(torch.isfinite(logits).all()):  # NaN scores would name identities at random, exit 0
+        raise FacekitError(f"the model of {run.path} gives scores that are not numbers (NaN): its checkpoint is damaged")
+    return logits.numpy(), (torch.cat(embeddings).numpy() if embeddings else None)
 
 
 # ---------------------------------------------------------------------------- evaluation

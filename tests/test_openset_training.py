@@ -153,10 +153,11 @@ def test_report_shows_the_openset_figures(openset_run, tmp_path):
     y_true, y_pred = Run(openset_run).test_labels()
     if summary["score"] == "softmax":
         assert figures["rank1"] == pytest.approx(np.mean(y_true == y_pred))
-    result = invoke("report", openset_run, "--out", tmp_path / "report")
+    result = invoke("report", openset_run, "--out", tmp_path / "report", "--html", tmp_path / "report.html")
     assert result.exit_code == 0, result.output
     assert "Open-set identification (test split)" in result.output and "FNIR at FPIR 0.1" in result.output
     assert (tmp_path / "report" / "det_curve.png").is_file()
+    assert 'alt="det_curve.png"' in (tmp_path / "report.html").read_text()  # the web page has it too
     as_json = json.loads(invoke("report", openset_run, "--json").stdout)
     assert as_json["openset"]["score"] == summary["score"]
     assert as_json["openset"]["scores"][summary["score"]]["fnir_at_fpir"]["0.001"] is None  # too few unknowns
