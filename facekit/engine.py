@@ -66,6 +66,8 @@ class Trainer:
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
         self.loss_spec.check_label_smoothing(config.label_smoothing)
+        # The run records every option of its loss, the defaults included, typed.
+        config = dataclasses.replace(config, loss_options=self.loss_spec.resolve_options(config.loss_options))
         self.split_spec = splits().get(config.split)
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
@@ -301,7 +303,9 @@ class Trainer:
         optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = self.accelerator.grad_scaler()
         counts = np.bincount(record.labels[train_idx], minlength=num_classes)
-        loss_fn = self.loss_spec.make(counts.tolist(), label_smoothing=self.config.label_smoothing).to(self.device)
+        loss_fn = self.loss_spec.make(
+            counts.tolist(), label_smoothing=self.config.label_smoothing, options=self.config.loss_options
+        ).to(self.device)
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
         if len(val_idx) == 0:
@@ -393,7 +397,7 @@ class Trainer:
         return create_model(
             self.arch.name, num_classes=num_classes, input_size=self.input_size, finetune=self.config.finetune,
             weights=self.config.weights, trust_weights=self.config.trust_weights, device=self.device,
-            channels_last=self.channels_last,
+            channels_last=self.channels_last, loss=self.loss_spec.name, loss_options=self.config.loss_options,
         )  # fmt: skip
 
     def _finish(self, run: Run, record: RunRecord) -> None:

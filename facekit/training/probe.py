@@ -59,6 +59,8 @@ def probe(arch: ArchitectureSpec, config: TrainConfig, size: int, *, pretrained:
         weights=config.weights,
         trust_weights=config.trust_weights,
         pretrained=pretrained,
+        loss=config.loss,
+        loss_options=config.loss_options,
     )
     model.eval()
     with torch.no_grad():

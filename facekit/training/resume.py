@@ -24,6 +24,8 @@ def resume_changes(run: Run, saved: TrainConfig, given: dict[str, Any]) -> dict[
             "augment": _augment_steps(given.get("augment"), given.get("rotate"))
         }
         saved = dataclasses.replace(saved, rotate=None, augment=_augment_steps(saved.augment, saved.rotate))
+    if "loss_options" in given:
+        given, saved = _loss_options_as_meant(given, saved)
     changes, refused = {}, []
     for name, value in given.items():
         if name == "data":  # the data is the run's own (split.json), wherever --data pointed then
@@ -79,6 +81,20 @@ def check_data_present(run: Run) -> None:
         )
 
 
+def _loss_options_as_meant(given: dict[str, Any], saved: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
+    """Only the loss options given, compared by what they mean for the run's loss (typed), not how they were written."""
+    from facekit.plugins import losses
+    from facekit.specs import split_loss_options
+
+    spec = losses().get(saved.loss)
+    typed = given["loss_options"]
+    typed = split_loss_options(typed) if isinstance(typed, (list, tuple)) else dict(typed or {})
+    current = spec.resolve_options(saved.loss_options)
+    meant = spec.resolve_options(current | typed)
+    given = given | {"loss_options": {name: meant[name] for name in typed}}
+    return given, dataclasses.replace(saved, loss_options={name: current[name] for name in typed})
+
+
 def _augment_steps(augment: list[str] | None, rotate: float | None) -> list[str]:
     """The augmentation steps, in running order, that ``--augment`` and ``--rotate`` stand for."""
     from facekit.plugins import augmentations
@@ -87,6 +103,8 @@ def _augment_steps(augment: list[str] | None, rotate: float | None) -> list[str]
 
 
 def _option(name: str, value: Any) -> str:
+    if name == "loss_options":  # --loss-option NAME=VALUE, repeated
+        return " ".join(f"--loss-option {key}={item}" for key, item in value.items())
     flag = "--" + name.replace("_", "-")
     if isinstance(value, list):  # a repeatable option
         return " ".join(f"{flag} {item}" for item in value)
@@ -96,6 +114,8 @@ def _option(name: str, value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{key}={item}" for key, item in value.items()) or "none"
     if isinstance(value, list):
         return " ".join(value) or "none"
     return "none" if value is None else str(value)
