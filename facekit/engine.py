@@ -28,7 +28,6 @@ from facekit import distributed
 from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.config import TrainConfig
 from facekit.data.augment import AugmentPipeline, augment_args
-from facekit.data.decoded_cache import cache_choice
 from facekit.data.stats import run_normalizations
 from facekit.devices import resolve_device
 from facekit.distributed import Distributed
@@ -62,7 +61,7 @@ class Trainer:
         self.progress = (progress or SilentProgress()) if self.dist.is_main else SilentProgress()
         # Check every setting and name first: a typo or a bad number fails in a second, before any
         # file is written. The checks are deterministic, so every rank refuses alike.
-        config.validate()
+        config = config.validated()  # every option, once (facekit.config): what follows trusts the values
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
         self.loss_spec.check_label_smoothing(config.label_smoothing)
@@ -79,7 +78,7 @@ class Trainer:
         self.config = config = dataclasses.replace(config, rotate=None, augment=self.augment.to_args())
         self.input_size = self.arch.input_size if config.input_size is None else config.input_size
         self.rank_batch_size = self.dist.per_rank_batch(config.batch_size)
-        self.cache = cache_choice(config.cache)
+        self.cache = config.cache
         self._cache_files: tuple[str, ...] | None = None  # the data set's files: one disk cache for every split
         if config.threads is not None:
             torch.set_num_threads(config.threads)
