@@ -31,6 +31,7 @@ from facekit.specs import ArchitectureSpec, Normalization, SplitOptions, SplitPl
 from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.config import RESUME_SETTINGS, RESUME_TRAINING_SETTINGS, TrainConfig
 from facekit.compiling import EvalStep, TrainStep, resolve_compile_mode
+from facekit.data import fingerprints
 from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.data.decoded_cache import cache_choice
 from facekit.devices import resolve_device  # noqa: F401 -- also imported from here
@@ -246,6 +247,7 @@ class Trainer:
             plan=plan,
             normalization=self._normalizations(index.paths(), plan),
             openset=openset_split,
+            fingerprints=fingerprints.record(index.root, index.files, index.file_hashes),
         )
 
     def check_model(self) -> None:
@@ -508,6 +510,7 @@ class Trainer:
                 state = run.latest_state()
                 _check_training_changes(run, state, changes)
                 _check_data_present(run)
+                fingerprints.check_unchanged(run.path, run.split["root"], run.split["files"], run.fingerprints)
                 return run.setup(), state, changes
 
             setup, state, changes = distributed.from_main(place, open_run)
@@ -725,6 +728,12 @@ class Trainer:
             field.name: None if (part := getattr(scores, field.name)) is None else distributed.gather_shards(part)
             for field in dataclasses.fields(scores)
         }
+        if loader.undecodable:  # predictions for fewer images than the test split would be damaged: none are written
+            raise FacekitError(
+                f"test image {loader.undecodable[0]} could not be decoded ({len(loader.undecodable)} in all), so "
+                f"{run.path} has no test results: restore the file, then `facekit train --resume {run.path}` "
+                "evaluates the kept model again (or train a new run)"
+            )
         if writer is not None:
             writer.write_predictions(test_idx, labels[test_idx], TestScores(**gathered), run.classes, run.split["files"])
         kept_val_loss = next(r["val_loss"] for r in fold_results if r["fold"] == kept)
