@@ -157,6 +157,8 @@ class Trainer:
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
         self.loss_spec.check_label_smoothing(config.label_smoothing)
+        # The run records every option of its loss, the defaults included, typed.
+        config = dataclasses.replace(config, loss_options=self.loss_spec.resolve_options(config.loss_options))
         self.split_spec = splits().get(config.split)
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
@@ -289,6 +291,8 @@ class Trainer:
             weights=self.config.weights,
             trust_weights=self.config.trust_weights,
             pretrained=pretrained,
+            loss=self.loss_spec.name,
+            loss_options=self.config.loss_options,
         )
         model.eval()
         with torch.no_grad():
@@ -320,6 +324,8 @@ class Trainer:
             trust_weights=self.config.trust_weights,
             device=self.device,
             channels_last=self.channels_last,
+            loss=self.loss_spec.name,
+            loss_options=self.config.loss_options,
         )
 
     def _data_parallel(self, model: nn.Module) -> nn.Module:
@@ -602,7 +608,9 @@ class Trainer:
         optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
         counts = np.bincount(labels[train_idx], minlength=num_classes)
-        loss_fn = self.loss_spec.make(counts.tolist(), label_smoothing=self.config.label_smoothing).to(self.device)
+        loss_fn = self.loss_spec.make(
+            counts.tolist(), label_smoothing=self.config.label_smoothing, options=self.config.loss_options
+        ).to(self.device)
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
         best, early_stopping = BestKeeper(), EarlyStopping(self.config.patience)
@@ -771,6 +779,18 @@ def _resume_changes(run: Run, saved: TrainConfig, given: dict[str, Any]) -> dict
             "augment": _augment_steps(given.get("augment"), given.get("rotate"))
         }
         saved = dataclasses.replace(saved, rotate=None, augment=_augment_steps(saved.augment, saved.rotate))
+    if "loss_options" in given:
+        # Compare only the options given, by what they mean for the run's loss (typed), not how they were written.
+        from facekit.plugins import losses
+        from facekit.specs import split_loss_options
+
+        spec = losses().get(saved.loss)
+        typed = given["loss_options"]
+        typed = split_loss_options(typed) if isinstance(typed, (list, tuple)) else dict(typed or {})
+        current = spec.resolve_options(saved.loss_options)
+        meant = spec.resolve_options(current | typed)
+        given = given | {"loss_options": {name: meant[name] for name in typed}}
+        saved = dataclasses.replace(saved, loss_options={name: current[name] for name in typed})
     changes, refused = {}, []
     for name, value in given.items():
         if name == "data":  # the data is the run's own (split.json), wherever --data pointed then
@@ -829,6 +849,8 @@ def _check_data_present(run: Run) -> None:
 
 
 def _option(name: str, value: Any) -> str:
+    if name == "loss_options":  # --loss-option NAME=VALUE, repeated
+        return " ".join(f"--loss-option {key}={item}" for key, item in value.items())
     flag = "--" + name.replace("_", "-")
     if isinstance(value, list):  # a repeatable option
         return " ".join(f"{flag} {item}" for item in value)
@@ -838,6 +860,8 @@ def _option(name: str, value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{key}={item}" for key, item in value.items()) or "none"
     if isinstance(value, list):
         return " ".join(value) or "none"
     return "none" if value is None else str(value)

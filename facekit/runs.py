@@ -805,6 +805,8 @@ class Run:
             pretrained=False,  # the checkpoint holds every weight; no need to fetch the originals
             device=device,
             channels_last=channels_last,
+            loss=config.get("loss"),  # a loss with its own head (ArcFace) made the model's classifier
+            loss_options=config.get("loss_options"),
         )
         model.load_state_dict(weights)
         model.eval()
