@@ -33,7 +33,7 @@ from facekit.data.decoded_cache import cache_choice
 from facekit.data.stats import run_normalizations
 from facekit.devices import resolve_device
 from facekit.distributed import Distributed
-from facekit.errors import UsageError
+from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, TestScores, check_destination, default_run_dir, load_checkpoint
 from facekit.schedules import Schedule, build_schedule
