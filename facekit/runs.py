@@ -196,7 +196,10 @@ def check_destination(path: Path, *, force: bool, data: Path | None = None) -> N
             f"--out {path}: {overlap} (--data {data}); a run folder there would mix with the images, "
             "so nothing was deleted or written: choose an --out outside the data folder"
         )
-    contents = _contents(path)
+    try:
+        contents = _contents(path)
+    except OSError as exc:
+        raise UsageError(f"--out {path} cannot be read ({exc.strerror or exc}): choose another --out") from None
     if not contents:
         return
     reason = protected_reason(path)

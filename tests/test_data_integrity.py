@@ -223,6 +223,13 @@ def test_a_file_whose_content_does_not_match_its_name(faces):
     assert "person_01/jpeg.png" in index_dataset(faces).files  # used: every decoder reads it by content
     output = _check_output(faces)
     assert "gif.png" in output and "no problems found" not in output
+    import json
+
+    from facekit.cli.data_cmd import app
+
+    reported = json.loads(CliRunner().invoke(app, ["check", str(faces), "--json"]).stdout)
+    assert {"path": "person_01/jpeg.png", "reason": notes["person_01/jpeg.png"]} in reported["notes"]
+    assert reported["leaks"] == [] and reported["skipped"] == []
 
 
 # ----------------------------------------------------------------------------------- leakage
