@@ -616,6 +616,9 @@ class Trainer:
         history: list[dict[str, Any]] = list(resume_state.history) if resume_state else []
         fold_results: list[dict[str, Any]] = list(resume_state.fold_results) if resume_state else []
         first_fold = resume_state.next_fold if resume_state else 0
+        from facekit.data.loaders import describe_loaders
+
+        self.progress.message(describe_loaders(self.config.loader, self.device))
 
         divergence = None
         for fold_index in range(first_fold, len(split["folds"])):

@@ -66,7 +66,7 @@ def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = 
         train=False,
         rotate=0.0,
         device=torch_device,
-        backend="auto",  # the run's own --loader may not exist here (e.g. DALI on macOS); results agree within tolerance
+        backend="auto",  # evaluation's choice here; the run's own --loader may not exist here (e.g. DALI on macOS); results agree within tolerance
     )
     probs = []
     try:
