@@ -8,23 +8,34 @@ and ``verify_sha256`` (refuse a weights file that is not the published one). A p
 nothing else from facekit (tests/test_public_api.py checks the plugins in this repository).
 
 Importing this module stays cheap (no torch): plugins import it when facekit starts.
+
+This module only re-exports (the specs live in :mod:`facekit.specs`): nothing inside facekit
+imports it except the built-in plugins, so it can name anything without an import cycle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from facekit.errors import FacekitError, UsageError
 from facekit.hookspecs import hookimpl
+from facekit.specs import (
+    IMAGENET,
+    ArchitectureSpec,
+    ArchOptions,
+    AugmentationSpec,
+    Fold,
+    LossOption,
+    LossSpec,
+    Normalization,
+    ReporterSpec,
+    SplitOptions,
+    SplitPlan,
+    SplitSpec,
+)
 from facekit.weights import file_sha256, verify_sha256
 
-if TYPE_CHECKING:  # torch is heavy; plugins importing facekit.api should stay cheap
-    from torch import nn
-
+if TYPE_CHECKING:  # report and runs import more than a plugin needs at start-up: loaded on first access
     from facekit.report import ReportContext
     from facekit.runs import Run
 
@@ -35,6 +46,7 @@ __all__ = [
     "FacekitError",
     "Fold",
     "IMAGENET",
+    "LossOption",
     "LossSpec",
     "Normalization",
     "ReportContext",
@@ -59,156 +71,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'facekit.api' has no attribute {name!r}")
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Per-channel mean and std in [0, 1] pixel units: ``x = (pixel / 255 - mean) / std``."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Sequence[float]]) -> "Normalization":
-        return cls(tuple(map(float, data["mean"])), tuple(map(float, data["std"])))
-
-
-IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-@dataclass(frozen=True)
-class ArchOptions:
-    """What ``facekit train`` asks of an architecture's builder."""
-
-    num_classes: int
-    input_size: int = 224
-    finetune: bool = False  # pretrained backbones: train every layer, not just the new head
-    weights: Path | None = None  # an explicit weights file (pretrained backbones)
-    trust_weights: bool = False  # accept a weights file whose sha256 is not the published one
-    pretrained: bool = True  # False builds the same network randomly initialised (tests)
-
-
-@dataclass(frozen=True)
-class ArchitectureSpec:
-    """A model: ``build(options) -> nn.Module`` returning logits of shape (N, num_classes).
-
-    ``normalization`` None means "per-channel statistics of the training split"; a pretrained
-    backbone declares the statistics it was trained with. Frozen parameters have
-    ``requires_grad=False``; the engine optimises only the others.
-    """
-
-    name: str
-    build: Callable[[ArchOptions], "nn.Module"]
-    description: str = ""
-    input_size: int = 224
-    normalization: Normalization | None = None
-    pretrained: bool = False  # needs weights that may have to be found or downloaded
-    param_groups: Callable[["nn.Module", float], list[dict[str, Any]]] | None = None  # (model, lr) -> optimizer groups, e.g. a lower backbone lr; None: every trainable parameter at lr
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A loss strategy: ``build(class_counts) -> nn.Module`` called as ``loss(logits, targets)``.
-
-    ``class_counts[c]`` is the number of training images of class ``c``.
-    """
-
-    name: str
-    build: Callable[[Sequence[int]], "nn.Module"]
-    description: str = ""
-    supports_label_smoothing: bool = False  # build also takes ``label_smoothing=`` (0 <= x < 1)
-
-    def check_label_smoothing(self, label_smoothing: float) -> None:
-        """A UsageError unless this loss can train with ``label_smoothing`` (before any work is done)."""
-        if not 0.0 <= label_smoothing < 1.0:
-            raise UsageError(f"--label-smoothing {label_smoothing}: expected a number from 0 up to (not including) 1")
-        if label_smoothing > 0.0 and not self.supports_label_smoothing:
-            raise UsageError(f"--loss {self.name} does not support --label-smoothing; drop the option or choose a loss that does")
-
-    def make(self, class_counts: Sequence[int], *, label_smoothing: float = 0.0) -> "nn.Module":
-        """Build the loss; ``label_smoothing`` > 0 reaches only specs that declare support for it."""
-        self.check_label_smoothing(label_smoothing)
-        if label_smoothing == 0.0:
-            return self.build(class_counts)
-        return self.build(class_counts, label_smoothing=label_smoothing)
-
-
-@dataclass(frozen=True)
-class SplitOptions:
-    """Sizes and seed that a split strategy honours (fractions of the whole data set)."""
-
-    seed: int = 0
-    test_size: float = 0.2
-    val_size: float = 0.1
-    folds: int = 5
-
-
-@dataclass(frozen=True)
-class Fold:
-    """One model's training and validation indices into the data set's file list."""
-
-    train: np.ndarray
-    val: np.ndarray
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """A fixed test split and one or more folds over the rest (one model is trained per fold)."""
-
-    test: np.ndarray
-    folds: list[Fold]
-    notes: list[str] = field(default_factory=list)  # documented rules applied, e.g. tiny classes
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    """A split strategy: ``split(labels, options) -> SplitPlan``, deterministic for a seed."""
-
-    name: str
-    split: Callable[[np.ndarray, SplitOptions], SplitPlan]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class ReporterSpec:
-    """A reporter: ``render(context)`` prints or writes one view of a run's test results.
-
-    ``context`` is a :class:`ReportContext`. Reporters with ``default=True``
-    run on a plain ``facekit report``; others run when named with ``--reporter``.
-    """
-
-    name: str
-    render: Callable[[ReportContext], Any]
-    description: str = ""
-    default: bool = True
-
-
-@dataclass(frozen=True)
-class AugmentationSpec:
-    """A training-image augmentation that both loader backends run, chosen with ``--augment name[:arg]``.
-
-    - ``parse(arg) -> params``: the text after ``name:`` (None when absent) to the step's fixed
-      parameters; bad text raises :class:`facekit.errors.UsageError` naming ``--augment name:arg``.
-    - ``sample(rng, n, params) -> float32 array (n, k)``: every image's random draws for one
-      epoch, from the epoch's generator (so the same image gets the same draws in every backend).
-    - ``apply_torch(images, samples, params) -> images``: the batched step on float32 NCHW
-      images in grey levels (0-255, not yet normalized) on any device, with ``samples`` a
-      float32 tensor (n, k) on the same device; no Python loop over images. The batch belongs
-      to the pipeline: a step may change it in place and return it.
-    - ``apply_dali(images, samples, params) -> images``: the same step inside a DALI graph on
-      uint8 HWC nodes, ``samples`` a node holding each image's k draws; None when the step has
-      no DALI version (a pipeline with such a step then augments in torch after DALI decodes).
-    - ``geometric``: the step moves pixels (crop, flip, rotate) rather than changing their values;
-      a pipeline runs geometric steps first, then the others, each group in the order given.
-    """
-
-    name: str
-    parse: Callable[[str | None], Any]
-    sample: Callable[[np.random.Generator, int, Any], np.ndarray]
-    apply_torch: Callable[[Any, Any, Any], Any]
-    description: str = ""
-    apply_dali: Callable[[Any, Any, Any], Any] | None = None
-    geometric: bool = False

@@ -1,6 +1,6 @@
 """The training engine: one model per fold of a split plan, the best kept, judged on the test split.
 
-It knows architectures, losses and splits only through their spec contracts (facekit.api).
+It knows architectures, losses and splits only through their spec contracts (facekit.specs).
 It only trains: everything a run produces is written by its run folder's keeper
 (:class:`facekit.runs.RunWriter`), checkpointed every epoch, so an interruption never loses
 more than one epoch.
@@ -27,108 +27,28 @@ import torch
 from torch import nn
 
 from facekit import distributed
-from facekit.api import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
+from facekit.specs import ArchitectureSpec, Normalization, SplitOptions, SplitPlan
 from facekit.callbacks import BestKeeper, EarlyStopping
+from facekit.config import RESUME_SETTINGS, RESUME_TRAINING_SETTINGS, TrainConfig
 from facekit.compiling import EvalStep, TrainStep, resolve_compile_mode
 from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.data.decoded_cache import cache_choice
-from facekit.data.loaders.options import BACKENDS, MIN_INPUT_SIZE
+from facekit.devices import resolve_device  # noqa: F401 -- also imported from here
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
-from facekit.runs import DENSE_PROBS_LIMIT, TOP_K, FoldState, Run, RunWriter, TestScores, default_run_dir, load_checkpoint
+from facekit.runs import (
+    DENSE_PROBS_LIMIT,
+    TOP_K,
+    FoldState,
+    Run,
+    RunWriter,
+    TestScores,
+    check_destination,
+    default_run_dir,
+    load_checkpoint,
+)
 from facekit.schedules import Schedule, build_schedule, check_schedule
-
-# 65,536 images of 224 px are 39 GB as float32 on one device already; more is a typo.
-MAX_BATCH_SIZE = 65536
-MAX_INPUT_SIZE = 4096  # one 4096x4096 image is 200 MB as float32 already; more only exhausts memory
-# Settings a resume may change: how long and where it trains, not what it trains (that would no
-# longer continue the same run). Others given with --resume are refused by name.
-RESUME_SETTINGS = ("epochs", "patience", "threads", "workers", "device", "cache", "compile")
-# Of those, the ones that shape the training itself: they apply only while no fold has finished,
-# so every fold of a run trains alike.
-RESUME_TRAINING_SETTINGS = ("epochs", "patience")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; saved as the run's config.json."""
-
-    data: Path
-    arch: str = "baseline"
-    loss: str = "plain"
-    split: str = "holdout"
-    folds: int = 5
-    test_size: float = 0.2
-    val_size: float = 0.1
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 5e-3
-    patience: int = 0  # early stopping after this many epochs without a better validation loss; 0 = off
-    seed: int = 0
-    rotate: float | None = None  # --rotate DEG: short for augment ["rotate:DEG"]; runs before --augment have only this
-    augment: list[str] | None = None  # training augmentation steps; None: ["rotate:15"] (see facekit.data.augment)
-    label_smoothing: float = 0.0
-    schedule: str = "constant"  # learning-rate schedule (facekit.schedules)
-    input_size: int | None = None  # None: the architecture's own
-    finetune: bool = False
-    weights: Path | None = None
-    trust_weights: bool = False
-    loader: str = "auto"
-    cache: str | bool = "off"  # auto, memory, disk or off (see facekit.data.decoded_cache); a bool from older runs
-    workers: int | None = None
-    threads: int | None = None  # torch CPU threads; None: torch's default (one per core)
-    device: str = "auto"
-    amp: bool | None = None  # None: on for CUDA
-    channels_last: bool | None = None  # None: on for CUDA
-    compile: str | None = None  # torch.compile mode of the training/evaluation steps ("default", "reduce-overhead"); None: eager
-    out: Path | None = None
-    force: bool = False
-
-    def validate(self) -> None:
-        """Refuse every number out of range with a :class:`UsageError` naming its option (nothing is written first)."""
-
-        def require(ok: bool, option: str, value: Any, what: str) -> None:
-            if not ok:
-                raise UsageError(f"{option} must be {what} (got {value})")
-
-        require(self.epochs >= 1, "--epochs", self.epochs, "at least 1")
-        require(1 <= self.batch_size <= MAX_BATCH_SIZE, "--batch-size", self.batch_size, f"from 1 to {MAX_BATCH_SIZE}")
-        require(_finite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number above 0, e.g. 1e-4")
-        require(_finite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay", self.weight_decay,
-                "a finite number, 0 or more")  # fmt: skip
-        require(self.patience >= 0, "--patience", self.patience, "0 (never stop early) or more epochs")
-        require(_finite(self.test_size) and 0 < self.test_size < 1, "--test-size", self.test_size,
-                "a fraction above 0 and below 1 (facekit report judges the test split)")  # fmt: skip
-        require(_finite(self.val_size) and 0 <= self.val_size < 1, "--val-size", self.val_size,
-                "a fraction from 0 up to (not including) 1")  # fmt: skip
-        require(0 <= self.seed < 2**31, "--seed", self.seed, "from 0 to 2147483647")
-        require(self.rotate is None or (_finite(self.rotate) and 0 <= self.rotate <= 180), "--rotate", self.rotate,
-                "between 0 and 180 degrees (0 turns rotation off)")  # fmt: skip
-        require(self.input_size is None or MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE, "--input-size",
-                self.input_size, f"from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")  # fmt: skip
-        require(self.loader.lower() in ("auto", *BACKENDS), "--loader", self.loader, f"one of auto, {', '.join(BACKENDS)}")
-        require(self.workers is None or self.workers >= 0, "--workers", self.workers, "0 (load in this process) or more")
-        require(self.threads is None or self.threads >= 1, "--threads", self.threads, "at least 1")
-        check_schedule(self.schedule)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for key, value in data.items():
-            if isinstance(value, Path):
-                data[key] = str(value)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        for key in ("data", "weights", "out"):
-            if values.get(key) is not None:
-                values[key] = Path(values[key])
-        return cls(**values)
-
 
 class EpochStats(NamedTuple):
     """One training pass: mean loss, accuracy, wall seconds, images seen, and the seconds of those spent compiling."""
@@ -167,23 +87,6 @@ class SilentProgress:
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         pass
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when there is one, else the CPU), or a device this machine has."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}, or auto")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -253,6 +156,8 @@ class Trainer:
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
         self.loss_spec.check_label_smoothing(config.label_smoothing)
+        # The run records every option of its loss, the defaults included, typed.
+        config = dataclasses.replace(config, loss_options=self.loss_spec.resolve_options(config.loss_options))
         self.split_spec = splits().get(config.split)
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
@@ -286,7 +191,7 @@ class Trainer:
 
         self.progress.message(f"indexing {self.config.data}")
         index = index_dataset(self.config.data)
-        for bad in index.bad:
+        for bad in index.bad + index.skipped:
             self.progress.message(f"skipping {bad.path}: {bad.reason}")
         return index
 
@@ -310,10 +215,20 @@ class Trainer:
 
     def _setup(self) -> dict[str, Any]:
         """Index the data, plan the split, compute the normalization: all a run's setup, before its folder exists."""
-        index = self._index()
+        from facekit.openset_training import openset_setup
+
+        index, openset_split = openset_setup(
+            self._index(), fraction=self.config.unknown_identities, strangers=self.config.strangers, seed=self.config.seed
+        )
         plan = self._plan(index.labels)
+        if openset_split is not None and any(len(fold.val) == 0 for fold in plan.folds):
+            raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
         for note in plan.notes:
             self.progress.message(note)
+        from facekit.data.leakage import find_leaks, leak_lines
+
+        for line in leak_lines(find_leaks(index.files, index.labels, index.classes, index.pixel_hashes, plan)):
+            self.progress.message(line)
         config = self.config.to_dict() | {
             "input_size": self.input_size,
             # "device" stays what was asked ("auto"), so a resume elsewhere picks that machine's device.
@@ -332,6 +247,7 @@ class Trainer:
             strategy=self.split_spec.name,
             plan=plan,
             normalization=self._normalizations(index.paths(), plan),
+            openset=openset_split,
         )
 
     def check_model(self) -> None:
@@ -343,19 +259,26 @@ class Trainer:
         except FacekitError:
             raise
         except Exception as exc:  # noqa: BLE001 -- a plugin's or torch's error, told apart below
+            cause = exc
             failure = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
             build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)  # is there anything to train?
             return
-        if self.config.weights is not None and self._probe_works(size):
-            raise UsageError(
-                f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
-                "give that architecture's weights file"
-            )
+        if (self.arch.pretrained or self.config.weights is not None) and self._probe_works(size):
+            # The same network at the same size works without its pretrained weights: they are at fault.
+            if self.config.weights is not None:
+                raise UsageError(
+                    f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
+                    "give that architecture's weights file"
+                ) from cause
+            raise FacekitError(
+                f"architecture {name!r}: its pretrained weights do not load ({failure}); "
+                "if they are a cached download, delete that file to fetch it again, or pass --weights FILE"
+            ) from cause
         if size < self.arch.input_size and self._probe_works(self.arch.input_size):
             smallest = self._smallest_input_size(size + 1, self.arch.input_size)
-            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}")
-        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})")
+            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}") from cause
+        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})") from cause
 
     def _probe(self, size: int, *, pretrained: bool) -> nn.Module:
         model = create_model(
@@ -366,6 +289,8 @@ class Trainer:
             weights=self.config.weights,
             trust_weights=self.config.trust_weights,
             pretrained=pretrained,
+            loss=self.loss_spec.name,
+            loss_options=self.config.loss_options,
         )
         model.eval()
         with torch.no_grad():
@@ -397,6 +322,8 @@ class Trainer:
             trust_weights=self.config.trust_weights,
             device=self.device,
             channels_last=self.channels_last,
+            loss=self.loss_spec.name,
+            loss_options=self.config.loss_options,
         )
 
     def _data_parallel(self, model: nn.Module) -> nn.Module:
@@ -531,6 +458,8 @@ class Trainer:
         the other ranks learn the folder and its setup from it, so they need no --out.
         """
         with distributed.joined(self.dist), distributed.translate_failures(self.dist, self.config.out), ExitStack() as held:
+            if self.dist.is_main and self.config.out is not None:  # an --out that would lose data fails before any work
+                check_destination(self.config.out, force=self.config.force, data=self.config.data)
             self.check_model()  # on every rank: it is deterministic, so each refuses alike
             writers: list[RunWriter] = []  # rank 0's, once make_run made the folder
 
@@ -560,8 +489,8 @@ class Trainer:
 
     def _new_writer(self) -> RunWriter:
         if self.config.out is not None:
-            return RunWriter.create(self.config.out, self.config.force)
-        return RunWriter.create_new(default_run_dir(self.config))
+            return RunWriter.create(self.config.out, self.config.force, data=self.config.data)
+        return RunWriter.create_new(default_run_dir(self.config), data=self.config.data)
 
     @classmethod
     def resume(cls, run_dir: Path, progress: Progress | None = None, **given: Any) -> Path:
@@ -637,6 +566,13 @@ class Trainer:
 
         if fold_results:  # the same on every rank: losses are summed over the ranks
             self._finish(run, writer, files, labels, norms, fold_results)
+            if writer is not None and split.get("openset"):
+                from facekit.openset_training import evaluate_openset
+
+                evaluate_openset(
+                    Run(self.run_dir), device=self.device, target_fpir=self.config.target_fpir,
+                    score=self.config.openset_score, progress=self.progress, writer=writer,
+                )  # fmt: skip
         if divergence is not None:
             raise TrainingDiverged(self._divergence_message(*divergence, folds=len(split["folds"])))
         return self.run_dir
@@ -672,7 +608,9 @@ class Trainer:
         optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
         counts = np.bincount(labels[train_idx], minlength=num_classes)
-        loss_fn = self.loss_spec.make(counts.tolist(), label_smoothing=self.config.label_smoothing).to(self.device)
+        loss_fn = self.loss_spec.make(
+            counts.tolist(), label_smoothing=self.config.label_smoothing, options=self.config.loss_options
+        ).to(self.device)
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
         best, early_stopping = BestKeeper(), EarlyStopping(self.config.patience)
@@ -835,6 +773,18 @@ def _resume_changes(run: Run, saved: TrainConfig, given: dict[str, Any]) -> dict
             "augment": _augment_steps(given.get("augment"), given.get("rotate"))
         }
         saved = dataclasses.replace(saved, rotate=None, augment=_augment_steps(saved.augment, saved.rotate))
+    if "loss_options" in given:
+        # Compare only the options given, by what they mean for the run's loss (typed), not how they were written.
+        from facekit.plugins import losses
+        from facekit.specs import split_loss_options
+
+        spec = losses().get(saved.loss)
+        typed = given["loss_options"]
+        typed = split_loss_options(typed) if isinstance(typed, (list, tuple)) else dict(typed or {})
+        current = spec.resolve_options(saved.loss_options)
+        meant = spec.resolve_options(current | typed)
+        given = given | {"loss_options": {name: meant[name] for name in typed}}
+        saved = dataclasses.replace(saved, loss_options={name: current[name] for name in typed})
     changes, refused = {}, []
     for name, value in given.items():
         if name == "data":  # the data is the run's own (split.json), wherever --data pointed then
@@ -893,6 +843,8 @@ def _check_data_present(run: Run) -> None:
 
 
 def _option(name: str, value: Any) -> str:
+    if name == "loss_options":  # --loss-option NAME=VALUE, repeated
+        return " ".join(f"--loss-option {key}={item}" for key, item in value.items())
     flag = "--" + name.replace("_", "-")
     if isinstance(value, list):  # a repeatable option
         return " ".join(f"{flag} {item}" for item in value)
@@ -902,13 +854,11 @@ def _option(name: str, value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{key}={item}" for key, item in value.items()) or "none"
     if isinstance(value, list):
         return " ".join(value) or "none"
     return "none" if value is None else str(value)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _val_acc(history: list[dict[str, Any]], fold: int, epoch: int) -> float:

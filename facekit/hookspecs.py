@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:  # annotations only: importing facekit stays cheap
     import typer
 
-    from facekit.api import ArchitectureSpec, AugmentationSpec, LossSpec, ReporterSpec, SplitSpec
+    from facekit.specs import ArchitectureSpec, AugmentationSpec, LossSpec, ReporterSpec, SplitSpec
 
 hookspec = pluggy.HookspecMarker("facekit")
 hookimpl = pluggy.HookimplMarker("facekit")

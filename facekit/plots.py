@@ -10,7 +10,7 @@ GUI backend, nothing to close, safe to call from tests and threads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -18,8 +18,44 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 
 from facekit.metrics import ClassMetrics, spearman
 
+if TYPE_CHECKING:
+    from facekit.report import Report
+
 DPI = 110
 MANY_CLASSES = 50  # above this, per-class figures become distributions (see the module docstring)
+
+
+def report_figures(report: "Report", out: Path) -> list[Path]:
+    """A report's figures in ``out``: loss curves (when the run has a history), then the most
+    confused classes and score vs training images, or their many-class forms above MANY_CLASSES."""
+    run = report.run
+    written = []
+    if run.history:
+        best_epochs = {int(f["fold"]): int(f["best_epoch"]) for f in run.folds.get("folds", []) if "best_epoch" in f}
+        written.append(plot_loss_curves(
+            run.history, out / "loss_curves.png", kept_fold=run.kept_fold, best_epochs=best_epochs,
+            title=f"Loss curves: {report.name} ({run.config.get('arch')})",
+        ))
+    shown = max(len(report.confusions), 10)  # at least enough to show a pattern
+    if report.metrics.num_classes > MANY_CLASSES:  # too many classes to name them all
+        written.append(plot_top_confusions(
+            report.metrics, report.classes, out / "top_confusions.png", n=shown,
+            title=f"Most common confusions: {report.name}",
+        ))
+        written.append(plot_score_distribution(
+            report.metrics, report.train_counts, out / "score_distribution.png",
+            title=f"Per-class aggregated scores: {report.name}",
+        ))
+    else:
+        written.append(plot_confusion_matrix(
+            report.metrics, report.classes, out / "confusion_matrix.png", n=shown,
+            title=f"Most confused classes: {report.name}",
+        ))
+        written.append(plot_score_vs_training_images(
+            report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
+            title=f"Aggregated score vs training images: {report.name}",
+        ))
+    return written
 
 
 def readable(name: str) -> str:
@@ -245,4 +281,39 @@ def plot_score_distribution(
     right.grid(alpha=0.3, which="both")
     right.set_title(f"Score vs training images: Spearman {spearman(counts, scores):+.2f}", fontsize=10)
     figure.suptitle(title)
+    return save(figure, out_path)
+
+
+def plot_det_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], out_path: Path, *, marks: dict[str, tuple[float, float]] | None = None,
+    default: str | None = None, title: str = "DET curve",
+) -> Path:
+    """FNIR against FPIR (log axes), one curve per score, the run's threshold marked on each.
+
+    ``curves[name] = (fpir, fnir)``; ``marks[name] = (fpir, fnir)`` at the calibrated threshold.
+    Rates of 0 cannot sit on a log axis: they are drawn at the axis floor (half a probe)."""
+    figure = Figure(figsize=(6.2, 5), layout="constrained")
+    axis = figure.subplots()
+    floor = 1.0
+    for fpir, fnir in curves.values():
+        positive = np.concatenate([fpir[fpir > 0], fnir[fnir > 0]])
+        floor = min(floor, positive.min() if positive.size else 1.0)
+    floor /= 2
+    for position, (name, (fpir, fnir)) in enumerate(curves.items()):
+        style = {"color": f"C{position % 10}", "linewidth": 2.2 if name == default else 1.2}
+        label = f"{name} (default)" if name == default else name
+        axis.step(np.maximum(fpir, floor), np.maximum(fnir, floor), where="post", label=label, **style)
+        if marks and name in marks:
+            x, y = marks[name]
+            axis.plot([max(x, floor)], [max(y, floor)], marker="o", markersize=7, markeredgecolor="black",
+                      linestyle="none", color=style["color"], label=f"{name}: the run's threshold")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlim(floor, 1.0)
+    axis.set_ylim(floor, 1.0)
+    axis.set_xlabel("FPIR: share of unknown people named as someone")
+    axis.set_ylabel("FNIR: share of known people rejected or misnamed")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8, frameon=False)
+    axis.set_title(title)
     return save(figure, out_path)

@@ -78,7 +78,8 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def facekit_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run folder: the baseline trained for one epoch on ``synthetic_dataset`` at 48x48."""
-    from facekit.engine import SilentProgress, TrainConfig, Trainer
+    from facekit.config import TrainConfig
+    from facekit.engine import SilentProgress, Trainer
 
     config = TrainConfig(
         data=synthetic_dataset, out=tmp_path_factory.mktemp("facekit-run") / "run", arch="baseline", input_size=48,
@@ -101,14 +102,16 @@ def check_architecture(
     """Check architecture ``name`` against its contract, without pretrained weights.
 
     Built with ``pretrained=False`` at its declared input size (or ``input_size``), it returns
-    finite logits of shape (batch, num_classes), has trainable parameters, and a few Adam steps on
+    finite logits of shape (batch, num_classes); its spec's ``classifier`` names the submodule
+    that turns a flat (batch, D) embedding into exactly those logits (the embedding contract);
+    it has trainable parameters, and a few Adam steps on
     one tiny batch lower the training loss without moving any frozen (``requires_grad=False``)
     parameter.
     """
     import torch
     from torch import nn
 
-    from facekit.api import ArchitectureSpec, ArchOptions, Normalization
+    from facekit.specs import ArchitectureSpec, ArchOptions, Normalization
 
     spec = _registered("architectures", name)
     assert isinstance(spec, ArchitectureSpec), f"architecture {name!r}: registered a {type(spec).__name__}, not an ArchitectureSpec"
@@ -153,20 +156,62 @@ def check_architecture(
     )
     moved = [n for n, p in model.named_parameters() if n in frozen and not torch.equal(p, frozen[n])]
     assert not moved, f"architecture {name!r}: frozen parameters changed in training: {', '.join(moved[:5])}"
+    _check_embedding(name, spec, model, images, num_classes)
+
+
+def _check_embedding(name: str, spec: Any, model: Any, images: Any, num_classes: int) -> None:
+    """The spec names a classifier whose input is a flat embedding and whose output is the model's logits."""
+    import torch
+
+    from facekit.heads import embedding_model
+
+    classifier = spec.classifier
+    assert isinstance(classifier, str) and classifier, (
+        f"architecture {name!r}: ArchitectureSpec.classifier must name the final classifier submodule "
+        f"(e.g. 'fc'), whose input is the embedding; got {classifier!r}"
+    )
+    try:
+        model.get_submodule(classifier)
+    except AttributeError:
+        children = ", ".join(n for n, _ in model.named_modules() if n) or "(none)"
+        raise AssertionError(f"architecture {name!r}: classifier {classifier!r} is not a submodule; it has: {children[:300]}") from None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(images)
+            logits, embedding = embedding_model(model, spec)(images)
+    except Exception as exc:  # noqa: BLE001 -- any failure of the split model says the same
+        raise AssertionError(
+            f"architecture {name!r}: the model without its classifier {classifier!r} failed "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the classifier must be the model's last step"
+        ) from None
+    finally:
+        model.train(was_training)
+    assert embedding.dim() == 2 and embedding.shape[0] == len(images) and embedding.shape[1] >= 1, (
+        f"architecture {name!r}: the input of classifier {classifier!r} has shape {tuple(embedding.shape)}, "
+        f"not ({len(images)}, D): name the module whose input is the flat embedding"
+    )
+    assert torch.isfinite(embedding).all(), f"architecture {name!r}: non-finite embedding"
+    assert logits.shape == (len(images), num_classes) and torch.allclose(logits, expected, atol=1e-5, rtol=1e-4), (
+        f"architecture {name!r}: classifier {classifier!r} applied to its input does not give the model's output; "
+        "the classifier must be the model's last step"
+    )
 
 
 def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None:
-    """Check loss ``name``: ``build(class_counts)`` gives a module whose ``loss(logits, targets)`` is a
+    """Check loss ``name``: ``build(class_counts, **default options)`` gives a module whose ``loss(logits, targets)`` is a
     finite scalar with finite gradients, lower for confident right answers than for confident wrong ones.
+    A loss with a ``head``: the head maps (N, D) embeddings to (N, C) logits that train with the loss.
     """
     import torch
     from torch import nn
 
-    from facekit.api import LossSpec
+    from facekit.specs import LossSpec
 
     spec = _registered("losses", name)
     assert isinstance(spec, LossSpec), f"loss {name!r}: registered a {type(spec).__name__}, not a LossSpec"
-    loss_fn = spec.build(list(class_counts))
+    loss_fn = spec.make(list(class_counts))  # with its options' defaults
     assert isinstance(loss_fn, nn.Module), f"loss {name!r}: build() returned {type(loss_fn).__name__}, not an nn.Module"
     classes = len(class_counts)
     targets = torch.arange(2 * classes) % classes
@@ -182,6 +227,20 @@ def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None
         right = loss_fn(10 * nn.functional.one_hot(targets, classes).float(), targets)
         wrong = loss_fn(10 * nn.functional.one_hot((targets + 1) % classes, classes).float(), targets)
     assert right < wrong, f"loss {name!r}: right answers cost {right.item():.4f}, wrong ones {wrong.item():.4f}"
+    if spec.head is not None:
+        head = spec.make_head(8, classes)
+        assert isinstance(head, nn.Module), f"loss {name!r}: head() returned {type(head).__name__}, not an nn.Module"
+        embeddings = torch.randn(len(targets), 8, generator=torch.Generator().manual_seed(1))
+        head_logits = head(embeddings)
+        assert head_logits.shape == (len(targets), classes), (
+            f"loss {name!r}: its head gives logits of shape {tuple(head_logits.shape)} for {len(targets)} embeddings, "
+            f"expected {(len(targets), classes)}"
+        )
+        loss_fn(head_logits, targets).backward()
+        trained = [p for p in head.parameters() if p.requires_grad]
+        assert trained and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained), (
+            f"loss {name!r}: no finite gradient reaches its head's parameters"
+        )
 
 
 def check_split(name: str, seed: int = 0) -> None:
@@ -190,7 +249,7 @@ def check_split(name: str, seed: int = 0) -> None:
     """
     import numpy as np
 
-    from facekit.api import Fold, SplitOptions, SplitPlan, SplitSpec
+    from facekit.specs import Fold, SplitOptions, SplitPlan, SplitSpec
 
     spec = _registered("splits", name)
     assert isinstance(spec, SplitSpec), f"split {name!r}: registered a {type(spec).__name__}, not a SplitSpec"
@@ -233,7 +292,9 @@ def check_reporter(name: str, run_dir: Path, out_dir: Path) -> None:
 
     from rich.console import Console
 
-    from facekit.api import ReportContext, ReporterSpec, Run
+    from facekit.report import ReportContext
+    from facekit.runs import Run
+    from facekit.specs import ReporterSpec
     from facekit.report import build_report
 
     spec = _registered("reporters", name)

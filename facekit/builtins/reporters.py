@@ -22,42 +22,35 @@ def render_tables(context: ReportContext) -> None:
 
 def render_plots(context: ReportContext) -> list[Path]:
     """Loss curves, the confusion matrix of the most confused classes, score vs training images."""
-    from facekit import plots  # matplotlib is slow to import; only this reporter needs it
+    from facekit.plots import report_figures  # matplotlib is slow to import; only this reporter needs it
 
-    report, run, out = context.report, context.run, context.out_dir
-    written = []
-    if run.history:
-        best_epochs = {int(f["fold"]): int(f["best_epoch"]) for f in run.folds.get("folds", []) if "best_epoch" in f}
-        written.append(plots.plot_loss_curves(
-            run.history, out / "loss_curves.png", kept_fold=run.kept_fold, best_epochs=best_epochs,
-            title=f"Loss curves: {report.name} ({run.config.get('arch')})",
-        ))
-    shown = max(len(report.confusions), 10)  # at least enough to show a pattern
-    if report.metrics.num_classes > plots.MANY_CLASSES:  # too many classes to name them all
-        written.append(plots.plot_top_confusions(
-            report.metrics, report.classes, out / "top_confusions.png", n=shown,
-            title=f"Most common confusions: {report.name}",
-        ))
-        written.append(plots.plot_score_distribution(
-            report.metrics, report.train_counts, out / "score_distribution.png",
-            title=f"Per-class aggregated scores: {report.name}",
-        ))
-    else:
-        written.append(plots.plot_confusion_matrix(
-            report.metrics, report.classes, out / "confusion_matrix.png", n=shown,
-            title=f"Most confused classes: {report.name}",
-        ))
-        written.append(plots.plot_score_vs_training_images(
-            report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
-            title=f"Aggregated score vs training images: {report.name}",
-        ))
+    written = report_figures(context.report, context.out_dir)
+    if context.report.openset:
+        written.append(plot_openset(context.run, context.out_dir / "det_curve.png", title=f"DET curve: {context.report.name}"))
     context.written.extend(written)  # `facekit report` lists them after every reporter has run
     return written
+
+
+def plot_openset(run, out_path: Path, *, title: str) -> Path:
+    """The DET curve of every score an open-set run measured, its calibrated thresholds marked."""
+    from facekit import openset, plots
+    from facekit.openset_training import read_test_scores
+
+    data, arrays = openset.OpenSet.read(run.path), read_test_scores(run.path)
+    curves, marks = {}, {}
+    for name, calibration in data.calibration.items():
+        known, correct, unknown = arrays[f"{name}_known"], arrays[f"{name}_correct"], arrays[f"{name}_unknown"]
+        if not known.size or not unknown.size:
+            continue
+        curve = openset.det_curve(known, unknown, correct)
+        curves[name] = (curve.fpir, curve.fnir)
+        marks[name] = openset.rates_at(float(calibration["threshold"]), known, unknown, correct)
+    return plots.plot_det_curves(curves, out_path, marks=marks, default=data.score, title=title)
 
 
 @hookimpl
 def register_reporters(register):
     register(ReporterSpec("table", render_tables, "Per-class tables, averages and confusions.", default=True))
     register(ReporterSpec(
-        "plots", render_plots, "Loss curves, confusion matrix, score vs training images (PNG).", default=True,
+        "plots", render_plots, "Loss curves, confusion matrix, score vs training images, DET curve (PNG).", default=True,
     ))

@@ -35,7 +35,7 @@ class FacekitGroup(ReadableGroup):
         try:
             return super().invoke(ctx)
         except FacekitError as exc:
-            typer.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {_scrubbed(str(exc))}{_blame(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             from facekit.runs import os_error_line
@@ -54,13 +54,32 @@ class FacekitGroup(ReadableGroup):
             # for a bug report when asked for.
             if os.environ.get(DEBUG_ENV):
                 raise
-            where = str(exc).splitlines()[0] if str(exc) else ""
+            where = _scrubbed(str(exc)).splitlines()[0] if str(exc).strip() else ""
+            culprit = _blame(exc)
             typer.echo(
-                f"Error: unexpected {exc.__class__.__name__}: {where} "
-                f"(rerun with {DEBUG_ENV}=1 for the traceback, and report it if facekit is at fault)",
+                f"Error: unexpected {exc.__class__.__name__}: {where}{culprit} "
+                f"(rerun with {DEBUG_ENV}=1 for the traceback, and report it if "
+                f"{'the plugin' if culprit else 'facekit'} is at fault)",
                 err=True,
             )
             raise typer.Exit(1) from None
+
+
+def _scrubbed(message: str) -> str:
+    """``message`` without PyTorch's advice to unpickle untrusted files, whoever passed it on (a plugin, torch)."""
+    from facekit.weights import scrub_torch_advice
+
+    return scrub_torch_advice(message)
+
+
+def _blame(exc: BaseException) -> str:
+    """`` (in plugin 'x' from package y)`` when a third-party plugin's code raised ``exc``, unless the message names it."""
+    from facekit.plugins import plugin_behind
+
+    info = plugin_behind(exc)
+    if info is None or info.package in str(exc):
+        return ""
+    return f" (in {info.label})"
 
 
 app = ReadableTyper(
@@ -75,7 +94,7 @@ err_console = Console(stderr=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False, soft_wrap=True)  # one line, however long
 
 
 def _version(value: bool) -> None:
@@ -112,7 +131,13 @@ def train(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder with one sub-folder of images per identity."),
     arch: str = typer.Option("baseline", "--arch", metavar="NAME", help="Architecture (see `facekit plugins --all`)."),
-    loss: str = typer.Option("plain", "--loss", metavar="NAME", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
+    loss: str = typer.Option(
+        "plain", "--loss", metavar="NAME", help="Loss strategy: plain, weighted (1/n_c), arcface, cosface, or a plugin's."
+    ),
+    loss_options: Optional[list[str]] = typer.Option(
+        None, "--loss-option", metavar="NAME=VALUE",
+        help="A setting of the loss, repeatable: arcface/cosface take s (scale), m (margin) and weighted (true: 1/n_c class weights).",
+    ),  # fmt: skip
     split: str = typer.Option("holdout", "--split", metavar="NAME", help="Split strategy: holdout or kfold, or a plugin's."),
     folds: int = typer.Option(5, "--folds", help="K for --split kfold."),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of each class held out for the test split."),
@@ -160,6 +185,19 @@ def train(
     no_compile: bool = typer.Option(False, "--no-compile", help="Train eagerly (with --resume: though the run was compiled)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
+    unknown_identities: float = typer.Option(
+        0.0, "--unknown-identities", metavar="FRACTION",
+        help="Hold this share of the identities out of training as unknown people (open-set evaluation; seeded).",
+    ),
+    strangers: Optional[Path] = typer.Option(
+        None, "--strangers", metavar="DIR", help="A folder of other people (one sub-folder each): unknowns for open-set evaluation."
+    ),
+    target_fpir: float = typer.Option(
+        0.01, "--target-fpir", metavar="RATE", help="Calibrate the rejection threshold to name at most this share of unknown people."
+    ),
+    openset_score: str = typer.Option(
+        "auto", "--openset-score", metavar="NAME", help="Score to reject by: auto (the best the run has), softmax, centroid or margin."
+    ),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint."),
     nproc: Optional[int] = typer.Option(
         None, "--nproc", metavar="N", help="Train data-parallel on N processes of this machine (one per GPU): starts torchrun for you."
@@ -170,7 +208,8 @@ def train(
     """Train a model; the run folder holds everything `facekit report` reads."""
     from facekit.cli.progress import ConsoleProgress
     from facekit.distributed import Distributed, launch
-    from facekit.engine import Trainer, TrainConfig
+    from facekit.config import TrainConfig
+    from facekit.engine import Trainer
 
     if nproc is not None:
         launch(nproc, _typed_arguments(ctx, leave_out="nproc"))
@@ -194,12 +233,13 @@ def train(
         raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
     else:
         config = TrainConfig(
-            data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
+            data=data, arch=arch, loss=loss, loss_options=loss_options, split=split, folds=folds, test_size=test_size, val_size=val_size,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
             augment=augment, label_smoothing=label_smoothing, schedule=schedule,
             loader=loader, cache="off" if no_cache else cache, workers=workers, threads=threads, device=device,
-            compile=compile_mode, out=out, force=force,
+            compile=compile_mode, out=out, force=force, unknown_identities=unknown_identities, strangers=strangers,
+            target_fpir=target_fpir, openset_score=openset_score,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job
@@ -256,18 +296,34 @@ def predict(
     run: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `facekit train`."),
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files or folders of images."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", metavar="SCORE", help="Reject (name 'unknown') below this score instead of the run's calibrated threshold."
+    ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
-    """Top-k identities with probabilities for each image."""
+    """Who is in each image: the top-k identities, and 'unknown' below the run's threshold."""
     from facekit.predict import predict as predict_images
 
-    results = predict_images(run, images, top_k=top_k, device=device)
+    notes: list[str] = []
+    results = predict_images(run, images, top_k=top_k, device=device, threshold=threshold, notes=notes)
+    for note in notes:
+        err_console.print(f"[dim]Note: {note}[/dim]", highlight=False)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
+    print_predictions(results)
+
+
+def print_predictions(results: list[dict[str, Any]]) -> None:
+    """Each image's decision line, then its top identities (``facekit predict``'s text output)."""
     for result in results:
-        table = Table(title=str(result["file"]), title_justify="left", show_edge=False)
+        score = f"{result['score_name']} score {result['score']:.3f}"
+        if result["threshold"] is not None:
+            score += f" {'>=' if result['accepted'] else '<'} threshold {result['threshold']:.3f}"
+        who = result["identity"] if result["accepted"] else "[bold]unknown[/bold]"
+        console.print(f"[bold]{result['file']}[/bold]: {who} ({score})", highlight=False)
+        table = Table(show_edge=False)
         table.add_column("rank", justify="right")
         table.add_column("identity")
         table.add_column("id", justify="right")
@@ -318,11 +374,13 @@ def plugins(
 
 
 def _mount_subcommands() -> None:
-    from facekit.cli import data_cmd, report_cmd
+    from facekit.cli import data_cmd, embed_cmd, enroll_cmd, report_cmd
 
     app.add_typer(data_cmd.app, name="data")
+    app.command("embed")(embed_cmd.embed)
     app.command("report")(report_cmd.report)
     app.command("kernels")(report_cmd.kernels)
+    app.command("enroll")(enroll_cmd.enroll)
 
 
 _mount_subcommands()
@@ -339,6 +397,6 @@ def main(argv: list[str] | None = None) -> None:
         reset_plugins(plugin_set)
         plugin_set.add_commands(app)
     except FacekitError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+        typer.echo(f"Error: {_scrubbed(str(exc))}", err=True)
         raise SystemExit(exc.exit_code) from None
     app(args=argv, prog_name="facekit")

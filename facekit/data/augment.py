@@ -1,4 +1,4 @@
-"""Training augmentation pipelines: ordered :class:`~facekit.api.AugmentationSpec` steps.
+"""Training augmentation pipelines: ordered :class:`~facekit.specs.AugmentationSpec` steps.
 
 A pipeline is chosen with ``--augment name[:arg]`` (repeatable); the default is the report's
 random rotation, ``rotate:15``. Geometric steps (crop, flip, rotate) run first, then the
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from facekit.api import AugmentationSpec, Normalization
+from facekit.specs import AugmentationSpec, Normalization
 from facekit.errors import UsageError
 from facekit.plugins import Registry
 

@@ -17,7 +17,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from facekit.api import Normalization
+from facekit.specs import Normalization
 from facekit.errors import FacekitError
 from facekit.files import atomic_write, remove_stale_temporaries
 

@@ -7,17 +7,13 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from facekit.api import Normalization
+from facekit.specs import Normalization
 from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.data.decoded_cache import cache_choice
+from facekit.config import BACKENDS, MAX_ROTATE, MIN_INPUT_SIZE
 from facekit.errors import UsageError
 from facekit.plugins import augmentations
 
-BACKENDS = ("dali", "torch")
-# Smallest input size anything in facekit accepts (the engine's --input-size check uses it too):
-# the built-in networks downsample 5 times, and smaller images leave nothing of a face.
-MIN_INPUT_SIZE = 32
-MAX_ROTATE = 180.0
 # More decoding threads than this stop paying off for one GPU and crowd the training process.
 MAX_DEFAULT_THREADS = 8
 
