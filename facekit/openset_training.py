@@ -236,7 +236,7 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
     say("open-set: scoring the validation, unknown and test images")
     calibration_known, calibration_unknown = knowns(fold["val"]), unknowns("calibration")
     test_known, test_unknown = knowns(split["test"]), unknowns("test")
-    gallery = None
+    gallery = saved_gallery = None
     if test_known.embeddings is not None:
         train = knowns(fold["train"])
         centroids = openset.class_centroids(train.embeddings, train.labels, len(run.classes))
@@ -244,6 +244,15 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
             list(run.classes), centroids.astype(np.float32), np.arange(len(run.classes), dtype=np.int64),
             np.bincount(train.labels, minlength=len(run.classes)).astype(np.int64),
         )
+        # Calibrated and tested on the classes alone; a resumed finished run keeps the people enrolled in it.
+        saved_gallery = gallery
+        previous = openset.OpenSet.read(run.path)
+        if previous is not None and previous.gallery is not None and previous.gallery.enrolled:
+            kept = previous.gallery.class_ids < 0
+            saved_gallery = gallery.with_people(
+                [n for n, k in zip(previous.gallery.names, kept) if k], previous.gallery.embeddings[kept],
+                previous.gallery.images[kept].tolist(),
+            )  # fmt: skip
     scores = available_scores(gallery is not None, logit_scale)
     if score != "auto" and score not in scores:
         raise UsageError(f"--openset-score {score}: this run cannot score by it (it can by {', '.join(scores)})")
@@ -263,13 +272,13 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
     if test_known.embeddings is not None and len(test_known.labels):
         arrays["genuine"], arrays["impostor"] = openset.pair_scores(test_known.embeddings, test_known.labels, seed=0)
     data = openset.OpenSet(
-        score=chosen, target_fpir=float(target_fpir), calibration=calibration, logit_scale=logit_scale, gallery=gallery,
+        score=chosen, target_fpir=float(target_fpir), calibration=calibration, logit_scale=logit_scale, gallery=saved_gallery,
         extra={"scores": scores},
     )
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     if writer is not None:
-        writer.write_openset(data.to_json(), gallery.to_bytes() if gallery is not None else None, buffer.getvalue())
+        writer.write_openset(data.to_json(), saved_gallery.to_bytes() if saved_gallery is not None else None, buffer.getvalue())
     cal = calibration[chosen]
     say(
         f"open-set: rejects below {chosen} score {cal['threshold']:.4f} (calibrated at FPIR {target_fpir:g} on "

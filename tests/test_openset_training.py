@@ -241,6 +241,9 @@ def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, str
     (trained / Run(gallery_run).classes[0] / photo.name).write_bytes(photo.read_bytes())
     clash = invoke("enroll", gallery_run, trained)
     assert clash.exit_code == 2 and "is a trained identity" in clash.output
+    # Resuming the finished run re-evaluates it and keeps the people enrolled in it.
+    assert invoke("train", "--resume", gallery_run, "--quiet").exit_code == 0
+    assert openset.OpenSet.read(gallery_run).gallery.enrolled == ["zoe"]
     # Removing: the enrolled person goes; a trained identity or a stranger cannot be removed.
     assert invoke("enroll", gallery_run, "--remove", "zoe").exit_code == 0
     assert openset.OpenSet.read(gallery_run).gallery.enrolled == []
