@@ -40,6 +40,22 @@ def _halves(people: Sequence[str], rng: np.random.Generator) -> tuple[list[str],
     return sorted(order[:cut]), sorted(order[cut:])
 
 
+def check_openset_score(config: Any, arch: Any, loss: Any) -> None:
+    """Refuse, before anything is written, ``--openset-score`` that the run could never give, or open-set
+    options on a run without unknown people."""
+    wanted = config.openset_score
+    if wanted == "auto":
+        return
+    if not (config.unknown_identities or config.strangers):
+        raise UsageError(f"--openset-score {wanted}: a run rejects only with unknown people to calibrate on; "
+                         "give --unknown-identities or --strangers")  # fmt: skip
+    if wanted == "centroid" and arch.classifier is None:
+        raise UsageError(f"--openset-score centroid: architecture {arch.name!r} gives no embeddings; use softmax or auto")
+    if wanted == "margin" and getattr(loss, "head", None) is None:
+        raise UsageError(f"--openset-score margin: loss {loss.name!r} brings no cosine head; train with --loss arcface "
+                         "or cosface, or use softmax or auto")  # fmt: skip
+
+
 def hold_out_identities(index: Any, fraction: float, seed: int) -> tuple[Any, dict[str, Any] | None]:
     """``index`` without ``fraction`` of its identities (seeded), and what was held out (None for 0).
 
