@@ -40,6 +40,7 @@ from facekit.specs import Normalization
 from facekit.training import loops, resume as resume_rules
 from facekit.training.accelerator import Accelerator
 from facekit.training.data_plan import plan_data
+from facekit.openset_training import check_openset_score
 from facekit.training.divergence import TrainingDiverged, all_finite, divergence_message
 from facekit.training.loops import EpochStats
 from facekit.training.optim import build_optimizer
@@ -69,6 +70,7 @@ class Trainer:
         # The run records every option of its loss, the defaults included, typed.
         config = dataclasses.replace(config, loss_options=self.loss_spec.resolve_options(config.loss_options))
         self.split_spec = splits().get(config.split)
+        check_openset_score(config, self.arch, self.loss_spec)
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
                 f"--weights {config.weights}: architecture {self.arch.name!r} takes no pretrained weights "
