@@ -41,6 +41,7 @@ from facekit.specs import Normalization
 from facekit.training import loops, resume as resume_rules
 from facekit.training.accelerator import Accelerator
 from facekit.training.data_plan import plan_data
+from facekit.openset_training import check_openset_score
 from facekit.training.divergence import TrainingDiverged, all_finite, divergence_message
 from facekit.training.loops import EpochStats
 from facekit.training.optim import build_optimizer
@@ -70,6 +71,7 @@ class Trainer:
         # The run records every option of its loss, the defaults included, typed.
         config = dataclasses.replace(config, loss_options=self.loss_spec.resolve_options(config.loss_options))
         self.split_spec = splits().get(config.split)
+        check_openset_score(config, self.arch, self.loss_spec)
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
                 f"--weights {config.weights}: architecture {self.arch.name!r} takes no pretrained weights "
@@ -251,6 +253,9 @@ class Trainer:
             fold_results=list(resume_state.fold_results) if resume_state else [],
             writer=writer,
         )
+        from facekit.data.loaders import describe_loaders
+
+        self.progress.message(describe_loaders(self.config.loader, self.device))
         divergence = None
         for fold_index in range(resume_state.next_fold if resume_state else 0, len(record.folds)):
             # A finished fold's state only says where to start; an unfinished one is continued.

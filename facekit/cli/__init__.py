@@ -167,7 +167,7 @@ def train(
     finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train every layer, not just the head."),
     weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (sha256 checked)."),
     trust_weights: bool = typer.Option(False, "--trust-weights", help="Accept a --weights file whose sha256 is not the published one."),
-    loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (DALI where it works), dali or torch."),
+    loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (the faster measured on this device, for training and for evaluation), dali or torch."),
     cache: str = typer.Option(
         "off", "--cache", metavar="auto|memory|disk|off",
         help="Keep decoded images after the first epoch: auto (device, RAM or disk, where they fit), memory, disk or off.",
