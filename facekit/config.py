@@ -172,7 +172,8 @@ class TrainConfig:
     weights: Path | None = setting(None, "Pretrained weights file (sha256 checked).", metavar="FILE", shown_default="none")
     trust_weights: bool = setting(False, "Accept a --weights file whose sha256 is not the published one.")
     loader: str = setting(
-        "auto", "Data loader: auto (DALI where it works), dali or torch.", metavar="NAME",
+        "auto", "Data loader: auto (the faster measured on this device, for training and for evaluation), dali or torch.",
+        metavar="NAME",
         refuse=lambda v: _require(str(v).lower() in ("auto", *BACKENDS), "--loader", v, f"one of auto, {', '.join(BACKENDS)}"),
         normalize=str.lower,
     )  # fmt: skip

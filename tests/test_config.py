@@ -98,7 +98,7 @@ def test_resume_may_change_what_the_config_says():
 
 def _option_help(flag: str) -> str:
     """What `facekit train --help` says of ``flag``: its lines, joined."""
-    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     start = next(i for i, line in enumerate(lines) if re.match(rf"^│ {re.escape(flag)}\s", line))
@@ -135,7 +135,7 @@ def test_the_input_size_default_is_true_for_every_architecture_it_names():
 
 @pytest.mark.parametrize("args", [(), ("train",), ("report",), ("data",), ("data", "check"), ("predict",), ("plugins",)])
 def test_dash_h_is_help_everywhere(args):
-    short = runner.invoke(app, [*args, "-h"], env={"COLUMNS": "120"})
-    long = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "120"})
+    short = runner.invoke(app, [*args, "-h"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    long = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
     assert short.exit_code == long.exit_code == 0, short.output
     assert short.output == long.output
