@@ -393,7 +393,9 @@ class _Walker:
 
     def _claim(self, path: Path, files: list[str]) -> None:
         real, rel = os.path.realpath(path), self._rel(path)
-        if real in self._files:
+        if not os.path.isfile(real):  # a FIFO or device named x.png would block or never end when read
+            self.skipped.append(BadFile(rel, "not a regular file (left out)"))
+        elif real in self._files:
             self.skipped.append(BadFile(rel, f"the same file as {self._files[real]} (left out)"))
         else:
             self._files[real] = rel
@@ -428,13 +430,13 @@ class _Walker:
 
 
 def _cache_key(root: Path, candidates: dict[str, list[str]], unreadable: list[str], verify: bool) -> str:
-    digest = hashlib.sha256(f"v{_INDEX_VERSION}\0{root}\0{verify}\n".encode())
-    digest.update(f"unreadable\0{unreadable}\n".encode())
+    digest = hashlib.sha256(f"v{_INDEX_VERSION}\0{root}\0{verify}\n".encode("utf-8", "surrogateescape"))
+    digest.update(f"unreadable\0{unreadable}\n".encode("utf-8", "surrogateescape"))
     for name, rels in candidates.items():
-        digest.update(f"[{name}]\n".encode())
+        digest.update(f"[{name}]\n".encode("utf-8", "surrogateescape"))
         for rel in rels:
             stat = (root / rel).stat()
-            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32]
 
 
