@@ -33,6 +33,7 @@ from facekit.config import RESUME_SETTINGS, RESUME_TRAINING_SETTINGS, TrainConfi
 from facekit.compiling import EvalStep, TrainStep, resolve_compile_mode
 from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.data.decoded_cache import cache_choice
+from facekit.devices import resolve_device  # noqa: F401 -- also imported from here
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
@@ -76,23 +77,6 @@ class SilentProgress:
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         pass
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when there is one, else the CPU), or a device this machine has."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}, or auto")
-    return device
 
 
 def seed_everything(seed: int) -> None:

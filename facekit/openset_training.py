@@ -137,14 +137,15 @@ def unknown_files(split: dict[str, Any], part: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- inference
 def embedding_network(model: Any, arch_name: str) -> Any | None:
-    """The model as a network that returns (logits, embedding), or None where this facekit cannot take embeddings."""
-    try:
-        from facekit.embeddings import embedding_model
-    except ImportError:
-        return None
+    """The model as a network that returns (logits, embedding), or None where its architecture names no classifier."""
+    from facekit.embeddings import embedding_model
+    from facekit.errors import FacekitError
     from facekit.plugins import architectures
 
-    return embedding_model(model, architectures().get(arch_name))
+    try:
+        return embedding_model(model, architectures().get(arch_name)).eval()
+    except FacekitError:  # a plugin architecture without embeddings: the softmax score still works
+        return None
 
 
 def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size: int = 64,
@@ -152,18 +153,12 @@ def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size
     """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing."""
     import torch
 
-    from facekit.data.loaders import make_loader
-    from facekit.specs import Normalization
+    from facekit.inference import run_loader
 
     network = embedding_network(model, run.config["arch"]) if with_embeddings else None
     if not paths:
         return np.zeros((0, len(run.classes)), np.float32), (np.zeros((0, 0), np.float32) if network else None)
-    loader = make_loader(
-        list(paths), np.zeros(len(paths), dtype=np.int64), batch_size=batch_size,
-        input_size=int(run.config["input_size"]),
-        normalization=Normalization.from_dict(run.normalization["folds"][run.kept_fold]),
-        train=False, rotate=0.0, device=device, backend="auto",
-    )  # fmt: skip
+    loader = run_loader(run, paths, device=device, batch_size=batch_size)
     logits, embeddings = [], []
     try:
         with torch.no_grad():

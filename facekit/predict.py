@@ -1,89 +1,54 @@
-"""Top-k identities for new images, with a trained run's model and preprocessing."""
+"""Who is in new images: a trained run's top-k identities, and for open-set runs "unknown" below its threshold."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from facekit.specs import Normalization
 from facekit.errors import UsageError
+from facekit.inference import readable_images
 from facekit.runs import Run
 
 
-def expand_images(inputs: list[Path]) -> list[Path]:
-    """Image files named directly, or found under folders (sorted); a missing path is a usage error."""
-    from facekit.data.index import IMAGE_EXTENSIONS
-
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UsageError(f"{item}: no such file or folder")
-    if not files:
-        raise UsageError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return files
-
-
-def unreadable(path: Path) -> str | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as exc:
-        return f"{exc.__class__.__name__}: {exc}"
-    return None
+NO_OPENSET_NOTE = (
+    "{run} has no open-set data, so every face is named as one of its identities (no rejection of strangers): "
+    "train with --unknown-identities or --strangers to calibrate a threshold, or give --threshold"
+)
 
 
 @torch.no_grad()
-def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = "auto", batch_size: int = 32) -> list[dict[str, Any]]:
-    """One entry per image: the file and its ``top_k`` identities (name, id, probability)."""
-    from facekit.data.loaders import make_loader
-    from facekit.engine import resolve_device
+def predict(
+    run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = "auto", batch_size: int = 32,
+    threshold: float | None = None, notes: list[str] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One entry per image: ``file``, then :func:`facekit.openset.decide`'s ``identity`` (a name,
+    or ``"unknown"`` below the threshold), ``accepted``, ``score``, ``score_name``, ``threshold``
+    and ``top`` (the ``top_k`` identities: name, id, probability).
+
+    ``threshold`` overrides the run's calibrated one. A run without open-set data accepts every
+    image (as closed-set classification does) unless ``threshold`` is given; ``notes`` (when
+    given) receives a line saying so.
+    """
+    from facekit.devices import resolve_device
+    from facekit.openset import OpenSet, decide, decision_score
+    from facekit.openset_training import infer
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {top_k})")
+    if threshold is not None and not math.isfinite(threshold):
+        raise UsageError(f"--threshold must be a finite number (got {threshold})")
     run = Run.open(run_dir)
-    files = expand_images(inputs)
-    bad = {str(f): reason for f in files if (reason := unreadable(f))}
-    if bad:
-        first = next(iter(bad.items()))
-        raise UsageError(f"{first[0]} is not a readable image ({first[1]}); {len(bad)} unreadable file(s) in all")
+    data = OpenSet.read(run.path)
+    files = readable_images(inputs)
+    if data is None and notes is not None and threshold is None:
+        notes.append(NO_OPENSET_NOTE.format(run=run.path))
     torch_device = resolve_device(device)
     model = run.load_model().to(torch_device)
-    loader = make_loader(
-        [str(f) for f in files],
-        np.zeros(len(files), dtype=np.int64),
-        batch_size=batch_size,
-        input_size=int(run.config["input_size"]),
-        normalization=Normalization.from_dict(run.normalization["folds"][run.kept_fold]),
-        train=False,
-        rotate=0.0,
-        device=torch_device,
-        backend="auto",  # the run's own --loader may not exist here (e.g. DALI on macOS); results agree within tolerance
-    )
-    probs = []
-    try:
-        for images, _ in loader:
-            probs.append(torch.softmax(model(images.to(torch_device)).float(), 1).cpu())
-    finally:
-        loader.close()
-    probabilities = torch.cat(probs)
-    k = min(top_k, probabilities.shape[1])
-    values, indices = probabilities.topk(k, dim=1)
-    return [
-        {
-            "file": str(file),
-            "top": [
-                {"name": run.classes[i], "id": int(i), "probability": float(p)}
-                for p, i in zip(values[row].tolist(), indices[row].tolist())
-            ],
-        }
-        for row, file in enumerate(files)
-    ]
+    needs_embeddings = data is not None and decision_score(data) == "centroid"
+    logits, embeddings = infer(run, model, [str(f) for f in files], device=torch_device, batch_size=batch_size,
+                               with_embeddings=needs_embeddings)  # fmt: skip
+    decisions = decide(logits, run.classes, embeddings=embeddings, openset=data, threshold=threshold, top_k=top_k)
+    return [{"file": str(file)} | decision for file, decision in zip(files, decisions)]

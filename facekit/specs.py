@@ -73,6 +73,11 @@ class ArchitectureSpec:
     ``normalization`` None means "per-channel statistics of the training split"; a pretrained
     backbone declares the statistics it was trained with. Frozen parameters have
     ``requires_grad=False``; the engine optimises only the others.
+
+    ``classifier`` names the final classifier submodule (dotted, as ``model.get_submodule``
+    takes it): its input is the image's embedding (N, D), its output is the model's output, the
+    logits. facekit reads embeddings there (:mod:`facekit.heads`) and a loss that brings its
+    own head replaces that module. None: the architecture gives no embedding.
     """
 
     name: str
@@ -82,6 +87,7 @@ class ArchitectureSpec:
     normalization: Normalization | None = None
     pretrained: bool = False  # needs weights that may have to be found or downloaded
     param_groups: Callable[["nn.Module", float], list[dict[str, Any]]] | None = None  # (model, lr) -> optimizer groups, e.g. a lower backbone lr; None: every trainable parameter at lr
+    classifier: str | None = None  # dotted name of the final classifier submodule; its input is the embedding
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,9 @@ def check_architecture(
     """Check architecture ``name`` against its contract, without pretrained weights.
 
     Built with ``pretrained=False`` at its declared input size (or ``input_size``), it returns
-    finite logits of shape (batch, num_classes), has trainable parameters, and a few Adam steps on
+    finite logits of shape (batch, num_classes); its spec's ``classifier`` names the submodule
+    that turns a flat (batch, D) embedding into exactly those logits (the embedding contract);
+    it has trainable parameters, and a few Adam steps on
     one tiny batch lower the training loss without moving any frozen (``requires_grad=False``)
     parameter.
     """
@@ -154,6 +156,47 @@ def check_architecture(
     )
     moved = [n for n, p in model.named_parameters() if n in frozen and not torch.equal(p, frozen[n])]
     assert not moved, f"architecture {name!r}: frozen parameters changed in training: {', '.join(moved[:5])}"
+    _check_embedding(name, spec, model, images, num_classes)
+
+
+def _check_embedding(name: str, spec: Any, model: Any, images: Any, num_classes: int) -> None:
+    """The spec names a classifier whose input is a flat embedding and whose output is the model's logits."""
+    import torch
+
+    from facekit.heads import embedding_model
+
+    classifier = spec.classifier
+    assert isinstance(classifier, str) and classifier, (
+        f"architecture {name!r}: ArchitectureSpec.classifier must name the final classifier submodule "
+        f"(e.g. 'fc'), whose input is the embedding; got {classifier!r}"
+    )
+    try:
+        model.get_submodule(classifier)
+    except AttributeError:
+        children = ", ".join(n for n, _ in model.named_modules() if n) or "(none)"
+        raise AssertionError(f"architecture {name!r}: classifier {classifier!r} is not a submodule; it has: {children[:300]}") from None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(images)
+            logits, embedding = embedding_model(model, spec)(images)
+    except Exception as exc:  # noqa: BLE001 -- any failure of the split model says the same
+        raise AssertionError(
+            f"architecture {name!r}: the model without its classifier {classifier!r} failed "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the classifier must be the model's last step"
+        ) from None
+    finally:
+        model.train(was_training)
+    assert embedding.dim() == 2 and embedding.shape[0] == len(images) and embedding.shape[1] >= 1, (
+        f"architecture {name!r}: the input of classifier {classifier!r} has shape {tuple(embedding.shape)}, "
+        f"not ({len(images)}, D): name the module whose input is the flat embedding"
+    )
+    assert torch.isfinite(embedding).all(), f"architecture {name!r}: non-finite embedding"
+    assert logits.shape == (len(images), num_classes) and torch.allclose(logits, expected, atol=1e-5, rtol=1e-4), (
+        f"architecture {name!r}: classifier {classifier!r} applied to its input does not give the model's output; "
+        "the classifier must be the model's last step"
+    )
 
 
 def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None:

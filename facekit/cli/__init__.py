@@ -290,18 +290,34 @@ def predict(
     run: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `facekit train`."),
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files or folders of images."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", metavar="SCORE", help="Reject (name 'unknown') below this score instead of the run's calibrated threshold."
+    ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
-    """Top-k identities with probabilities for each image."""
+    """Who is in each image: the top-k identities, and 'unknown' below the run's threshold."""
     from facekit.predict import predict as predict_images
 
-    results = predict_images(run, images, top_k=top_k, device=device)
+    notes: list[str] = []
+    results = predict_images(run, images, top_k=top_k, device=device, threshold=threshold, notes=notes)
+    for note in notes:
+        err_console.print(f"[dim]Note: {note}[/dim]", highlight=False)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
+    print_predictions(results)
+
+
+def print_predictions(results: list[dict[str, Any]]) -> None:
+    """Each image's decision line, then its top identities (``facekit predict``'s text output)."""
     for result in results:
-        table = Table(title=str(result["file"]), title_justify="left", show_edge=False)
+        score = f"{result['score_name']} score {result['score']:.3f}"
+        if result["threshold"] is not None:
+            score += f" {'>=' if result['accepted'] else '<'} threshold {result['threshold']:.3f}"
+        who = result["identity"] if result["accepted"] else "[bold]unknown[/bold]"
+        console.print(f"[bold]{result['file']}[/bold]: {who} ({score})", highlight=False)
+        table = Table(show_edge=False)
         table.add_column("rank", justify="right")
         table.add_column("identity")
         table.add_column("id", justify="right")
@@ -352,11 +368,13 @@ def plugins(
 
 
 def _mount_subcommands() -> None:
-    from facekit.cli import data_cmd, report_cmd
+    from facekit.cli import data_cmd, embed_cmd, enroll_cmd, report_cmd
 
     app.add_typer(data_cmd.app, name="data")
+    app.command("embed")(embed_cmd.embed)
     app.command("report")(report_cmd.report)
     app.command("kernels")(report_cmd.kernels)
+    app.command("enroll")(enroll_cmd.enroll)
 
 
 _mount_subcommands()
