@@ -31,6 +31,11 @@ class FacekitGroup(ReadableGroup):
     (exit 1; ``FACEKIT_DEBUG=1`` shows its traceback).
     """
 
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        self._invoked = (command, list(rest))  # for advice that depends on the command's options
+        return name, command, rest
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -40,7 +45,7 @@ class FacekitGroup(ReadableGroup):
         except OSError as exc:
             from facekit.runs import os_error_line
 
-            typer.echo(f"Error: {os_error_line(exc)}", err=True)
+            typer.echo(f"Error: {os_error_line(exc)}{self._out_hint(exc)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
             run_dir = getattr(exc, "run_dir", None)
@@ -50,6 +55,11 @@ class FacekitGroup(ReadableGroup):
         except (typer.exceptions.TyperException, typer.Exit, typer.Abort):
             raise  # the command line's own usage errors and exits
         except Exception as exc:
+            from facekit.runs import interrupted_write
+
+            if interrupted_write(exc):  # Ctrl-C inside torch's writer comes out as a RuntimeError
+                typer.echo("Interrupted.", err=True)
+                raise typer.Exit(130) from None
             # A failure nobody foresaw (facekit's or a plugin's): still one line, and the traceback
             # for a bug report when asked for.
             if os.environ.get(DEBUG_ENV):
@@ -63,6 +73,17 @@ class FacekitGroup(ReadableGroup):
                 err=True,
             )
             raise typer.Exit(1) from None
+
+
+    def _out_hint(self, exc: OSError) -> str:
+        """A folder that cannot be written, by a command with an --out option the user did not give: say so."""
+        import errno
+
+        command, args = getattr(self, "_invoked", (None, []))
+        has_out = command is not None and any("--out" in getattr(param, "opts", ()) for param in command.params)
+        typed = any(arg == "--out" or arg.startswith("--out=") for arg in args)
+        unwritable = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+        return "; or pass --out DIR to write elsewhere" if has_out and unwritable and not typed else ""
 
 
 def _scrubbed(message: str) -> str:
@@ -393,4 +414,31 @@ def main(argv: list[str] | None = None) -> None:
     except FacekitError as exc:
         typer.echo(f"Error: {_scrubbed(str(exc))}", err=True)
         raise SystemExit(exc.exit_code) from None
-    app(args=argv, prog_name="facekit")
+    try:
+        app(args=argv, prog_name="facekit")
+    finally:
+        _quit_on_late_interrupt()
+
+
+def _quit_on_late_interrupt() -> None:
+    """Once the command has ended, Ctrl-C quits at once, quietly (exit 130).
+
+    Python's shutdown still runs libraries' exit handlers (DALI collects garbage and stops its
+    pipelines there); a KeyboardInterrupt inside one of them prints a traceback the user can do
+    nothing about. What the command wrote is complete by now (every file is written atomically).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def quit_now(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, quit_now)
