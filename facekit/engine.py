@@ -37,7 +37,17 @@ from facekit.devices import resolve_device  # noqa: F401 -- also imported from h
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
-from facekit.runs import DENSE_PROBS_LIMIT, TOP_K, FoldState, Run, RunWriter, TestScores, default_run_dir, load_checkpoint
+from facekit.runs import (
+    DENSE_PROBS_LIMIT,
+    TOP_K,
+    FoldState,
+    Run,
+    RunWriter,
+    TestScores,
+    check_destination,
+    default_run_dir,
+    load_checkpoint,
+)
 from facekit.schedules import Schedule, build_schedule, check_schedule
 
 class EpochStats(NamedTuple):
@@ -179,7 +189,7 @@ class Trainer:
 
         self.progress.message(f"indexing {self.config.data}")
         index = index_dataset(self.config.data)
-        for bad in index.bad:
+        for bad in index.bad + index.skipped:
             self.progress.message(f"skipping {bad.path}: {bad.reason}")
         return index
 
@@ -213,6 +223,10 @@ class Trainer:
             raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
         for note in plan.notes:
             self.progress.message(note)
+        from facekit.data.leakage import find_leaks, leak_lines
+
+        for line in leak_lines(find_leaks(index.files, index.labels, index.classes, index.pixel_hashes, plan)):
+            self.progress.message(line)
         config = self.config.to_dict() | {
             "input_size": self.input_size,
             # "device" stays what was asked ("auto"), so a resume elsewhere picks that machine's device.
@@ -438,6 +452,8 @@ class Trainer:
         the other ranks learn the folder and its setup from it, so they need no --out.
         """
         with distributed.joined(self.dist), distributed.translate_failures(self.dist, self.config.out), ExitStack() as held:
+            if self.dist.is_main and self.config.out is not None:  # an --out that would lose data fails before any work
+                check_destination(self.config.out, force=self.config.force, data=self.config.data)
             self.check_model()  # on every rank: it is deterministic, so each refuses alike
             writers: list[RunWriter] = []  # rank 0's, once make_run made the folder
 
@@ -467,8 +483,8 @@ class Trainer:
 
     def _new_writer(self) -> RunWriter:
         if self.config.out is not None:
-            return RunWriter.create(self.config.out, self.config.force)
-        return RunWriter.create_new(default_run_dir(self.config))
+            return RunWriter.create(self.config.out, self.config.force, data=self.config.data)
+        return RunWriter.create_new(default_run_dir(self.config), data=self.config.data)
 
     @classmethod
     def resume(cls, run_dir: Path, progress: Progress | None = None, **given: Any) -> Path:

@@ -20,13 +20,15 @@ if TYPE_CHECKING:
 
 
 def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly, or found under folders (sorted); a missing path is a usage error."""
-    from facekit.data.index import IMAGE_EXTENSIONS
+    """Image files named directly, or found under folders as a data set's images are (sorted, each once:
+    hidden files such as ``._x.png`` and dot-folders, run folders and links back are left out);
+    a missing path is a usage error."""
+    from facekit.data.index import IMAGE_EXTENSIONS, image_files_under
 
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+            files.extend(image_files_under(item)[0])
         elif item.is_file():
             files.append(item)
         else:
@@ -37,15 +39,10 @@ def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def unreadable(path: Path) -> str | None:
-    """Why ``path`` is not an image PIL can decode, or None."""
-    from PIL import Image
+    """Why ``path`` cannot be read as training reads images (a GIF named .png too), or None."""
+    from facekit.data.index import image_problem
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as exc:
-        return f"{exc.__class__.__name__}: {exc}"
-    return None
+    return image_problem(path)
 
 
 def readable_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -70,7 +67,7 @@ def run_loader(run: "Run", files: Sequence[str | Path], *, device: "torch.device
         np.zeros(len(files), dtype=np.int64),
         batch_size=batch_size,
         input_size=int(run.config["input_size"]),
-        normalization=Normalization.from_dict(run.normalization["folds"][run.kept_fold]),
+        normalization=Normalization.from_dict(run.fold_normalization()),
         train=False,
         rotate=0.0,
         device=device,

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from facekit import openset
-from facekit.errors import UsageError
+from facekit.errors import FacekitError, UsageError
 
 OPENSET_TEST_FILE = "openset_test.npz"
 # The score a run rejects by when it has several: the first available of these. The order is
@@ -138,7 +138,7 @@ def unknown_files(split: dict[str, Any], part: str) -> list[str]:
 # ----------------------------------------------------------------------------- inference
 def embedding_network(model: Any, arch_name: str) -> Any | None:
     """The model as a network that returns (logits, embedding), or None where its architecture names no classifier."""
-    from facekit.embeddings import embedding_model
+    from facekit.heads import embedding_model
     from facekit.errors import FacekitError
     from facekit.plugins import architectures
 
@@ -172,7 +172,10 @@ def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size
                     embeddings.append(batch_embeddings.float().cpu())
     finally:
         loader.close()
-    return torch.cat(logits).numpy(), (torch.cat(embeddings).numpy() if embeddings else None)
+    logits = torch.cat(logits)
+    if not bool(torch.isfinite(logits).all()):  # NaN scores would name identities at random, exit 0
+        raise FacekitError(f"the model of {run.path} gives scores that are not numbers (NaN): its checkpoint is damaged")
+    return logits.numpy(), (torch.cat(embeddings).numpy() if embeddings else None)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -192,12 +195,26 @@ class _Probes:
         return values, predicted == self.labels
 
 
+def head_logit_scale(model: Any, arch_name: str) -> float | None:
+    """The scale ``s`` of a cosine head (margin-loss runs: logits = s * cos), or None for an ordinary classifier."""
+    from facekit.heads import classifier_of
+    from facekit.errors import FacekitError
+    from facekit.plugins import architectures
+
+    try:
+        head = classifier_of(model, architectures().get(arch_name))
+    except FacekitError:
+        return None
+    scale = getattr(head, "logit_scale", None)
+    return float(scale) if isinstance(scale, (int, float)) and scale > 0 else None
+
+
 def available_scores(embeddings: bool, logit_scale: float | None) -> list[str]:
     return [s for s in SCORE_PREFERENCE if s == "softmax" or (s == "centroid" and embeddings) or (s == "margin" and logit_scale)]
 
 
 def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = "auto", progress: Any = None,
-                     logit_scale: float | None = None, writer: Any = None) -> openset.OpenSet:  # fmt: skip
+                     writer: Any = None) -> openset.OpenSet:  # fmt: skip
     """Calibrate the kept model's rejection thresholds and score the test split; writes the run's open-set files."""
     split = run.split
     root = Path(split["root"])
@@ -205,6 +222,7 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
     labels = np.asarray(split["labels"], dtype=np.int64)
     fold = split["folds"][run.kept_fold]
     model = run.load_model(device=device)
+    logit_scale = head_logit_scale(model, run.config["arch"])
 
     def knowns(indices: Sequence[int]) -> _Probes:
         idx = np.asarray(indices, dtype=int)

@@ -272,7 +272,7 @@ def test_latest_is_the_newest_run_with_results(synthetic_dataset, tmp_path, monk
 def test_resume_removes_what_killed_writers_left(synthetic_dataset, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         Trainer(config(synthetic_dataset, tmp_path / "run", epochs=3), InterruptAt(2)).train()
-    stale = [tmp_path / "run" / CHECKPOINTS / ".fold-0-last.pt.k2j3.tmp", tmp_path / "run" / ".history.json.x1.tmp"]
+    stale = [tmp_path / "run" / CHECKPOINTS / ".fold-0-last.pt.k2j3ab_9.tmp", tmp_path / "run" / ".history.json.x1yz0qrs.tmp"]
     for path in stale:
         path.write_bytes(b"\0" * 1000)
     Trainer.resume(tmp_path / "run")
