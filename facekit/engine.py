@@ -221,7 +221,9 @@ class Trainer:
         plan = self._plan(index.labels)
         if openset_split is not None and any(len(fold.val) == 0 for fold in plan.folds):
             raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
-        for note in plan.notes:
+        from facekit.data.check import split_notes
+
+        for note in split_notes(plan, index.labels, index.classes, self.split_spec.name):
             self.progress.message(note)
         from facekit.data.leakage import find_leaks, leak_lines
 

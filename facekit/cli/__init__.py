@@ -18,6 +18,7 @@ from rich.table import Table
 import facekit
 from facekit.cli.help import ReadableCommand, ReadableGroup, ReadableTyper
 from facekit.errors import FacekitError, UsageError
+from facekit.text import printable, rich_safe
 
 
 DEBUG_ENV = "FACEKIT_DEBUG"
@@ -40,12 +41,12 @@ class FacekitGroup(ReadableGroup):
         try:
             return super().invoke(ctx)
         except FacekitError as exc:
-            typer.echo(f"Error: {_scrubbed(str(exc))}{_blame(exc)}", err=True)
+            typer.echo(f"Error: {printable(_scrubbed(str(exc)), keep=chr(10))}{_blame(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             from facekit.runs import os_error_line
 
-            typer.echo(f"Error: {os_error_line(exc)}{self._out_hint(exc)}", err=True)
+            typer.echo(f"Error: {printable(os_error_line(exc))}{self._out_hint(exc)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
             run_dir = getattr(exc, "run_dir", None)
@@ -64,7 +65,7 @@ class FacekitGroup(ReadableGroup):
             # for a bug report when asked for.
             if os.environ.get(DEBUG_ENV):
                 raise
-            where = _scrubbed(str(exc)).splitlines()[0] if str(exc).strip() else ""
+            where = printable(_scrubbed(str(exc)).splitlines()[0]) if str(exc).strip() else ""
             culprit = _blame(exc)
             typer.echo(
                 f"Error: unexpected {exc.__class__.__name__}: {where}{culprit} "
@@ -115,7 +116,7 @@ err_console = Console(stderr=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False, soft_wrap=True)  # one line, however long
+    err_console.print(f"[yellow]Warning:[/yellow] {rich_safe(message)}", highlight=False, soft_wrap=True)  # one line, however long
 
 
 def _version(value: bool) -> None:
@@ -298,11 +299,11 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    line = f"[bold]run[/bold] {run_dir}"
+    line = f"[bold]run[/bold] {rich_safe(run_dir)}"
     if "test_accuracy" in summary:
         line += f"  test accuracy {summary['test_accuracy']:.3f}  balanced accuracy {summary['balanced_accuracy']:.3f}"
     console.print(line, highlight=False)
-    console.print(f"next: facekit report {run_dir}", style="dim", highlight=False)
+    console.print(f"next: facekit report {rich_safe(run_dir)}", style="dim", highlight=False)
 
 
 # --------------------------------------------------------------------------- predict
@@ -323,7 +324,7 @@ def predict(
     notes: list[str] = []
     results = predict_images(run, images, top_k=top_k, device=device, threshold=threshold, notes=notes)
     for note in notes:
-        err_console.print(f"[dim]Note: {note}[/dim]", highlight=False)
+        err_console.print(f"[dim]Note: {rich_safe(note)}[/dim]", highlight=False)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -336,15 +337,15 @@ def print_predictions(results: list[dict[str, Any]]) -> None:
         score = f"{result['score_name']} score {result['score']:.3f}"
         if result["threshold"] is not None:
             score += f" {'>=' if result['accepted'] else '<'} threshold {result['threshold']:.3f}"
-        who = result["identity"] if result["accepted"] else "[bold]unknown[/bold]"
-        console.print(f"[bold]{result['file']}[/bold]: {who} ({score})", highlight=False)
+        who = rich_safe(result["identity"]) if result["accepted"] else "[bold]unknown[/bold]"
+        console.print(f"[bold]{rich_safe(result['file'])}[/bold]: {who} ({score})", highlight=False)
         table = Table(show_edge=False)
         table.add_column("rank", justify="right")
         table.add_column("identity")
         table.add_column("id", justify="right")
         table.add_column("probability", justify="right")
         for rank, guess in enumerate(result["top"], 1):
-            table.add_row(str(rank), guess["name"], str(guess["id"]), f"{guess['probability']:.3f}")
+            table.add_row(str(rank), rich_safe(guess["name"]), str(guess["id"]), f"{guess['probability']:.3f}")
         console.print(table)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from facekit.text import rich_safe
+
 
 class ConsoleProgress:
     """A bar per epoch (loss and images/s) on a terminal, then a one-line epoch summary."""
@@ -25,7 +27,7 @@ class ConsoleProgress:
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]{text}[/dim]", highlight=False)
+            self.console.print(f"[dim]{rich_safe(text)}[/dim]", highlight=False)
 
     def epoch_start(self, fold: int, epoch: int, epochs: int, batches: int) -> None:
         self.loss_sum, self.images, self.epochs = 0.0, 0, epochs
