@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +304,9 @@ def launch(nproc: int, facekit_args: Sequence[str]) -> None:
             1,
         ) from None
     except SignalException as exc:
+        if exc.sigval == signal.SIGINT:
+            # Ctrl-C reached every process: rank 0 has said "Interrupted" and how to continue.
+            raise RankFailed("", 130) from None
         raise RankFailed(f"stopped by {exc.sigval.name}; the processes were stopped too", 128 + int(exc.sigval)) from None
 
 

@@ -470,14 +470,17 @@ def rich_table(table: TableData, width: int | None = None) -> Table:
 
 
 def markdown_table(table: TableData) -> str:
-    from facekit.text import markdown_safe as cell
+    from facekit.text import markdown_safe
 
-    lines = [f"### {cell(table.title)}", ""]
+    def cell(text: str) -> str:
+        return markdown_safe(text, cell=True)
+
+    lines = [f"### {markdown_safe(table.title)}", ""]
     lines.append("| " + " | ".join(cell(c) if c else " " for c in table.columns) + " |")
     lines.append("|" + "|".join("---:" if numeric else "---" for numeric in table.numeric) + "|")
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
     if table.caption:
-        lines += ["", f"*{cell(table.caption)}*"]
+        lines += ["", f"*{markdown_safe(table.caption)}*"]
     return "\n".join(lines) + "\n"
 
 

@@ -32,9 +32,11 @@ def rich_safe(text: object) -> str:
     return escape(printable(text))
 
 
-def markdown_safe(text: object) -> str:
+def markdown_safe(text: object, cell: bool = False) -> str:
     """:func:`printable`, safe in a Markdown table cell or heading: HTML (``<script>``) as entities,
     ``|`` and the characters that start Markdown formatting escaped."""
     text = html.escape(printable(text), quote=False)
-    text = re.sub(r"([\\`*\[\]|#])", r"\\\1", text)
+    text = re.sub(r"([\\`*\[\]|])", r"\\\1", text)
+    if not cell:  # what starts a heading, quote or list at a line's start (nothing in a table cell)
+        text = re.sub(r"^([#>+-])", r"\\\1", text)
     return re.sub(r"(?<!\w)_|_(?!\w)", r"\\_", text)  # underscores inside names (George_W_Bush) stay readable

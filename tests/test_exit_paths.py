@@ -87,3 +87,79 @@ def test_a_late_ctrl_c_while_libraries_shut_down_is_quiet(tmp_path):
     assert process.returncode == 130
     assert '"package": "facekit"' in "".join(lines), "the command's output came out whole"
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+def test_ctrl_c_prints_the_resume_command_on_its_own_line_after_the_bar(synthetic_dataset, tmp_path, monkeypatch):
+    """On a terminal the epoch bar is live; the line after Ctrl-C must not be written into it (and the bar drawn again)."""
+    from rich.console import Console
+
+    import facekit.cli
+    from facekit.cli import progress
+    from facekit.engine import Trainer
+
+    screen = io.StringIO()
+    monkeypatch.setattr(facekit.cli, "console", Console(file=screen, force_terminal=True, width=100))
+    real = Trainer.train_epoch
+    calls = {"n": 0}
+
+    def interrupted_in_epoch_2(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            self.progress.batch_end(1.0, 8)  # the bar is up and running
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_2)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--data", str(synthetic_dataset), *FAST, "--out", str(out)])
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == [f"Interrupted. Continue with: facekit train --resume {out}"]
+    assert "Interrupted" not in screen.getvalue(), "written into the live bar"
+    assert progress._running_bars == []
+    assert screen.getvalue().count("epoch 2/3") >= 1
+
+
+def test_only_rank_0_says_how_to_continue_and_the_launcher_says_nothing_more(monkeypatch):
+    import typer
+
+    from facekit import distributed
+
+    cli = typer.Typer(cls=app.info.cls)
+
+    @cli.command()
+    def work():
+        raise KeyboardInterrupt
+
+    @cli.command()
+    def launch():
+        raise distributed.RankFailed("", 130)  # what launch() raises on Ctrl-C
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(cli, ["work"])
+    assert result.exit_code == 130 and result.output == ""
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert CliRunner().invoke(cli, ["work"]).output == "Interrupted.\n"
+    result = CliRunner().invoke(cli, ["launch"])
+    assert result.exit_code == 130 and result.output == ""
+
+
+def test_the_launcher_ends_quietly_on_ctrl_c(monkeypatch):
+    import torch.distributed.run as torchrun_module
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from facekit import distributed
+
+    def interrupted(args):
+        raise SignalException("interrupted", signal.SIGINT)
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr(torchrun_module, "run", interrupted)
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
+    try:
+        distributed.launch(2, ["train", "--data", "faces"])
+    except distributed.RankFailed as stopped:
+        assert str(stopped) == "" and stopped.exit_code == 130
+    else:
+        raise AssertionError("no RankFailed")

@@ -40,7 +40,19 @@ class FacekitGroup(ReadableGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BaseException as exc:
+            return self._end(exc)
+
+    def _end(self, exc: BaseException):
+        """The one line that ends a failed or interrupted command (after any progress bar is gone)."""
+        from facekit.cli.progress import stop_bars
+
+        stop_bars()
+        try:
+            raise exc
         except FacekitError as exc:
+            if not str(exc):  # said already (a rank of a job facekit launched spoke for it)
+                raise typer.Exit(exc.exit_code) from None
             typer.echo(f"Error: {printable(_scrubbed(str(exc)), keep=chr(10))}{_blame(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
@@ -49,6 +61,10 @@ class FacekitGroup(ReadableGroup):
             typer.echo(f"Error: {printable(os_error_line(exc))}{self._out_hint(exc)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
+            from facekit.distributed import Distributed
+
+            if not Distributed.from_env().is_main:  # rank 0 alone tells the user how to continue
+                raise typer.Exit(130) from None
             run_dir = getattr(exc, "run_dir", None)
             hint = f" Continue with: facekit train --resume {shlex.quote(str(run_dir))}" if run_dir else ""
             typer.echo(f"Interrupted.{hint}", err=True)
