@@ -49,6 +49,7 @@ from facekit.files import (
     os_error_line,
     protected_reason,
     remove_stale_temporaries,
+    interrupted_write,
     write_failure,
     write_json,
 )
@@ -227,6 +228,8 @@ def _guarded(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except (OSError, RuntimeError) as exc:
+            if interrupted_write(exc):
+                raise KeyboardInterrupt from None  # the engine names the run to resume
             cause = write_failure(exc)
             if cause is None:
                 raise
@@ -468,7 +471,7 @@ class RunWriter:
         lines = ["file,true_id,true_name,pred_id,pred_name,confidence"]
         for i, t, p, confidence in zip(index, y_true, scores.y_pred, scores.top_probs[:, 0] if len(index) else []):
             lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{confidence:.4f}")
-        atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode())
+        atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True)

@@ -373,14 +373,17 @@ def test_read_only_folders_are_one_line(synthetic_dataset, tmp_path, monkeypatch
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    for command, code in (
-        (["train", "--data", synthetic_dataset, *FAST, "--out", tmp_path / "ro" / "new"], 1),
-        (["train", "--resume", finished], 1),
-        (["report", finished, "--reporter", "plots"], 1),
-        (["kernels", finished], 1),
+    for command, code, suggests_out in (
+        (["train", "--data", synthetic_dataset, *FAST, "--out", tmp_path / "ro" / "new"], 1, False),
+        (["train", "--resume", finished], 1, False),
+        (["report", finished, "--reporter", "plots"], 1, True),
+        (["report", finished, "--format", "markdown"], 1, True),
+        (["kernels", finished], 1, True),
+        (["kernels", finished, "--out", tmp_path / "ro" / "k"], 1, False),  # --out given: nothing to suggest
     ):
         line = one_line_error(invoke(*command), code)
         assert "Read-only file system" in line and "writable folder" in line, line
+        assert ("pass --out DIR to write elsewhere" in line) == suggests_out, line
 
 
 def test_resume_after_images_were_removed_names_them(synthetic_dataset, tmp_path):
@@ -603,7 +606,10 @@ def test_an_unforeseen_exception_is_one_line_unless_debugging(facekit_plugin, mo
     facekit_plugin(UNFORESEEN, package="facekit-explode").add_commands(cli)
     result = CliRunner().invoke(cli, ["explode"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert one_line_error(result, 1).startswith("Error: unexpected RuntimeError: the flux capacitor (rerun with FACEKIT_DEBUG=1")
+    assert one_line_error(result, 1).startswith(
+        "Error: unexpected RuntimeError: the flux capacitor (in plugin 'facekit_explode_plugin' from package "
+        "facekit-explode) (rerun with FACEKIT_DEBUG=1"
+    )  # the plugin at fault is named
     monkeypatch.setenv("FACEKIT_DEBUG", "1")
     result = CliRunner().invoke(cli, ["explode"])
     assert isinstance(result.exception, RuntimeError)  # the real exception, for a bug report

@@ -14,8 +14,8 @@ import typer
 
 import facekit
 from facekit.cli import data_cmd, demo_cmd, embed_cmd, enroll_cmd, plugins_cmd, predict_cmd, report_cmd, train_cmd
-from facekit.cli.console import console, err_console, one_line_warning
-from facekit.cli.errors import DEBUG_ENV, FacekitGroup, exit_with
+from facekit.cli.output import console, err_console, one_line_warning
+from facekit.cli.errors import DEBUG_ENV, FacekitGroup, exit_with, quit_on_late_interrupt
 from facekit.cli.help import ReadableTyper
 from facekit.errors import FacekitError
 
@@ -68,4 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         plugin_set.add_commands(app)
     except FacekitError as exc:
         exit_with(exc)
-    app(args=argv, prog_name="facekit")
+    try:
+        app(args=argv, prog_name="facekit")
+    finally:
+        quit_on_late_interrupt()

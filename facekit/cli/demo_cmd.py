@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from facekit.cli.console import console
+from facekit.cli.output import console
 
 
 def demo(

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from facekit.cli.console import console
+from facekit.cli.output import console
 
 
 def plugins(

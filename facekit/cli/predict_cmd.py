@@ -9,7 +9,8 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from facekit.cli.console import console, err_console
+from facekit.cli.output import console, err_console
+from facekit.text import rich_safe
 
 
 def predict(
@@ -28,7 +29,7 @@ def predict(
     notes: list[str] = []
     results = predict_images(run, images, top_k=top_k, device=device, threshold=threshold, notes=notes)
     for note in notes:
-        err_console.print(f"[dim]Note: {note}[/dim]", highlight=False)
+        err_console.print(f"[dim]Note: {rich_safe(note)}[/dim]", highlight=False)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -41,13 +42,13 @@ def print_predictions(results: list[dict[str, Any]]) -> None:
         score = f"{result['score_name']} score {result['score']:.3f}"
         if result["threshold"] is not None:
             score += f" {'>=' if result['accepted'] else '<'} threshold {result['threshold']:.3f}"
-        who = result["identity"] if result["accepted"] else "[bold]unknown[/bold]"
-        console.print(f"[bold]{result['file']}[/bold]: {who} ({score})", highlight=False)
+        who = rich_safe(result["identity"]) if result["accepted"] else "[bold]unknown[/bold]"
+        console.print(f"[bold]{rich_safe(result['file'])}[/bold]: {who} ({score})", highlight=False)
         table = Table(show_edge=False)
         table.add_column("rank", justify="right")
         table.add_column("identity")
         table.add_column("id", justify="right")
         table.add_column("probability", justify="right")
         for rank, guess in enumerate(result["top"], 1):
-            table.add_row(str(rank), guess["name"], str(guess["id"]), f"{guess['probability']:.3f}")
+            table.add_row(str(rank), rich_safe(guess["name"]), str(guess["id"]), f"{guess['probability']:.3f}")
         console.print(table)

@@ -18,10 +18,11 @@ from typing import Any, Optional
 
 import typer
 
-from facekit.cli.console import console, err_console
+from facekit.cli.output import console, err_console
 from facekit.cli.help import ReadableCommand
 from facekit.config import Option, TrainConfig, options, setting_types
 from facekit.errors import UsageError
+from facekit.text import rich_safe
 
 # The options of the command itself (not settings of the run): name -> (type, typer.Option).
 COMMAND_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -171,8 +172,8 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    line = f"[bold]run[/bold] {run_dir}"
+    line = f"[bold]run[/bold] {rich_safe(run_dir)}"
     if "test_accuracy" in summary:
         line += f"  test accuracy {summary['test_accuracy']:.3f}  balanced accuracy {summary['balanced_accuracy']:.3f}"
     console.print(line, highlight=False)
-    console.print(f"next: facekit report {run_dir}", style="dim", highlight=False)
+    console.print(f"next: facekit report {rich_safe(run_dir)}", style="dim", highlight=False)
