@@ -1,4 +1,7 @@
-"""Top-k identities for new images, with a trained run's model and preprocessing."""
+"""Top-k identities for new images, with a trained run's model and preprocessing, or with an exported bundle.
+
+Importing this module does not import torch: predicting from an ONNX bundle never needs it.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from facekit.specs import Normalization
+from facekit.bundle import is_bundle, open_bundle
 from facekit.errors import UsageError
 from facekit.runs import Run
+from facekit.specs import Normalization
 
 
 def expand_images(inputs: list[Path]) -> list[Path]:
@@ -41,20 +44,31 @@ def unreadable(path: Path) -> str | None:
     return None
 
 
-@torch.no_grad()
 def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = "auto", batch_size: int = 32) -> list[dict[str, Any]]:
-    """One entry per image: the file and its ``top_k`` identities (name, id, probability)."""
-    from facekit.data.loaders import make_loader
-    from facekit.engine import resolve_device
+    """One entry per image: the file and its ``top_k`` identities (name, id, probability).
 
+    ``run_dir`` is a run folder or a bundle made by ``facekit export`` (same output, same pixels).
+    """
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {top_k})")
-    run = Run.open(run_dir)
+    bundle = open_bundle(run_dir) if is_bundle(run_dir) else None
+    run = None if bundle else Run.open(run_dir)
     files = expand_images(inputs)
     bad = {str(f): reason for f in files if (reason := unreadable(f))}
     if bad:
         first = next(iter(bad.items()))
         raise UsageError(f"{first[0]} is not a readable image ({first[1]}); {len(bad)} unreadable file(s) in all")
+    if bundle is not None:
+        return bundle.predict(files, top_k=top_k, device=device, batch_size=batch_size)
+    return _predict_run(run, files, top_k=top_k, device=device, batch_size=batch_size)
+
+
+def _predict_run(run: Run, files: list[Path], *, top_k: int, device: str, batch_size: int) -> list[dict[str, Any]]:
+    import torch
+
+    from facekit.data.loaders import make_loader
+    from facekit.engine import resolve_device
+
     torch_device = resolve_device(device)
     model = run.load_model().to(torch_device)
     loader = make_loader(
@@ -70,8 +84,9 @@ def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = 
     )
     probs = []
     try:
-        for images, _ in loader:
-            probs.append(torch.softmax(model(images.to(torch_device)).float(), 1).cpu())
+        with torch.no_grad():
+            for images, _ in loader:
+                probs.append(torch.softmax(model(images.to(torch_device)).float(), 1).cpu())
     finally:
         loader.close()
     probabilities = torch.cat(probs)
