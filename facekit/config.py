@@ -67,6 +67,13 @@ class TrainConfig:
     compile: str | None = None  # torch.compile mode of the training/evaluation steps ("default", "reduce-overhead"); None: eager
     out: Path | None = None
     force: bool = False
+    # Open-set evaluation (docs/openset.md): identities held out of training as unknown people,
+    # a folder of other people, the false-positive identification rate the threshold is set at,
+    # and the score it rejects by ("auto": the best the run has).
+    unknown_identities: float = 0.0
+    strangers: Path | None = None
+    target_fpir: float = 0.01
+    openset_score: str = "auto"
 
     def validate(self) -> None:
         """Refuse every number out of range with a :class:`UsageError` naming its option (nothing is written first)."""
@@ -94,6 +101,14 @@ class TrainConfig:
         require(self.workers is None or self.workers >= 0, "--workers", self.workers, "0 (load in this process) or more")
         require(self.threads is None or self.threads >= 1, "--threads", self.threads, "at least 1")
         check_schedule(self.schedule)
+        require(_finite(self.unknown_identities) and 0 <= self.unknown_identities < 1, "--unknown-identities",
+                self.unknown_identities, "a fraction of the identities from 0 (none) up to (not including) 1")  # fmt: skip
+        require(_finite(self.target_fpir) and 0 < self.target_fpir < 1, "--target-fpir", self.target_fpir,
+                "a rate above 0 and below 1, e.g. 0.01")  # fmt: skip
+        require(self.openset_score in ("auto", "softmax", "centroid", "margin"), "--openset-score", self.openset_score,
+                "one of auto, softmax, centroid, margin")  # fmt: skip
+        if self.strangers is not None and not Path(self.strangers).is_dir():
+            raise UsageError(f"--strangers {self.strangers} is not a folder: give a folder with one sub-folder of images per person")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -106,7 +121,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("data", "weights", "out"):
+        for key in ("data", "weights", "out", "strangers"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(**values)

@@ -219,8 +219,14 @@ class Trainer:
 
     def _setup(self) -> dict[str, Any]:
         """Index the data, plan the split, compute the normalization: all a run's setup, before its folder exists."""
-        index = self._index()
+        from facekit.openset_training import openset_setup
+
+        index, openset_split = openset_setup(
+            self._index(), fraction=self.config.unknown_identities, strangers=self.config.strangers, seed=self.config.seed
+        )
         plan = self._plan(index.labels)
+        if openset_split is not None and any(len(fold.val) == 0 for fold in plan.folds):
+            raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
         for note in plan.notes:
             self.progress.message(note)
         config = self.config.to_dict() | {
@@ -241,6 +247,7 @@ class Trainer:
             strategy=self.split_spec.name,
             plan=plan,
             normalization=self._normalizations(index.paths(), plan),
+            openset=openset_split,
         )
 
     def check_model(self) -> None:
@@ -543,6 +550,13 @@ class Trainer:
 
         if fold_results:  # the same on every rank: losses are summed over the ranks
             self._finish(run, writer, files, labels, norms, fold_results)
+            if writer is not None and split.get("openset"):
+                from facekit.openset_training import evaluate_openset
+
+                evaluate_openset(
+                    Run(self.run_dir), device=self.device, target_fpir=self.config.target_fpir,
+                    score=self.config.openset_score, progress=self.progress, writer=writer,
+                )  # fmt: skip
         if divergence is not None:
             raise TrainingDiverged(self._divergence_message(*divergence, folds=len(split["folds"])))
         return self.run_dir

@@ -246,3 +246,38 @@ def plot_score_distribution(
     right.set_title(f"Score vs training images: Spearman {spearman(counts, scores):+.2f}", fontsize=10)
     figure.suptitle(title)
     return save(figure, out_path)
+
+
+def plot_det_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], out_path: Path, *, marks: dict[str, tuple[float, float]] | None = None,
+    default: str | None = None, title: str = "DET curve",
+) -> Path:
+    """FNIR against FPIR (log axes), one curve per score, the run's threshold marked on each.
+
+    ``curves[name] = (fpir, fnir)``; ``marks[name] = (fpir, fnir)`` at the calibrated threshold.
+    Rates of 0 cannot sit on a log axis: they are drawn at the axis floor (half a probe)."""
+    figure = Figure(figsize=(6.2, 5), layout="constrained")
+    axis = figure.subplots()
+    floor = 1.0
+    for fpir, fnir in curves.values():
+        positive = np.concatenate([fpir[fpir > 0], fnir[fnir > 0]])
+        floor = min(floor, positive.min() if positive.size else 1.0)
+    floor /= 2
+    for position, (name, (fpir, fnir)) in enumerate(curves.items()):
+        style = {"color": f"C{position % 10}", "linewidth": 2.2 if name == default else 1.2}
+        label = f"{name} (default)" if name == default else name
+        axis.step(np.maximum(fpir, floor), np.maximum(fnir, floor), where="post", label=label, **style)
+        if marks and name in marks:
+            x, y = marks[name]
+            axis.plot([max(x, floor)], [max(y, floor)], marker="o", markersize=7, markeredgecolor="black",
+                      linestyle="none", color=style["color"], label=f"{name}: the run's threshold")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlim(floor, 1.0)
+    axis.set_ylim(floor, 1.0)
+    axis.set_xlabel("FPIR: share of unknown people named as someone")
+    axis.set_ylabel("FNIR: share of known people rejected or misnamed")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8, frameon=False)
+    axis.set_title(title)
+    return save(figure, out_path)

@@ -23,6 +23,7 @@ from rich.table import Table
 from facekit.errors import UsageError
 from facekit.metrics import METRIC_LABELS, METRICS, STUDY_METRICS, ClassMetrics, Confusion, per_class_metrics
 from facekit.files import atomic_write
+from facekit.openset_training import openset_summary
 from facekit.runs import Run
 
 REPORT_DIR = "report"
@@ -59,6 +60,7 @@ class Report:
     top: list[int]  # class ids, best aggregated score first
     worst: list[int]  # class ids, worst aggregated score first
     confusions: list[Confusion]
+    openset: dict[str, Any] | None = None  # facekit.openset_training.openset_summary: open-set runs only
 
     @property
     def name(self) -> str:
@@ -123,6 +125,7 @@ class Report:
             "confusions": [self._confusion_row(c) for c in self.confusions],
             "folds": self.run.folds,
             "per_class": self.class_rows(),
+            "openset": _defined(self.openset),
         }
 
     def _confusion_row(self, confusion: Confusion) -> dict[str, Any]:
@@ -229,7 +232,8 @@ class Report:
         if self.confusions:
             tables.append(self.confusions_table())
         folds = self.folds_table()
-        return tables + ([folds] if folds else [])
+        openset = openset_table(self.openset) if self.openset else None
+        return tables + ([folds] if folds else []) + ([openset] if openset else [])
 
     def heading(self) -> str:
         config = self.run.config
@@ -237,6 +241,51 @@ class Report:
             f"{self.name}: {config.get('arch')} · loss {config.get('loss')} · split {config.get('split')}"
             f" · {self.metrics.total} test images, {self.metrics.num_classes} classes"
         )
+
+
+def openset_table(summary: dict[str, Any]) -> TableData:
+    """One column per score of an open-set run: rank-1, FNIR at each FPIR, TAR at each FAR, and the
+    rates at the run's calibrated threshold (docs/openset.md defines them)."""
+    from facekit.openset import FAR_POINTS, FPIR_POINTS
+
+    scores = summary["scores"]
+    figures = list(scores.values())
+
+    def row(label: str, value: Callable[[dict[str, Any]], Any], shown: Callable[[Any], str] = number) -> tuple[str, ...]:
+        return (label, *(shown(value(f)) for f in figures))
+
+    rows = [row("Rank-1 (closed set)", lambda f: f["rank1"])]
+    rows += [row(f"FNIR at FPIR {x:g}", lambda f, x=x: f["fnir_at_fpir"][f"{x:g}"]) for x in FPIR_POINTS]
+    rows += [row(f"TAR at FAR {x:g}", lambda f, x=x: f.get("tar_at_far", {}).get(f"{x:g}")) for x in FAR_POINTS]
+    rows += [
+        row("Threshold (calibrated)", lambda f: f.get("at_threshold", {}).get("threshold"),
+            lambda v: "-" if v is None else f"{v:.4g}"),
+        row("FPIR at the threshold", lambda f: f.get("at_threshold", {}).get("fpir")),
+        row("FNIR at the threshold", lambda f: f.get("at_threshold", {}).get("fnir")),
+    ]  # fmt: skip
+    columns = tuple(name + (" (default)" if name == summary["score"] else "") for name in scores)
+    return TableData(
+        "Open-set identification (test split)",
+        ("Figure", *columns),
+        rows,
+        (False, *[True] * len(columns)),
+        caption=(
+            f"{figures[0]['known']} known and {figures[0]['unknown']} unknown test images. FNIR counts a known face "
+            f"rejected or misnamed; '-': too few unknown images (or pairs) to measure that rate. The threshold is "
+            f"calibrated on validation data for FPIR {summary['target_fpir']:g}."
+        ),
+    )
+
+
+def _defined(value: Any) -> Any:
+    """``value`` with every NaN as None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _defined(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_defined(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def build_report(run: Run, *, top: int = 5, worst: int = 5, confusions: int = 10) -> Report:
@@ -253,6 +302,7 @@ def build_report(run: Run, *, top: int = 5, worst: int = 5, confusions: int = 10
         top=metrics.top_k(top),
         worst=metrics.worst_k(worst),
         confusions=metrics.confusions(confusions),
+        openset=openset_summary(run.path),
     )
 
 
@@ -344,10 +394,34 @@ def compare_runs(runs: Sequence[Run]) -> Comparison:
         ("Macro F1", [r.metrics.macro("f1") for r in reports]),
         ("Validation loss", [(r.kept_fold or {}).get("val_loss") for r in reports]),
     ]
+    rows += openset_comparison_rows(reports)
     models = [
         " · ".join(str(r.run.config.get(key)) for key in ("arch", "loss", "split")) for r in reports
     ]
     return Comparison(names, models, rows)
+
+
+def openset_comparison_rows(reports: Sequence[Report]) -> list[tuple[str, list[float | None]]]:
+    """Each run's open-set figures by its default score (None for a closed-set run); none when no run is open-set."""
+    from facekit.openset import FAR_POINTS, FPIR_POINTS
+
+    if not any(r.openset for r in reports):
+        return []
+    chosen = [r.openset["scores"].get(r.openset["score"]) if r.openset else None for r in reports]
+
+    def value(figures: dict[str, Any] | None, *keys: str) -> float | None:
+        for key in keys:
+            figures = None if figures is None else figures.get(key)
+        return None if figures is None or (isinstance(figures, float) and math.isnan(figures)) else figures
+
+    rows: list[tuple[str, list[float | None]]] = [("Open-set rank-1", [value(f, "rank1") for f in chosen])]
+    rows += [(f"FNIR at FPIR {x:g}", [value(f, "fnir_at_fpir", f"{x:g}") for f in chosen]) for x in FPIR_POINTS]
+    rows += [(f"TAR at FAR {x:g}", [value(f, "tar_at_far", f"{x:g}") for f in chosen]) for x in FAR_POINTS]
+    rows += [
+        ("FPIR at the run's threshold", [value(f, "at_threshold", "fpir") for f in chosen]),
+        ("FNIR at the run's threshold", [value(f, "at_threshold", "fnir") for f in chosen]),
+    ]
+    return rows
 
 
 # Rendering ----------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ Layout (docs/train.md, "The run folder", describes each file)::
     RUN/folds.json           per-fold best validation figures, their mean/std, the kept fold
     RUN/predictions.npz      test split: index, y_true, y_pred, top_ids/top_probs (N x k), probs (N x C) while small
     RUN/predictions.csv      the same, readable: file, true and predicted class, confidence
+    RUN/openset.json         open-set runs: the score rejected by, calibrated thresholds
+    RUN/gallery.npz          open-set runs: class centroids and enrolled people's embeddings
+    RUN/openset_test.npz     open-set runs: the test split's scores, for facekit report
     RUN/checkpoints/fold-K-last.pt, fold-K-best.pt, best.pt (the kept model)
     RUN/.lock                held by the process that trains the run
 
@@ -360,8 +363,11 @@ class RunWriter:
         strategy: str,
         plan: "SplitPlan",
         normalization: dict[str, Any],
+        openset: dict[str, Any] | None = None,
     ) -> None:
-        """What the run was asked to do: config (with versions), classes, split and normalization."""
+        """What the run was asked to do: config (with versions), classes, split and normalization.
+
+        ``openset``: the unknown people's images (facekit.openset_training), kept in split.json."""
         import torch
 
         import facekit
@@ -380,6 +386,8 @@ class RunWriter:
             "folds": [{"train": [int(v) for v in f.train], "val": [int(v) for v in f.val]} for f in plan.folds],
             "notes": list(plan.notes),
         }
+        if openset is not None:
+            split["openset"] = openset
         write_json(self.path / "classes.json", list(classes))
         write_json(self.path / "split.json", split)
         write_json(self.path / "normalization.json", normalization)
@@ -438,6 +446,19 @@ class RunWriter:
         )
         atomic_write(self.checkpoints / "best.pt", _copy_of(self.checkpoints / f"fold-{kept}-best.pt"))
         return kept
+
+    @_guarded
+    def write_openset(self, settings: dict[str, Any], gallery: bytes | None, test_scores: bytes) -> None:
+        """The open-set files (docs/train.md): openset.json, gallery.npz (when the run has embeddings), openset_test.npz."""
+        if gallery is not None:
+            self.write_gallery(gallery)
+        atomic_write(self.path / "openset_test.npz", test_scores)
+        write_json(self.path / "openset.json", settings)  # last: its presence means the others are complete
+
+    @_guarded
+    def write_gallery(self, gallery: bytes) -> None:
+        """gallery.npz: class centroids and enrolled people (facekit.openset.Gallery)."""
+        atomic_write(self.path / "gallery.npz", gallery)
 
     @_guarded
     def write_predictions(

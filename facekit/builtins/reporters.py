@@ -51,13 +51,32 @@ def render_plots(context: ReportContext) -> list[Path]:
             report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
             title=f"Aggregated score vs training images: {report.name}",
         ))
+    if report.openset:
+        written.append(plot_openset(run, out / "det_curve.png", title=f"DET curve: {report.name}"))
     context.written.extend(written)  # `facekit report` lists them after every reporter has run
     return written
+
+
+def plot_openset(run, out_path: Path, *, title: str) -> Path:
+    """The DET curve of every score an open-set run measured, its calibrated thresholds marked."""
+    from facekit import openset, plots
+    from facekit.openset_training import read_test_scores
+
+    data, arrays = openset.OpenSet.read(run.path), read_test_scores(run.path)
+    curves, marks = {}, {}
+    for name, calibration in data.calibration.items():
+        known, correct, unknown = arrays[f"{name}_known"], arrays[f"{name}_correct"], arrays[f"{name}_unknown"]
+        if not known.size or not unknown.size:
+            continue
+        curve = openset.det_curve(known, unknown, correct)
+        curves[name] = (curve.fpir, curve.fnir)
+        marks[name] = openset.rates_at(float(calibration["threshold"]), known, unknown, correct)
+    return plots.plot_det_curves(curves, out_path, marks=marks, default=data.score, title=title)
 
 
 @hookimpl
 def register_reporters(register):
     register(ReporterSpec("table", render_tables, "Per-class tables, averages and confusions.", default=True))
     register(ReporterSpec(
-        "plots", render_plots, "Loss curves, confusion matrix, score vs training images (PNG).", default=True,
+        "plots", render_plots, "Loss curves, confusion matrix, score vs training images, DET curve (PNG).", default=True,
     ))

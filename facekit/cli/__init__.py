@@ -160,6 +160,19 @@ def train(
     no_compile: bool = typer.Option(False, "--no-compile", help="Train eagerly (with --resume: though the run was compiled)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
+    unknown_identities: float = typer.Option(
+        0.0, "--unknown-identities", metavar="FRACTION",
+        help="Hold this share of the identities out of training as unknown people (open-set evaluation; seeded).",
+    ),
+    strangers: Optional[Path] = typer.Option(
+        None, "--strangers", metavar="DIR", help="A folder of other people (one sub-folder each): unknowns for open-set evaluation."
+    ),
+    target_fpir: float = typer.Option(
+        0.01, "--target-fpir", metavar="RATE", help="Calibrate the rejection threshold to name at most this share of unknown people."
+    ),
+    openset_score: str = typer.Option(
+        "auto", "--openset-score", metavar="NAME", help="Score to reject by: auto (the best the run has), softmax, centroid or margin."
+    ),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue an interrupted run from its last checkpoint."),
     nproc: Optional[int] = typer.Option(
         None, "--nproc", metavar="N", help="Train data-parallel on N processes of this machine (one per GPU): starts torchrun for you."
@@ -200,7 +213,8 @@ def train(
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
             augment=augment, label_smoothing=label_smoothing, schedule=schedule,
             loader=loader, cache="off" if no_cache else cache, workers=workers, threads=threads, device=device,
-            compile=compile_mode, out=out, force=force,
+            compile=compile_mode, out=out, force=force, unknown_identities=unknown_identities, strangers=strangers,
+            target_fpir=target_fpir, openset_score=openset_score,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job
