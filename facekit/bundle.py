@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -267,7 +268,9 @@ class TorchScriptRunner(Runner):
             raise UsageError(f"--device {device}: no CUDA device here; use --device cpu")
         self.torch_device = torch.device(device)
         try:
-            self.module = torch.jit.load(str(bundle.model_file), map_location=self.torch_device).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation notice: the bundle still loads
+                self.module = torch.jit.load(str(bundle.model_file), map_location=self.torch_device).eval()
         except Exception as exc:  # noqa: BLE001 - a damaged archive raises several types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise UsageError(f"{bundle.model_file} is not a TorchScript model ({first[:200]}): {AGAIN}") from None

@@ -52,6 +52,11 @@ def predict(run_dir: Path, inputs: list[Path], *, top_k: int = 5, device: str = 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {top_k})")
     bundle = open_bundle(run_dir) if is_bundle(run_dir) else None
+    if bundle is None and not (Path(run_dir) / "config.json").is_file():
+        raise UsageError(
+            f"{run_dir} is neither a run folder (no config.json) nor a bundle (no bundle.json): "
+            "pass a folder made by `facekit train` or `facekit export`"
+        )
     run = None if bundle else Run.open(run_dir)
     files = expand_images(inputs)
     bad = {str(f): reason for f in files if (reason := unreadable(f))}
@@ -80,7 +85,11 @@ def _predict_run(run: Run, files: list[Path], *, top_k: int, device: str, batch_
         train=False,
         rotate=0.0,
         device=torch_device,
-        backend="auto",  # the run's own --loader may not exist here (e.g. DALI on macOS); results agree within tolerance
+        # The torch loader, whatever the run trained with: a few images need no DALI, and its pixels
+        # are the ones an exported bundle reproduces exactly (facekit.imaging), so `facekit predict`
+        # gives the same numbers for a run and for its bundle.
+        backend="torch",
+        num_workers=0,
     )
     probs = []
     try:

@@ -97,14 +97,14 @@ def _registered(kind: str, name: str) -> Any:
 
 
 def check_architecture(
-    name: str, *, input_size: int | None = None, num_classes: int = 3, batch: int = 4, steps: int = 5
+    name: str, *, input_size: int | None = None, num_classes: int = 3, batch: int = 4, steps: int = 5, export: bool = True
 ) -> None:
     """Check architecture ``name`` against its contract, without pretrained weights.
 
     Built with ``pretrained=False`` at its declared input size (or ``input_size``), it returns
     finite logits of shape (batch, num_classes), has trainable parameters, and a few Adam steps on
     one tiny batch lower the training loss without moving any frozen (``requires_grad=False``)
-    parameter.
+    parameter. With ``export`` (the default) it also exports, as :func:`check_export` checks.
     """
     import torch
     from torch import nn
@@ -154,6 +154,91 @@ def check_architecture(
     )
     moved = [n for n, p in model.named_parameters() if n in frozen and not torch.equal(p, frozen[n])]
     assert not moved, f"architecture {name!r}: frozen parameters changed in training: {', '.join(moved[:5])}"
+    if export:
+        check_export(name, input_size=size, num_classes=max(num_classes, 5))
+
+
+def check_export(
+    name: str,
+    *,
+    input_size: int | None = None,
+    num_classes: int = 7,
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    images: Any = None,
+    tolerance: float = 1e-4,
+) -> None:
+    """Check that architecture ``name`` exports as ``facekit export`` does, and that the export agrees.
+
+    Built with ``pretrained=False`` and its weights moved off their initial values (so that no
+    logit is trivially zero), put behind the exported preprocessing, it is exported to every
+    format in ``formats``; onnxruntime (or TorchScript) and the eager model then give the same
+    logits within ``tolerance`` and the same top-5 classes on ``images`` (uint8 RGB, (N, H, W, 3)
+    at the input size; default: a few synthetic faces, decoded and resized as a bundle does).
+    """
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from facekit.errors import FacekitError
+    from facekit.export import export_model, with_preprocessing
+    from facekit.factory import create_model
+    from facekit.specs import ArchitectureSpec, Normalization
+
+    spec = _registered("architectures", name)
+    assert isinstance(spec, ArchitectureSpec), f"architecture {name!r}: registered a {type(spec).__name__}, not an ArchitectureSpec"
+    size = input_size or spec.input_size
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, input_size=size, pretrained=False)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    model.eval()
+    normalization = spec.normalization or Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
+    with tempfile.TemporaryDirectory(prefix="facekit-check-export-") as folder:
+        if images is None:
+            images = _synthetic_images(Path(folder) / "faces", size)
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        assert images.shape[1:] == (size, size, 3), f"check_export: images of shape {images.shape}, expected (N, {size}, {size}, 3)"
+        with torch.no_grad():
+            expected = with_preprocessing(model, normalization)(torch.from_numpy(images)).numpy()
+        for fmt in formats:
+            path = Path(folder) / f"model.{fmt}"
+            try:
+                export_model(model, path, fmt=fmt, arch=name, input_size=size, normalization=normalization)
+            except FacekitError as exc:
+                raise AssertionError(str(exc)) from None
+            got = _run_exported(path, fmt, images)
+            diff = float(np.abs(got - expected).max())
+            assert diff <= tolerance, f"architecture {name!r}: {fmt} logits differ from torch's by {diff:.3g} (> {tolerance:g})"
+            k = min(5, num_classes)
+            top_expected, top_got = np.argsort(-expected, 1, kind="stable")[:, :k], np.argsort(-got, 1, kind="stable")[:, :k]
+            assert (top_expected == top_got).all(), f"architecture {name!r}: {fmt} and torch rank the top-{k} classes differently"
+
+
+def _synthetic_images(folder: Path, size: int) -> Any:
+    import numpy as np
+
+    from facekit.data.synth import make_synthetic_dataset
+    from facekit.imaging import load_resized
+
+    root = make_synthetic_dataset(folder, identities=3, per_identity=2, size=min(size, 96), seed=0)
+    return np.stack([load_resized(p, size) for p in sorted(root.rglob("*.png"))])
+
+
+def _run_exported(path: Path, fmt: str, images: Any) -> Any:
+    import warnings
+
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images})[0]
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path))(torch.from_numpy(images)).numpy()
 
 
 def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None:

@@ -268,7 +268,9 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
 # --------------------------------------------------------------------------- predict
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `facekit train`."),
+    run: Path = typer.Argument(
+        ..., metavar="RUN|BUNDLE", help="A run folder made by `facekit train`, or a bundle made by `facekit export`."
+    ),
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files or folders of images."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
@@ -333,9 +335,10 @@ def plugins(
 
 
 def _mount_subcommands() -> None:
-    from facekit.cli import data_cmd, report_cmd
+    from facekit.cli import data_cmd, export_cmd, report_cmd
 
     app.add_typer(data_cmd.app, name="data")
+    app.command("export")(export_cmd.export)
     app.command("report")(report_cmd.report)
     app.command("kernels")(report_cmd.kernels)
 
