@@ -85,38 +85,33 @@ class Bundle:
         runner.check()
         return runner
 
-    def predict(
-        self, files: Sequence[str | Path], *, top_k: int = 5, device: str = "auto", batch_size: int = 32
-    ) -> list[dict[str, Any]]:
-        """One entry per image file, as ``facekit predict RUN`` gives: the file and its ``top_k`` identities.
+    def infer(
+        self, files: Sequence[str | Path], *, device: str = "auto", batch_size: int = 32, with_embeddings: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (N x C) and, when asked, embeddings (N x D) of image files, in order.
 
         The images are decoded and resized to exactly the pixels the torch loader gives (see
         :mod:`facekit.imaging`); the graph normalizes them itself.
         """
+        if with_embeddings and "embedding" not in self.outputs:
+            raise UsageError(
+                f"{self.path} has no embedding output, which its open-set score needs: export the run again "
+                "with this facekit (`facekit export RUN`)"
+            )
         runner = self.runner(device)
-        logits = []
+        logits, embeddings = [], []
         for start in range(0, len(files), batch_size):
             batch = np.stack([load_resized(f, self.input_size) for f in files[start : start + batch_size]])
-            logits.append(runner(batch)["logits"])
-        return top_classes(np.concatenate(logits), self.classes, [str(f) for f in files], top_k)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, as torch computes it for ``facekit predict RUN``."""
-    logits = np.asarray(logits, dtype=np.float32)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def top_classes(logits: np.ndarray, classes: Sequence[str], files: Sequence[str], top_k: int) -> list[dict[str, Any]]:
-    """Per file, its ``top_k`` classes (name, id, probability), most probable first."""
-    probs = softmax(logits)
-    k = min(top_k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [
-        {"file": file, "top": [{"name": classes[i], "id": int(i), "probability": float(row[i])} for i in ids]}
-        for file, row, ids in zip(files, probs, order)
-    ]
+            outputs = runner(batch)
+            logits.append(outputs["logits"])
+            if with_embeddings:
+                embeddings.append(outputs["embedding"])
+        if not files:
+            return np.zeros((0, len(self.classes)), np.float32), None
+        all_logits = np.concatenate(logits).astype(np.float32, copy=False)
+        if not np.isfinite(all_logits).all():  # NaN scores would name identities at random
+            raise FacekitError(f"the model of {self.path} gives scores that are not numbers (NaN): {AGAIN}")
+        return all_logits, (np.concatenate(embeddings).astype(np.float32, copy=False) if with_embeddings else None)
 
 
 def open_bundle(path: str | Path) -> Bundle:

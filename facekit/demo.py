@@ -19,6 +19,7 @@ def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console,
     """
     from facekit.kernels import write_kernel_maps
     from facekit.report import ReportContext, build_report, print_written, render_report, select_reporters
+    from facekit.report_html import write_html_report
     from facekit.runs import Run
 
     if data is None:
@@ -34,8 +35,10 @@ def run_demo(data: Path | None, out: Path | None, epochs: int, console: Console,
     run = Run(run_dir)
     context = ReportContext(run=run, report=build_report(run), console=console, out_dir=run_dir / "report")
     written = render_report(context, select_reporters())
+    page = write_html_report(context, run_dir / "report" / "report.html")
     written += write_kernel_maps(run.load_model(), 1, run_dir / "report")
     print_written(console, written)
+    console.print(f"\nOpen the report in a browser: {page.resolve().as_uri()}", highlight=False, soft_wrap=True)
     console.print(f"\nNext: `facekit report {run_dir}`, `facekit kernels {run_dir} --layer 3`, "
                   f"`facekit train --data YOUR_FACES --arch tronnet --loss weighted`.", highlight=False)
     return run_dir

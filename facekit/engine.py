@@ -33,10 +33,21 @@ from facekit.config import RESUME_SETTINGS, RESUME_TRAINING_SETTINGS, TrainConfi
 from facekit.compiling import EvalStep, TrainStep, resolve_compile_mode
 from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.data.decoded_cache import cache_choice
+from facekit.devices import resolve_device  # noqa: F401 -- also imported from here
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
-from facekit.runs import DENSE_PROBS_LIMIT, TOP_K, FoldState, Run, RunWriter, TestScores, default_run_dir, load_checkpoint
+from facekit.runs import (
+    DENSE_PROBS_LIMIT,
+    TOP_K,
+    FoldState,
+    Run,
+    RunWriter,
+    TestScores,
+    check_destination,
+    default_run_dir,
+    load_checkpoint,
+)
 from facekit.schedules import Schedule, build_schedule, check_schedule
 
 class EpochStats(NamedTuple):
@@ -76,23 +87,6 @@ class SilentProgress:
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         pass
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when there is one, else the CPU), or a device this machine has."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: this machine has {count} CUDA device(s); use cuda:0 to cuda:{count - 1}, or auto")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -162,6 +156,8 @@ class Trainer:
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
         self.loss_spec.check_label_smoothing(config.label_smoothing)
+        # The run records every option of its loss, the defaults included, typed.
+        config = dataclasses.replace(config, loss_options=self.loss_spec.resolve_options(config.loss_options))
         self.split_spec = splits().get(config.split)
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
@@ -195,7 +191,7 @@ class Trainer:
 
         self.progress.message(f"indexing {self.config.data}")
         index = index_dataset(self.config.data)
-        for bad in index.bad:
+        for bad in index.bad + index.skipped:
             self.progress.message(f"skipping {bad.path}: {bad.reason}")
         return index
 
@@ -229,6 +225,10 @@ class Trainer:
             raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
         for note in plan.notes:
             self.progress.message(note)
+        from facekit.data.leakage import find_leaks, leak_lines
+
+        for line in leak_lines(find_leaks(index.files, index.labels, index.classes, index.pixel_hashes, plan)):
+            self.progress.message(line)
         config = self.config.to_dict() | {
             "input_size": self.input_size,
             # "device" stays what was asked ("auto"), so a resume elsewhere picks that machine's device.
@@ -259,19 +259,26 @@ class Trainer:
         except FacekitError:
             raise
         except Exception as exc:  # noqa: BLE001 -- a plugin's or torch's error, told apart below
+            cause = exc
             failure = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
             build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)  # is there anything to train?
             return
-        if self.config.weights is not None and self._probe_works(size):
-            raise UsageError(
-                f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
-                "give that architecture's weights file"
-            )
+        if (self.arch.pretrained or self.config.weights is not None) and self._probe_works(size):
+            # The same network at the same size works without its pretrained weights: they are at fault.
+            if self.config.weights is not None:
+                raise UsageError(
+                    f"--weights {self.config.weights}: not weights for architecture {name!r} ({failure}); "
+                    "give that architecture's weights file"
+                ) from cause
+            raise FacekitError(
+                f"architecture {name!r}: its pretrained weights do not load ({failure}); "
+                "if they are a cached download, delete that file to fetch it again, or pass --weights FILE"
+            ) from cause
         if size < self.arch.input_size and self._probe_works(self.arch.input_size):
             smallest = self._smallest_input_size(size + 1, self.arch.input_size)
-            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}")
-        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})")
+            raise UsageError(f"--input-size {size} is too small for architecture {name!r}: give at least {smallest}") from cause
+        raise FacekitError(f"architecture {name!r} could not be built for {size}x{size} images ({failure})") from cause
 
     def _probe(self, size: int, *, pretrained: bool) -> nn.Module:
         model = create_model(
@@ -282,6 +289,8 @@ class Trainer:
             weights=self.config.weights,
             trust_weights=self.config.trust_weights,
             pretrained=pretrained,
+            loss=self.loss_spec.name,
+            loss_options=self.config.loss_options,
         )
         model.eval()
         with torch.no_grad():
@@ -313,6 +322,8 @@ class Trainer:
             trust_weights=self.config.trust_weights,
             device=self.device,
             channels_last=self.channels_last,
+            loss=self.loss_spec.name,
+            loss_options=self.config.loss_options,
         )
 
     def _data_parallel(self, model: nn.Module) -> nn.Module:
@@ -447,6 +458,8 @@ class Trainer:
         the other ranks learn the folder and its setup from it, so they need no --out.
         """
         with distributed.joined(self.dist), distributed.translate_failures(self.dist, self.config.out), ExitStack() as held:
+            if self.dist.is_main and self.config.out is not None:  # an --out that would lose data fails before any work
+                check_destination(self.config.out, force=self.config.force, data=self.config.data)
             self.check_model()  # on every rank: it is deterministic, so each refuses alike
             writers: list[RunWriter] = []  # rank 0's, once make_run made the folder
 
@@ -476,8 +489,8 @@ class Trainer:
 
     def _new_writer(self) -> RunWriter:
         if self.config.out is not None:
-            return RunWriter.create(self.config.out, self.config.force)
-        return RunWriter.create_new(default_run_dir(self.config))
+            return RunWriter.create(self.config.out, self.config.force, data=self.config.data)
+        return RunWriter.create_new(default_run_dir(self.config), data=self.config.data)
 
     @classmethod
     def resume(cls, run_dir: Path, progress: Progress | None = None, **given: Any) -> Path:
@@ -592,7 +605,9 @@ class Trainer:
         optimizer = build_optimizer(model, self.arch, self.config.lr, self.config.weight_decay)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and not torch.cuda.is_bf16_supported())
         counts = np.bincount(labels[train_idx], minlength=num_classes)
-        loss_fn = self.loss_spec.make(counts.tolist(), label_smoothing=self.config.label_smoothing).to(self.device)
+        loss_fn = self.loss_spec.make(
+            counts.tolist(), label_smoothing=self.config.label_smoothing, options=self.config.loss_options
+        ).to(self.device)
         # Validation loss is always plain cross-entropy, so runs with different losses compare fairly.
         val_loss_fn = nn.CrossEntropyLoss().to(self.device)
         best, early_stopping = BestKeeper(), EarlyStopping(self.config.patience)
@@ -755,6 +770,18 @@ def _resume_changes(run: Run, saved: TrainConfig, given: dict[str, Any]) -> dict
             "augment": _augment_steps(given.get("augment"), given.get("rotate"))
         }
         saved = dataclasses.replace(saved, rotate=None, augment=_augment_steps(saved.augment, saved.rotate))
+    if "loss_options" in given:
+        # Compare only the options given, by what they mean for the run's loss (typed), not how they were written.
+        from facekit.plugins import losses
+        from facekit.specs import split_loss_options
+
+        spec = losses().get(saved.loss)
+        typed = given["loss_options"]
+        typed = split_loss_options(typed) if isinstance(typed, (list, tuple)) else dict(typed or {})
+        current = spec.resolve_options(saved.loss_options)
+        meant = spec.resolve_options(current | typed)
+        given = given | {"loss_options": {name: meant[name] for name in typed}}
+        saved = dataclasses.replace(saved, loss_options={name: current[name] for name in typed})
     changes, refused = {}, []
     for name, value in given.items():
         if name == "data":  # the data is the run's own (split.json), wherever --data pointed then
@@ -813,6 +840,8 @@ def _check_data_present(run: Run) -> None:
 
 
 def _option(name: str, value: Any) -> str:
+    if name == "loss_options":  # --loss-option NAME=VALUE, repeated
+        return " ".join(f"--loss-option {key}={item}" for key, item in value.items())
     flag = "--" + name.replace("_", "-")
     if isinstance(value, list):  # a repeatable option
         return " ".join(f"{flag} {item}" for item in value)
@@ -822,6 +851,8 @@ def _option(name: str, value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{key}={item}" for key, item in value.items()) or "none"
     if isinstance(value, list):
         return " ".join(value) or "none"
     return "none" if value is None else str(value)

@@ -87,7 +87,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         )
     out = Path(out) if out is not None else run.path / f"bundle-{fmt}"
     replaced = _check_out(out)
-    model = run.load_model()
+    model, embedding = exportable_model(run.load_model(), str(run.config["arch"]))
     normalization = Normalization.from_dict(run.normalization["folds"][run.kept_fold])
     input_size = int(run.config["input_size"])
     arch = str(run.config["arch"])
@@ -95,7 +95,10 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp's folder is private; a bundle is meant to be shared
     try:
-        info = export_model(model, staging / FORMATS[fmt], fmt=fmt, arch=arch, input_size=input_size, normalization=normalization)
+        info = export_model(
+            model, staging / FORMATS[fmt], fmt=fmt, arch=arch, input_size=input_size, normalization=normalization,
+            embedding=embedding,
+        )  # fmt: skip
         write_json(staging / CLASSES, list(run.classes))
         write_json(staging / PREPROCESSING, preprocessing(input_size, normalization))
         for name in OPENSET_FILES:  # the run's open-set threshold and gallery, byte for byte
@@ -112,6 +115,18 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(out, manifest)
+
+
+def exportable_model(model: Any, arch: str) -> tuple[Any, bool]:
+    """The model as ``images -> (logits, embedding)`` where its architecture names its classifier
+    (the embedding lets a bundle score by gallery similarity), else the model itself."""
+    from facekit.heads import embedding_model
+    from facekit.plugins import architectures
+
+    try:
+        return embedding_model(model, architectures().get(arch)).eval(), True
+    except FacekitError:  # a plugin architecture that names no classifier: logits only
+        return model, False
 
 
 def check_format(fmt: str) -> str:

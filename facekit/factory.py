@@ -7,8 +7,9 @@ architecture plugin is built the same way everywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from facekit.errors import UsageError
 from facekit.specs import ArchOptions
 
 if TYPE_CHECKING:  # torch is heavy; importing this module stays cheap
@@ -27,19 +28,24 @@ def create_model(
     pretrained: bool = True,
     device: "torch.device | str | None" = None,
     channels_last: bool = False,
+    loss: str | None = None,
+    loss_options: dict[str, Any] | None = None,
 ) -> "nn.Module":
     """Build the registered architecture ``name`` with ``num_classes`` outputs.
 
     ``input_size`` None is the architecture's own. ``pretrained=False`` builds the same network
     randomly initialised (when a checkpoint will overwrite every weight anyway). The model is
     moved to ``device`` when given, and to channels-last memory format when asked.
+    ``loss``: a loss that brings its own head (ArcFace, CosFace) puts it, made with
+    ``loss_options``, in the place of the architecture's final classifier.
     An unknown name is a :class:`facekit.errors.UsageError` naming the known ones.
     """
     import torch
 
-    from facekit.plugins import architectures
+    from facekit.plugins import architectures, losses
 
     spec = architectures().get(name)
+    loss_spec = losses().get(loss) if loss is not None else None
     options = ArchOptions(
         num_classes=num_classes,
         input_size=input_size or spec.input_size,
@@ -49,6 +55,16 @@ def create_model(
         pretrained=pretrained,
     )
     model = spec.build(options)
+    if loss_spec is not None and loss_spec.head is not None:
+        from facekit.heads import embedding_dim, replace_classifier
+
+        if not spec.classifier:
+            raise UsageError(
+                f"--loss {loss_spec.name} brings its own head in place of the architecture's final classifier, but "
+                f"architecture {name!r} does not name one (ArchitectureSpec.classifier); choose another --arch or --loss"
+            )
+        dim = embedding_dim(model, spec, options.input_size)
+        replace_classifier(model, spec, loss_spec.make_head(dim, num_classes, loss_options))
     if device is not None:
         model = model.to(device)
     if channels_last:

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 TEMP_SUFFIX = ".tmp"
+# What atomic_write's temporaries are called: "." + the target's name + "." + mkstemp's 8 random
+# characters + ".tmp". Only names of this shape are ever cleaned up.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+# Open flags that refuse to follow a symbolic link at the last component (0 where unknown).
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _umask() -> int:
@@ -64,10 +71,66 @@ def remove_stale_temporaries(folder: str | Path, older_than_s: float = 0.0) -> l
     removed = []
     now = time.time()
     for candidate in folder.glob(f".*{TEMP_SUFFIX}"):
+        if not _TEMPORARY.match(candidate.name):
+            continue  # a user's own dot-file that happens to end in .tmp
         try:
-            if candidate.is_file() and now - candidate.stat().st_mtime >= older_than_s:
+            info = candidate.lstat()  # a link is never followed: only a file of ours is removed
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime >= older_than_s:
                 candidate.unlink()
                 removed.append(candidate)
         except OSError:  # gone already, or not ours to delete: leave it
             continue
     return removed
+
+
+def is_own_file(path: str | Path, *, folder: bool = False, private: bool = False) -> bool:
+    """``path`` is a real file (or folder) of the current user, not a symbolic link to one.
+
+    With ``private``, nobody else may write it either (what a file that is executed needs).
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    kind = stat.S_ISDIR if folder else stat.S_ISREG
+    if not kind(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        return False
+    return not (private and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def protected_reason(target: str | Path, data: Iterable[str | Path] = ()) -> str | None:
+    """Why facekit must never empty or delete ``target``, or None.
+
+    Refused: the root of a file system, the home folder, a folder that holds the current one,
+    and any folder that is, holds or lies inside one of the ``data`` folders. Paths are compared
+    after resolving links, so ``faces/../faces`` or a link to the data are recognised too.
+    """
+    real = Path(target).expanduser().resolve()
+    if real == Path(real.anchor):
+        return f"{target} is the root of the file system"
+    if real == Path.home().resolve():
+        return f"{target} is the home folder"
+    if real in Path.cwd().resolve().parents:
+        return f"{target} holds the current folder"
+    return data_overlap(target, data)
+
+
+def data_overlap(target: str | Path, data: Iterable[str | Path]) -> str | None:
+    """How ``target`` overlaps one of the ``data`` folders (is it, holds it, or lies inside it), or None."""
+    real = Path(target).expanduser().resolve()
+    for folder in data:
+        place = Path(folder).expanduser().resolve()
+        if real == place:
+            return f"{target} is the data folder"
+        if real in place.parents:
+            return f"{target} holds the data folder {folder}"
+        if place in real.parents:
+            return f"{target} is inside the data folder {folder}"
+    return None
+
+
+def describe_contents(folder: Path, shown: int = 3) -> str:
+    """``notes.txt, photos/ and 12 more``: a few names of what ``folder`` holds."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    text = ", ".join(names[:shown])
+    return f"{text} and {len(names) - shown} more" if len(names) > shown else text

@@ -88,7 +88,7 @@ def resnet18_transfer(num_classes: int, *, pretrained: bool, finetune: bool, wei
 
     model = resnet18(weights=None)
     if pretrained:
-        model.load_state_dict(load_torchvision_weights(ResNet18_Weights.IMAGENET1K_V1, weights, trust=trust))
+        load_torchvision_weights(ResNet18_Weights.IMAGENET1K_V1, weights, trust=trust, model=model)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     if not finetune:
         freeze_all_but(model, model.fc)

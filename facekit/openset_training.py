@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from facekit import openset
-from facekit.errors import UsageError
+from facekit.errors import FacekitError, UsageError
 
 OPENSET_TEST_FILE = "openset_test.npz"
 # The score a run rejects by when it has several: the first available of these. The order is
@@ -137,33 +137,29 @@ def unknown_files(split: dict[str, Any], part: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- inference
 def embedding_network(model: Any, arch_name: str) -> Any | None:
-    """The model as a network that returns (logits, embedding), or None where this facekit cannot take embeddings."""
-    try:
-        from facekit.embeddings import embedding_model
-    except ImportError:
-        return None
+    """The model as a network that returns (logits, embedding), or None where its architecture names no classifier."""
+    from facekit.heads import embedding_model
+    from facekit.errors import FacekitError
     from facekit.plugins import architectures
 
-    return embedding_model(model, architectures().get(arch_name))
+    try:
+        return embedding_model(model, architectures().get(arch_name)).eval()
+    except FacekitError:  # a plugin architecture without embeddings: the softmax score still works
+        return None
 
 
 def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size: int = 64,
-          with_embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing."""
+          with_embeddings: bool = True, backend: str = "auto") -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing
+    (``backend``: the loader, see :func:`facekit.inference.run_loader`)."""
     import torch
 
-    from facekit.data.loaders import make_loader
-    from facekit.specs import Normalization
+    from facekit.inference import run_loader
 
     network = embedding_network(model, run.config["arch"]) if with_embeddings else None
     if not paths:
         return np.zeros((0, len(run.classes)), np.float32), (np.zeros((0, 0), np.float32) if network else None)
-    loader = make_loader(
-        list(paths), np.zeros(len(paths), dtype=np.int64), batch_size=batch_size,
-        input_size=int(run.config["input_size"]),
-        normalization=Normalization.from_dict(run.normalization["folds"][run.kept_fold]),
-        train=False, rotate=0.0, device=device, backend="auto",
-    )  # fmt: skip
+    loader = run_loader(run, paths, device=device, batch_size=batch_size, backend=backend)
     logits, embeddings = [], []
     try:
         with torch.no_grad():
@@ -177,7 +173,10 @@ def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size
                     embeddings.append(batch_embeddings.float().cpu())
     finally:
         loader.close()
-    return torch.cat(logits).numpy(), (torch.cat(embeddings).numpy() if embeddings else None)
+    logits = torch.cat(logits)
+    if not bool(torch.isfinite(logits).all()):  # NaN scores would name identities at random, exit 0
+        raise FacekitError(f"the model of {run.path} gives scores that are not numbers (NaN): its checkpoint is damaged")
+    return logits.numpy(), (torch.cat(embeddings).numpy() if embeddings else None)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -197,12 +196,26 @@ class _Probes:
         return values, predicted == self.labels
 
 
+def head_logit_scale(model: Any, arch_name: str) -> float | None:
+    """The scale ``s`` of a cosine head (margin-loss runs: logits = s * cos), or None for an ordinary classifier."""
+    from facekit.heads import classifier_of
+    from facekit.errors import FacekitError
+    from facekit.plugins import architectures
+
+    try:
+        head = classifier_of(model, architectures().get(arch_name))
+    except FacekitError:
+        return None
+    scale = getattr(head, "logit_scale", None)
+    return float(scale) if isinstance(scale, (int, float)) and scale > 0 else None
+
+
 def available_scores(embeddings: bool, logit_scale: float | None) -> list[str]:
     return [s for s in SCORE_PREFERENCE if s == "softmax" or (s == "centroid" and embeddings) or (s == "margin" and logit_scale)]
 
 
 def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = "auto", progress: Any = None,
-                     logit_scale: float | None = None, writer: Any = None) -> openset.OpenSet:  # fmt: skip
+                     writer: Any = None) -> openset.OpenSet:  # fmt: skip
     """Calibrate the kept model's rejection thresholds and score the test split; writes the run's open-set files."""
     split = run.split
     root = Path(split["root"])
@@ -210,6 +223,7 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
     labels = np.asarray(split["labels"], dtype=np.int64)
     fold = split["folds"][run.kept_fold]
     model = run.load_model(device=device)
+    logit_scale = head_logit_scale(model, run.config["arch"])
 
     def knowns(indices: Sequence[int]) -> _Probes:
         idx = np.asarray(indices, dtype=int)

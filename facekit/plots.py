@@ -10,7 +10,7 @@ GUI backend, nothing to close, safe to call from tests and threads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -18,8 +18,44 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLoca
 
 from facekit.metrics import ClassMetrics, spearman
 
+if TYPE_CHECKING:
+    from facekit.report import Report
+
 DPI = 110
 MANY_CLASSES = 50  # above this, per-class figures become distributions (see the module docstring)
+
+
+def report_figures(report: "Report", out: Path) -> list[Path]:
+    """A report's figures in ``out``: loss curves (when the run has a history), then the most
+    confused classes and score vs training images, or their many-class forms above MANY_CLASSES."""
+    run = report.run
+    written = []
+    if run.history:
+        best_epochs = {int(f["fold"]): int(f["best_epoch"]) for f in run.folds.get("folds", []) if "best_epoch" in f}
+        written.append(plot_loss_curves(
+            run.history, out / "loss_curves.png", kept_fold=run.kept_fold, best_epochs=best_epochs,
+            title=f"Loss curves: {report.name} ({run.config.get('arch')})",
+        ))
+    shown = max(len(report.confusions), 10)  # at least enough to show a pattern
+    if report.metrics.num_classes > MANY_CLASSES:  # too many classes to name them all
+        written.append(plot_top_confusions(
+            report.metrics, report.classes, out / "top_confusions.png", n=shown,
+            title=f"Most common confusions: {report.name}",
+        ))
+        written.append(plot_score_distribution(
+            report.metrics, report.train_counts, out / "score_distribution.png",
+            title=f"Per-class aggregated scores: {report.name}",
+        ))
+    else:
+        written.append(plot_confusion_matrix(
+            report.metrics, report.classes, out / "confusion_matrix.png", n=shown,
+            title=f"Most confused classes: {report.name}",
+        ))
+        written.append(plot_score_vs_training_images(
+            report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
+            title=f"Aggregated score vs training images: {report.name}",
+        ))
+    return written
 
 
 def readable(name: str) -> str:

@@ -42,6 +42,22 @@ class PluginWarning(UserWarning):
     """A plugin failed to load or registered a name that was already taken."""
 
 
+class PluginError(FacekitError):
+    """A plugin problem under strict loading; it names the plugin and its package already."""
+
+
+# What each registry's specs must offer (the spec classes' required callables): a plugin that
+# registers something else (a class instead of an instance, a dict, a string) is refused at load
+# time, naming the plugin, instead of failing later in the middle of a run.
+SPEC_CONTRACTS = {
+    "architectures": ("ArchitectureSpec", ("build",)),
+    "losses": ("LossSpec", ("build",)),
+    "splits": ("SplitSpec", ("split",)),
+    "reporters": ("ReporterSpec", ("render",)),
+    "augmentations": ("AugmentationSpec", ("parse", "sample", "apply_torch")),
+}
+
+
 @dataclass
 class PluginInfo:
     """One loaded plugin module and the distribution that provides it."""
@@ -55,6 +71,11 @@ class PluginInfo:
     @property
     def builtin(self) -> bool:
         return self.package == BUILTIN_DISTRIBUTION
+
+    @property
+    def label(self) -> str:
+        """How messages name this plugin: its entry point and package."""
+        return f"plugin {self.name!r} from package {self.package}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,11 +96,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self.option = option  # the CLI option that takes these names, for error messages
         self._items: dict[str, T] = {}
-        self.owner: dict[str, str] = {}
+        self.owner: dict[str, str] = {}  # name -> package
+        self.owner_label: dict[str, str] = {}  # name -> "plugin 'entry point' from package P"
 
-    def add(self, name: str, item: T, owner: str) -> None:
+    def add(self, name: str, item: T, owner: str, label: str | None = None) -> None:
         self._items[name] = item
         self.owner[name] = owner
+        self.owner_label[name] = label or f"package {owner}"
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -159,9 +182,11 @@ class PluginSet:
         ]
 
     def _problem(self, message: str) -> None:
-        message = " ".join(message.split())  # one line, whatever the plugin's exception text holds
+        from facekit.weights import scrub_torch_advice
+
+        message = " ".join(scrub_torch_advice(message).split())  # one line, whatever the plugin's exception text holds
         if self.strict:
-            raise FacekitError(message + f" (strict plugin loading: unset {STRICT_ENV} / drop --strict to skip it)")
+            raise PluginError(message + f" (strict plugin loading: unset {STRICT_ENV} / drop --strict to skip it)")
         self.problems.append(message)
         warnings.warn(message, PluginWarning, stacklevel=3)
 
@@ -169,9 +194,11 @@ class PluginSet:
         """Report a plugin that raised ``exc``; only the user's own Ctrl-C goes on as an interrupt.
 
         SystemExit, KeyboardInterrupt and the like raised by a plugin's code are a broken plugin,
-        not a request to end facekit.
+        not a request to end facekit; so is facekit's own FacekitError raised by a plugin, which
+        would otherwise reach the user without saying which plugin is at fault. Only the
+        PluginError of strict loading, which names the plugin already, goes on unchanged.
         """
-        if isinstance(exc, FacekitError) or (isinstance(exc, KeyboardInterrupt) and self._interrupted()):
+        if isinstance(exc, PluginError) or (isinstance(exc, KeyboardInterrupt) and self._interrupted()):
             raise exc
         self._problem(f"{message}: {exc.__class__.__name__}: {exc}" if str(exc) else f"{message}: {exc.__class__.__name__}")
 
@@ -209,7 +236,19 @@ class PluginSet:
 
             def register(spec: Any, info: PluginInfo = info, names: list[str] = names) -> None:
                 name = getattr(spec, "name", None)
-                if not isinstance(name, str) or not name:
+                spec_class, needs = SPEC_CONTRACTS[kind]
+                missing = [attr for attr in needs if not callable(getattr(spec, attr, None))]
+                # By class name (the spec classes or a subclass of one): the registries sit below
+                # the facade that defines them, and this holds wherever the specs module lives.
+                is_spec = spec_class in {cls.__name__ for cls in type(spec).__mro__}
+                if isinstance(spec, type) or missing or not is_spec:
+                    what = f"the class {spec.__name__}" if isinstance(spec, type) else _a(type(spec).__name__)
+                    self._problem(
+                        f"{info.label} registered {what} as {_a(registry.kind)}, not {_a(spec_class)}"
+                        + (f" (its {', '.join(missing)} is not callable)" if missing and is_spec else "")
+                        + f"; call register({spec_class}(...)) (see docs/plugins.md). Ignoring it"
+                    )
+                elif not isinstance(name, str) or not name:
                     self._problem(f"plugin {info.name!r} from package {info.package} registered a {registry.kind} with no name")
                 elif name in registry:
                     self._problem(
@@ -217,7 +256,7 @@ class PluginSet:
                         f"already registered by package {registry.owner[name]}; ignoring the second one"
                     )
                 else:
-                    registry.add(name, spec, info.package)
+                    registry.add(name, spec, info.package, info.label)
                     names.append(name)
 
             try:
@@ -231,14 +270,121 @@ class PluginSet:
         return [(info, impls[id(info.module)]) for info in self.plugins if id(info.module) in impls]
 
     def add_commands(self, cli: Any) -> None:
-        """Let every plugin add its CLI commands to the Typer app ``cli``."""
+        """Let every plugin add its CLI commands to the Typer app ``cli``.
+
+        Like a built-in architecture, a command already on ``cli`` (facekit's own, whatever they
+        are when this runs, or an earlier plugin's) cannot be replaced: a plugin's command of a
+        taken name is dropped with a warning naming the plugin (an error with --strict), and so
+        is a change to the commands or the root options it found.
+        """
         with _user_interrupts() as interrupted:
             self._interrupted = interrupted
             for info, impl in self._impls("register_commands"):
+                before = _CommandsSnapshot(cli)
                 try:
                     impl.function(cli=cli)
                 except BaseException as exc:
-                    self._broken(exc, f"plugin {info.name!r} from package {info.package} failed to add its commands")
+                    before.restore(cli)
+                    self._broken(exc, f"{info.label} failed to add its commands")
+                    continue
+                self._keep_new_commands(info, cli, before)
+
+    def _keep_new_commands(self, info: PluginInfo, cli: Any, before: "_CommandsSnapshot") -> None:
+        """Keep what ``info`` added to ``cli`` under free names; put back anything it replaced."""
+        tampered = before.tampered(cli)
+        added_commands = [c for c in cli.registered_commands if not any(c is b for b, _ in before.commands)]
+        added_groups = [g for g in cli.registered_groups if not any(g is b for b, _ in before.groups)]
+        before.restore(cli)
+        if tampered:
+            self._problem(f"{info.label} changed facekit's own {tampered} in register_commands; ignoring its commands")
+            return
+        try:
+            taken = _command_names(cli.registered_commands, cli.registered_groups)
+            kept_commands, kept_groups = [], []
+            for entry in added_commands:
+                clash = _command_names([entry], []) & taken
+                if clash:
+                    self._command_clash(info, clash)
+                else:
+                    kept_commands.append(entry)
+                    taken |= _command_names([entry], [])
+            for entry in added_groups:
+                clash = _command_names([], [entry]) & taken
+                if clash:
+                    self._command_clash(info, clash)
+                else:
+                    kept_groups.append(entry)
+                    taken |= _command_names([], [entry])
+        except PluginError:
+            raise
+        except Exception as exc:  # a command Typer cannot build (a bad annotation, ...)
+            self._broken(exc, f"{info.label} added a command that cannot be built")
+            return
+        cli.registered_commands.extend(kept_commands)
+        cli.registered_groups.extend(kept_groups)
+
+    def _command_clash(self, info: PluginInfo, names: set[str]) -> None:
+        listed = ", ".join(repr(name) for name in sorted(names))
+        self._problem(f"{info.label} registers command {listed}, which facekit or an earlier plugin already has; ignoring it")
+
+
+class _CommandsSnapshot:
+    """The commands, groups (with theirs) and root callback of a Typer app, to tell what a plugin changed."""
+
+    def __init__(self, cli: Any, nested: bool = False):
+        self.nested = nested  # a built-in group: adding to it is changing it too
+        self.commands = [(entry, dict(vars(entry))) for entry in cli.registered_commands]
+        self.groups = [(entry, dict(vars(entry))) for entry in cli.registered_groups]
+        self.subgroups = [
+            _CommandsSnapshot(entry.typer_instance, nested=True) for entry, _ in self.groups if entry.typer_instance is not None
+        ]
+        self.callback = cli.registered_callback
+        self.callback_state = dict(vars(self.callback)) if self.callback is not None else None
+
+    def tampered(self, cli: Any) -> str:
+        """What of the snapshot ``cli`` no longer has as it was ('' when nothing)."""
+        if cli.registered_callback is not self.callback or (
+            self.callback is not None and dict(vars(self.callback)) != self.callback_state
+        ):
+            return "root options"
+        for saved, current in ((self.commands, cli.registered_commands), (self.groups, cli.registered_groups)):
+            if self.nested and len(current) != len(saved):
+                return "commands"
+            if any(not any(entry is c for c in current) or dict(vars(entry)) != state for entry, state in saved):
+                return "commands"
+        for snapshot, (entry, _) in zip(self.subgroups, [g for g in self.groups if g[0].typer_instance is not None]):
+            if snapshot.tampered(entry.typer_instance):
+                return "commands"
+        return ""
+
+    def restore(self, cli: Any) -> None:
+        for entry, state in self.commands + self.groups:
+            vars(entry).clear()
+            vars(entry).update(state)
+        cli.registered_commands[:] = [entry for entry, _ in self.commands]
+        cli.registered_groups[:] = [entry for entry, _ in self.groups]
+        for snapshot, (entry, _) in zip(self.subgroups, [g for g in self.groups if g[0].typer_instance is not None]):
+            snapshot.restore(entry.typer_instance)
+        cli.registered_callback = self.callback
+        if self.callback is not None:
+            vars(self.callback).clear()
+            vars(self.callback).update(self.callback_state)
+
+
+def _command_names(commands: list[Any], groups: list[Any]) -> set[str]:
+    """The command names Typer gives these registered commands and groups (a nameless group's
+    commands are merged into its parent, so they count by their own names)."""
+    import typer
+    from typer.main import get_group
+
+    probe = typer.Typer()
+    probe.registered_commands = list(commands)
+    probe.registered_groups = list(groups)
+    return set(get_group(probe).commands)
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def _distribution(entry_point: EntryPoint) -> str:
@@ -272,6 +418,41 @@ def _user_interrupts() -> Iterator[Callable[[], bool]]:
     finally:
         if previous is not None:  # None: a handler installed outside Python, which we cannot restore
             signal.signal(signal.SIGINT, previous)
+
+
+def plugin_behind(exc: BaseException) -> PluginInfo | None:
+    """The third-party plugin whose code raised ``exc`` (the innermost one in its traceback, or in
+    the tracebacks of the exceptions it was raised from), or None.
+
+    So a failure inside a plugin's architecture, loss, split, reporter or command names the
+    plugin, whatever it raised, and whatever facekit code it called on the way.
+    """
+    if _current is None:
+        return None
+    by_module = {}
+    for info in _current.plugins:
+        if info.builtin:
+            continue
+        module = getattr(info.module, "__name__", "") or ""
+        top = module.split(".")[0]
+        by_module[module if top == "facekit" else top] = info  # a plugin inside facekit's namespace: its own module only
+    if not by_module:
+        return None
+    found = None
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback = exc.__traceback__
+        while traceback is not None:
+            name = traceback.tb_frame.f_globals.get("__name__", "") or ""
+            for prefix, info in by_module.items():
+                if name == prefix or name.startswith(prefix + "."):
+                    found = info
+            traceback = traceback.tb_next
+        if found is not None:
+            return found
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 _current: PluginSet | None = None

@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from facekit.errors import UsageError
+from facekit.errors import FacekitError, UsageError
 from facekit.metrics import METRIC_LABELS, METRICS, STUDY_METRICS, ClassMetrics, Confusion, per_class_metrics
 from facekit.files import atomic_write
 from facekit.openset_training import openset_summary
@@ -271,8 +271,9 @@ def openset_table(summary: dict[str, Any]) -> TableData:
         (False, *[True] * len(columns)),
         caption=(
             f"{figures[0]['known']} known and {figures[0]['unknown']} unknown test images. FNIR counts a known face "
-            f"rejected or misnamed; '-': too few unknown images (or pairs) to measure that rate. The threshold is "
-            f"calibrated on validation data for FPIR {summary['target_fpir']:g}."
+            f"rejected or misnamed; '-': too few unknown images (or pairs) to measure that rate. TAR: pairs of known "
+            f"test images by embedding cosine (the same for every score). The threshold is calibrated on validation "
+            f"data for FPIR {summary['target_fpir']:g}."
         ),
     )
 
@@ -334,8 +335,22 @@ def select_reporters(names: Sequence[str] | None = None) -> list:
 
 def render_report(context: ReportContext, reporter_specs: Sequence) -> list[Path]:
     """Run the reporters on ``context`` (and write ``context.format``'s document); returns the files written."""
+    from facekit.plugins import reporters
+
     for spec in reporter_specs:
-        spec.render(context)
+        try:
+            spec.render(context)
+        except (KeyboardInterrupt, OSError):
+            raise  # the user's Ctrl-C; a full disk or read-only folder, which the CLI words itself
+        except Exception as exc:
+            # Name the reporter and the plugin behind it: a crash deep in someone's plotting code
+            # says nothing about which of the installed reporters to blame.
+            owner = reporters().owner_label.get(spec.name, "")
+            where = f"reporter {spec.name!r}" + (f" ({owner})" if owner else "")
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            if isinstance(exc, FacekitError):
+                raise (UsageError if isinstance(exc, UsageError) else FacekitError)(f"{where}: {detail}") from exc
+            raise FacekitError(f"{where} failed: {exc.__class__.__name__}: {detail}") from exc
     if context.format:
         context.written.append(write_report(context.report, context.format, context.out_dir))
     return context.written

@@ -43,7 +43,16 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 import numpy as np
 
 from facekit.errors import FacekitError, UsageError
-from facekit.files import atomic_write, remove_stale_temporaries, write_json
+from facekit.files import (
+    NOFOLLOW,
+    atomic_write,
+    data_overlap,
+    describe_contents,
+    protected_reason,
+    remove_stale_temporaries,
+    write_json,
+)
+from facekit.run_files import LOCK_FILE, SETUP_FILES, is_run_folder
 
 if TYPE_CHECKING:
     from torch import nn
@@ -53,7 +62,6 @@ if TYPE_CHECKING:
 
 RUNS_DIR = Path("runs")
 CHECKPOINTS = "checkpoints"
-LOCK_FILE = ".lock"
 PREDICTION_KEYS = ("index", "y_true", "y_pred")  # always in predictions.npz, with TOP_KEYS and maybe "probs"
 TOP_KEYS = ("top_ids", "top_probs")
 # Classes kept per test image, most probable first: enough for top-5 figures and a look at the runners-up.
@@ -118,7 +126,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise FacekitError(f"checkpoint {path} could not be read ({exc.__class__.__name__}): {exc}") from exc
+        from facekit.weights import describe_load_failure
+
+        raise FacekitError(f"checkpoint {path} could not be read ({describe_load_failure(exc)})") from exc
 
 
 @dataclass
@@ -203,6 +213,39 @@ def _contents(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
 
 
+def check_destination(path: Path, *, force: bool, data: Path | None = None) -> None:
+    """Refuse an ``--out`` that would lose something, before any work is done.
+
+    Never a folder inside, equal to or holding the data (``data``); and an existing non-empty
+    folder only with ``force``, and only when it is recognisably a run (:func:`is_run_folder`),
+    never the root, the home folder or a folder that holds the current one.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} exists and is not a folder")
+    overlap = None if data is None else data_overlap(path, [data])
+    if overlap is not None:
+        raise UsageError(
+            f"--out {path}: {overlap} (--data {data}); a run folder there would mix with the images, "
+            "so nothing was deleted or written: choose an --out outside the data folder"
+        )
+    contents = _contents(path)
+    if not contents:
+        return
+    reason = protected_reason(path)
+    if reason is None and not is_run_folder(path):
+        reason = f"{path} is not a facekit run folder (it holds {describe_contents(path)})"
+    if reason is not None:
+        raise UsageError(
+            f"--out {path}: {reason}; --force replaces only a run folder made by `facekit train`, so nothing was "
+            "deleted: choose another --out"
+        )
+    if not force:
+        if (path / LOCK_FILE).is_file():
+            os.close(_lock(path))  # a folder in use says by whom, rather than suggest --resume or --force
+        raise _exists(path)
+
+
 def _try_lock(fd: int) -> bool:
     """Lock an open file exclusively without waiting; False when another process holds it.
 
@@ -231,7 +274,14 @@ def _try_lock(fd: int) -> bool:
 
 def _lock(path: Path) -> int:
     """Take the run folder's exclusive lock; the kernel releases it when the process dies, so it never sticks."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o666)
+    except OSError as exc:
+        if (path / LOCK_FILE).is_symlink():  # ELOOP: writing the pid would overwrite whatever it points to
+            raise UsageError(
+                f"{path / LOCK_FILE} is a symbolic link, which facekit never writes through: remove it, or choose another --out"
+            ) from None
+        raise exc
     if not _try_lock(fd):
         owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
@@ -279,36 +329,42 @@ class RunWriter:
         self._lock_fd = lock
 
     @classmethod
-    def create(cls, path: Path, force: bool) -> "RunWriter":
+    def create(cls, path: Path, force: bool, data: Path | None = None) -> "RunWriter":
         """A new, empty run folder, locked; never overwrites a run silently (an existing non-empty folder needs ``force``).
 
-        A folder another process is training in is refused, even with ``force``.
+        ``force`` empties only a folder that is recognisably a run, never one that is, holds or lies
+        in the data folder ``data`` (see :func:`check_destination`). A folder another process is
+        training in is refused, even with ``force``.
         """
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"--out {path} exists and is not a folder")
-        if _contents(path) and not force:
-            if (path / LOCK_FILE).is_file():
-                os.close(_lock(path))  # a folder in use says by whom, rather than suggest --resume or --force
-            raise _exists(path)
+        check_destination(path, force=force, data=data)
         try:
             path.mkdir(parents=True, exist_ok=True)
             lock = _lock(path)
         except OSError as exc:
             raise FacekitError(f"cannot make the run folder: {os_error_line(exc, path)}") from None
         # Checked again under the lock: another process may have filled the folder in between.
-        contents = _contents(path)
-        if contents and not force:
+        try:
+            check_destination(path, force=force, data=data)
+        except UsageError:
             os.close(lock)
-            raise _exists(path)
-        for item in contents:
+            raise
+        for item in _contents(path):
             shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
         return cls(path, lock)
 
     @classmethod
-    def create_new(cls, path: Path) -> "RunWriter":
-        """A new run folder at ``path``, or at ``path-2``, ``path-3``... when that name is taken (default names)."""
+    def create_new(cls, path: Path, data: Path | None = None) -> "RunWriter":
+        """A new run folder at ``path``, or at ``path-2``, ``path-3``... when that name is taken (default names).
+
+        Never inside the data folder ``data`` (its files would become part of the data set).
+        """
         path = Path(path)
+        if data is not None and data_overlap(path, [data]) is not None:
+            raise UsageError(
+                f"the run folder {path} would be inside the data folder {data} (training from inside it?): "
+                "pass an --out outside the data folder"
+            )
         for attempt in range(1, 1000):
             candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
             try:
@@ -347,9 +403,19 @@ class RunWriter:
         self.close()
 
     def discard(self) -> None:
-        """Remove a run folder whose setup could not be written: no half-made run is left behind."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Remove what a setup that could not be written left: no half-made run stays behind.
+
+        Only the setup's own files go, then the folder if that left it empty: nothing else is deleted.
+        """
+        for name in SETUP_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        remove_stale_temporaries(self.path)
         self.close()
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # not empty (or gone): left as it is
 
     @_guarded
     def write_setup(
@@ -494,6 +560,24 @@ class TestScores:
     probs: np.ndarray | None
 
 
+def _normalization_problem(folds: Any) -> str | None:
+    """What is wrong with normalization.json's ``folds``, or None."""
+    if not isinstance(folds, list) or not folds:
+        return "no fold's statistics"
+    for k, fold in enumerate(folds):
+        if not isinstance(fold, dict):
+            return f"fold {k} is not a mean and std"
+        for key in ("mean", "std"):
+            values = fold.get(key)
+            numbers = isinstance(values, list) and len(values) == 3
+            numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if not numbers or not all(math.isfinite(v) for v in values):
+                return f"fold {k}'s {key} is not 3 finite numbers: {json.dumps(values)[:60]}"
+            if key == "std" and min(values) <= 0:
+                return f"fold {k}'s std has a value that is not above 0: {json.dumps(values)[:60]}"
+    return None
+
+
 def _best_fold(fold_results: list[dict[str, Any]]) -> int:
     """The fold with the lowest validation loss (the first one when none was validated)."""
     val_losses = np.array([r["val_loss"] for r in fold_results], dtype=float)
@@ -578,7 +662,24 @@ class Run:
 
     @cached_property
     def normalization(self) -> dict[str, Any]:
-        return self._json("normalization.json", keys=("folds",))
+        """normalization.json, checked: every fold's mean and std are 3 finite numbers, each std above 0
+        (a NaN there would turn every prediction into NaN)."""
+        data = self._json("normalization.json", keys=("folds",))
+        problem = _normalization_problem(data["folds"])
+        if problem:
+            raise FacekitError(
+                f"{self.path / 'normalization.json'} is damaged ({problem}): this run cannot be used; "
+                "restore the file from a copy of the run, or train a new run"
+            )
+        return data
+
+    def fold_normalization(self, fold: int | None = None) -> dict[str, Any]:
+        """The mean and std of ``fold`` (default: the kept fold), checked."""
+        folds = self.normalization["folds"]
+        fold = self.kept_fold if fold is None else fold
+        if not 0 <= fold < len(folds):
+            raise FacekitError(f"{self.path / 'normalization.json'} has no fold {fold}: this run cannot be used")
+        return folds[fold]
 
     @property
     def has_predictions(self) -> bool:
@@ -648,7 +749,10 @@ class Run:
 
     @property
     def kept_fold(self) -> int:
-        return int(self.folds.get("kept", 0))
+        kept = self.folds.get("kept", 0)
+        if isinstance(kept, bool) or not isinstance(kept, int):
+            raise FacekitError(f"{self.path / 'folds.json'} is damaged (kept is {json.dumps(kept)[:40]}, not a fold number)")
+        return kept
 
     def checkpoint_path(self, which: str = "best") -> Path:
         return self.path / CHECKPOINTS / f"{which}.pt"
@@ -688,6 +792,8 @@ class Run:
             pretrained=False,  # the checkpoint holds every weight; no need to fetch the originals
             device=device,
             channels_last=channels_last,
+            loss=config.get("loss"),  # a loss with its own head (ArcFace) made the model's classifier
+            loss_options=config.get("loss_options"),
         )
         model.load_state_dict(weights)
         model.eval()

@@ -102,7 +102,9 @@ def check_architecture(
     """Check architecture ``name`` against its contract, without pretrained weights.
 
     Built with ``pretrained=False`` at its declared input size (or ``input_size``), it returns
-    finite logits of shape (batch, num_classes), has trainable parameters, and a few Adam steps on
+    finite logits of shape (batch, num_classes); its spec's ``classifier`` names the submodule
+    that turns a flat (batch, D) embedding into exactly those logits (the embedding contract);
+    it has trainable parameters, and a few Adam steps on
     one tiny batch lower the training loss without moving any frozen (``requires_grad=False``)
     parameter. With ``export`` (the default) it also exports, as :func:`check_export` checks.
     """
@@ -154,8 +156,49 @@ def check_architecture(
     )
     moved = [n for n, p in model.named_parameters() if n in frozen and not torch.equal(p, frozen[n])]
     assert not moved, f"architecture {name!r}: frozen parameters changed in training: {', '.join(moved[:5])}"
+    _check_embedding(name, spec, model, images, num_classes)
     if export:
         check_export(name, input_size=size, num_classes=max(num_classes, 5))
+
+
+def _check_embedding(name: str, spec: Any, model: Any, images: Any, num_classes: int) -> None:
+    """The spec names a classifier whose input is a flat embedding and whose output is the model's logits."""
+    import torch
+
+    from facekit.heads import embedding_model
+
+    classifier = spec.classifier
+    assert isinstance(classifier, str) and classifier, (
+        f"architecture {name!r}: ArchitectureSpec.classifier must name the final classifier submodule "
+        f"(e.g. 'fc'), whose input is the embedding; got {classifier!r}"
+    )
+    try:
+        model.get_submodule(classifier)
+    except AttributeError:
+        children = ", ".join(n for n, _ in model.named_modules() if n) or "(none)"
+        raise AssertionError(f"architecture {name!r}: classifier {classifier!r} is not a submodule; it has: {children[:300]}") from None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(images)
+            logits, embedding = embedding_model(model, spec)(images)
+    except Exception as exc:  # noqa: BLE001 -- any failure of the split model says the same
+        raise AssertionError(
+            f"architecture {name!r}: the model without its classifier {classifier!r} failed "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the classifier must be the model's last step"
+        ) from None
+    finally:
+        model.train(was_training)
+    assert embedding.dim() == 2 and embedding.shape[0] == len(images) and embedding.shape[1] >= 1, (
+        f"architecture {name!r}: the input of classifier {classifier!r} has shape {tuple(embedding.shape)}, "
+        f"not ({len(images)}, D): name the module whose input is the flat embedding"
+    )
+    assert torch.isfinite(embedding).all(), f"architecture {name!r}: non-finite embedding"
+    assert logits.shape == (len(images), num_classes) and torch.allclose(logits, expected, atol=1e-5, rtol=1e-4), (
+        f"architecture {name!r}: classifier {classifier!r} applied to its input does not give the model's output; "
+        "the classifier must be the model's last step"
+    )
 
 
 def check_export(
@@ -181,7 +224,7 @@ def check_export(
     import torch
 
     from facekit.errors import FacekitError
-    from facekit.export import export_model, with_preprocessing
+    from facekit.export import export_model, exportable_model, with_preprocessing
     from facekit.factory import create_model
     from facekit.specs import ArchitectureSpec, Normalization
 
@@ -193,7 +236,7 @@ def check_export(
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.02)
-    model.eval()
+    network, embedding = exportable_model(model.eval(), name)  # what `facekit export` exports: logits (and embedding)
     normalization = spec.normalization or Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
     with tempfile.TemporaryDirectory(prefix="facekit-check-export-") as folder:
         if images is None:
@@ -201,16 +244,20 @@ def check_export(
         images = np.ascontiguousarray(images, dtype=np.uint8)
         assert images.shape[1:] == (size, size, 3), f"check_export: images of shape {images.shape}, expected (N, {size}, {size}, 3)"
         with torch.no_grad():
-            expected = with_preprocessing(model, normalization)(torch.from_numpy(images)).numpy()
+            outputs = with_preprocessing(network, normalization)(torch.from_numpy(images))
+        outputs = [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
+        expected = outputs[0]
         for fmt in formats:
             path = Path(folder) / f"model.{fmt}"
             try:
-                export_model(model, path, fmt=fmt, arch=name, input_size=size, normalization=normalization)
+                export_model(network, path, fmt=fmt, arch=name, input_size=size, normalization=normalization, embedding=embedding)
             except FacekitError as exc:
                 raise AssertionError(str(exc)) from None
-            got = _run_exported(path, fmt, images)
-            diff = float(np.abs(got - expected).max())
-            assert diff <= tolerance, f"architecture {name!r}: {fmt} logits differ from torch's by {diff:.3g} (> {tolerance:g})"
+            results = _run_exported(path, fmt, images)
+            for output, want, have in zip(("logits", "embedding"), outputs, results):
+                diff = float(np.abs(have - want).max())
+                assert diff <= tolerance, f"architecture {name!r}: {fmt} {output} differ from torch's by {diff:.3g} (> {tolerance:g})"
+            got = results[0]
             k = min(5, num_classes)
             top_expected, top_got = np.argsort(-expected, 1, kind="stable")[:, :k], np.argsort(-got, 1, kind="stable")[:, :k]
             assert (top_expected == top_got).all(), f"architecture {name!r}: {fmt} and torch rank the top-{k} classes differently"
@@ -233,17 +280,19 @@ def _run_exported(path: Path, fmt: str, images: Any) -> Any:
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {"images": images})[0]
+        return session.run(None, {"images": images})
     import torch
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        return torch.jit.load(str(path))(torch.from_numpy(images)).numpy()
+        outputs = torch.jit.load(str(path))(torch.from_numpy(images))
+    return [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
 
 
 def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None:
-    """Check loss ``name``: ``build(class_counts)`` gives a module whose ``loss(logits, targets)`` is a
+    """Check loss ``name``: ``build(class_counts, **default options)`` gives a module whose ``loss(logits, targets)`` is a
     finite scalar with finite gradients, lower for confident right answers than for confident wrong ones.
+    A loss with a ``head``: the head maps (N, D) embeddings to (N, C) logits that train with the loss.
     """
     import torch
     from torch import nn
@@ -252,7 +301,7 @@ def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None
 
     spec = _registered("losses", name)
     assert isinstance(spec, LossSpec), f"loss {name!r}: registered a {type(spec).__name__}, not a LossSpec"
-    loss_fn = spec.build(list(class_counts))
+    loss_fn = spec.make(list(class_counts))  # with its options' defaults
     assert isinstance(loss_fn, nn.Module), f"loss {name!r}: build() returned {type(loss_fn).__name__}, not an nn.Module"
     classes = len(class_counts)
     targets = torch.arange(2 * classes) % classes
@@ -268,6 +317,20 @@ def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None
         right = loss_fn(10 * nn.functional.one_hot(targets, classes).float(), targets)
         wrong = loss_fn(10 * nn.functional.one_hot((targets + 1) % classes, classes).float(), targets)
     assert right < wrong, f"loss {name!r}: right answers cost {right.item():.4f}, wrong ones {wrong.item():.4f}"
+    if spec.head is not None:
+        head = spec.make_head(8, classes)
+        assert isinstance(head, nn.Module), f"loss {name!r}: head() returned {type(head).__name__}, not an nn.Module"
+        embeddings = torch.randn(len(targets), 8, generator=torch.Generator().manual_seed(1))
+        head_logits = head(embeddings)
+        assert head_logits.shape == (len(targets), classes), (
+            f"loss {name!r}: its head gives logits of shape {tuple(head_logits.shape)} for {len(targets)} embeddings, "
+            f"expected {(len(targets), classes)}"
+        )
+        loss_fn(head_logits, targets).backward()
+        trained = [p for p in head.parameters() if p.requires_grad]
+        assert trained and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained), (
+            f"loss {name!r}: no finite gradient reaches its head's parameters"
+        )
 
 
 def check_split(name: str, seed: int = 0) -> None:

@@ -65,7 +65,7 @@ def test_predict_prints_top_k_identities(trained_run, synthetic_dataset):
     image = next((synthetic_dataset / "person_01").iterdir())
     result = invoke("predict", trained_run, image, "--top-k", "3", "--json")
     assert result.exit_code == 0, result.output
-    (entry,) = json.loads(result.output)
+    (entry,) = json.loads(result.stdout)  # a note may go to stderr
     assert entry["file"] == str(image) and len(entry["top"]) == 3
     probabilities = [guess["probability"] for guess in entry["top"]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6

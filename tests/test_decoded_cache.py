@@ -509,3 +509,76 @@ def test_an_unknown_cache_value_is_one_usage_line(synthetic_dataset):
 
     result = CliRunner().invoke(app, ["train", "--data", str(synthetic_dataset), "--cache", "sometimes"])
     assert result.exit_code == 2 and "--cache sometimes: choose one of auto, memory, disk, off" in result.output
+
+
+# ----------------------------------------------------------------------------- damage on disk, links
+def test_flipped_bytes_in_an_entry_are_found_and_the_entry_rebuilt(tmp_path):
+    files = make_files(tmp_path / "data", 6)
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        fill(cache, files, np.arange(6))
+        folder = cache.folder
+    row_bytes = 3 * SIZE * SIZE
+    with open(folder / "images.u8", "r+b") as handle:  # one flipped bit in entry 4
+        handle.seek(4 * row_bytes + 17)
+        byte = handle.read(1)[0]
+        handle.seek(4 * row_bytes + 17)
+        handle.write(bytes([byte ^ 0x10]))
+    decoded_cache._VERIFIED.clear()  # as a new process sees it
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        assert cache.verify(np.arange(6)).tolist() == [4]
+        assert cache.state[4] == MISSING and (cache.state[[0, 1, 2, 3, 5]] == WRITTEN).all()
+        assert fill(cache, files, np.arange(6)) == 1  # only the damaged entry is decoded again
+        assert np.array_equal(cache.images, expected_images(files))
+    decoded_cache._VERIFIED.clear()
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        assert len(cache.verify(np.arange(6))) == 0 and cache.complete
+
+
+def test_a_loader_rebuilds_a_damaged_entry_and_says_so(faces, decodes):
+    import torch
+
+    files, labels = faces
+    expected = _epoch(_loader(files, labels, "off"), 1)
+    first = _loader(files, labels, "disk")
+    _epoch(first, 0)
+    folder = first._store.cache.folder
+    first.close()
+    row_bytes = 3 * 32 * 32
+    with open(folder / "images.u8", "r+b") as handle:
+        handle.seek(2 * row_bytes)
+        handle.write(b"\xff" * 64)
+    decoded_cache._VERIFIED.clear()
+    decodes.clear()
+    second = _loader(files, labels, "disk")
+    with pytest.warns(RuntimeWarning, match="1 entries fail their checksum .*decoding those images again"):
+        images, got = _epoch(second, 1)
+    second.close()
+    assert torch.equal(images, expected[0]) and torch.equal(got, expected[1])  # the damaged bytes were never used
+    assert len(decodes) == len(files)  # one epoch decoded again, writing only the damaged entry
+
+
+@pytest.mark.parametrize("name", ["images.u8", "state.u8", "checks.u32", "manifest.json", ".lock", "FOLDER"])
+def test_a_cache_file_or_folder_that_is_a_link_is_never_written_through(tmp_path, name):
+    files = make_files(tmp_path / "data", 5)
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        folder = cache.folder
+        size = (folder / name).stat().st_size if name != "FOLDER" else 0
+    victim = tmp_path / "victim"
+    if name == "FOLDER":
+        victim.mkdir()
+        (victim / "precious.txt").write_text("keep me")
+        shutil.rmtree(folder)
+        folder.symlink_to(victim)
+    else:
+        victim.write_bytes(b"\x01" * size)  # the very size the cache expects
+        (folder / name).unlink()
+        (folder / name).symlink_to(victim)
+    before = {p.name: p.read_bytes() for p in victim.iterdir()} if victim.is_dir() else victim.read_bytes()
+    with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
+        if name not in (".lock",):
+            assert any("symbolic link" in note for note in cache.notes), cache.notes
+        fill(cache, files, np.arange(5))
+        assert np.array_equal(cache.images, expected_images(files))
+    after = {p.name: p.read_bytes() for p in victim.iterdir()} if victim.is_dir() else victim.read_bytes()
+    assert after == before
+    assert not folder.is_symlink() and not any(p.is_symlink() for p in folder.iterdir())

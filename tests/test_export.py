@@ -136,23 +136,26 @@ def test_predict_bundle_gives_the_runs_output(bundles, facekit_run, synthetic_da
     images = sorted(synthetic_dataset.rglob("*.png"))[:5]
     from_run = invoke("predict", facekit_run, *images, "--json")
     assert from_run.exit_code == 0, from_run.output
-    expected = json.loads(from_run.output)
-    text = invoke("predict", facekit_run, *images, "--device", "cpu").output
+    expected = json.loads(from_run.stdout)
+    text = invoke("predict", facekit_run, *images, "--device", "cpu").stdout
     for fmt, bundle in bundles.items():
         result = invoke("predict", bundle, *images, "--json", "--device", "cpu")
         assert result.exit_code == 0, result.output
-        got = json.loads(result.output)
+        got = json.loads(result.stdout)
         assert [r["file"] for r in got] == [r["file"] for r in expected]
         for mine, theirs in zip(got, expected):
+            for key in ("identity", "accepted", "score_name", "threshold"):
+                assert mine[key] == theirs[key], (fmt, key)
+            assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
             assert [t["id"] for t in mine["top"]] == [t["id"] for t in theirs["top"]], fmt
             assert [t["name"] for t in mine["top"]] == [t["name"] for t in theirs["top"]], fmt
             np.testing.assert_allclose([t["probability"] for t in mine["top"]], [t["probability"] for t in theirs["top"]], atol=1e-5)
-        assert invoke("predict", bundle, *images, "--device", "cpu").output == text, fmt
+        assert invoke("predict", bundle, *images, "--device", "cpu").stdout == text, fmt
 
 
 def test_a_bundle_predicts_where_torch_cannot_be_imported(bundles, facekit_run, synthetic_dataset):
     images = [str(p) for p in sorted(synthetic_dataset.rglob("*.png"))[:3]]
-    expected = json.loads(invoke("predict", facekit_run, *images, "--json").output)
+    expected = json.loads(invoke("predict", facekit_run, *images, "--json").stdout)
     script = textwrap.dedent(
         f"""
         import sys
@@ -316,3 +319,56 @@ def test_export_model_refuses_an_unknown_format(tmp_path):
 
     with pytest.raises(FacekitError, match="--format keras"):
         export_model(None, tmp_path / "m", fmt="keras", arch="x", input_size=8, normalization=None)
+
+
+@pytest.mark.slow
+def test_an_open_set_bundle_rejects_and_names_like_its_run(tmp_path):
+    """A run with a calibrated threshold and an enrolled person: its ONNX bundle, run where torch
+    cannot be imported, makes the run's decisions (unknown, or by the gallery score, the enrolled name)."""
+    from facekit.data.synth import make_synthetic_dataset
+
+    faces = make_synthetic_dataset(tmp_path / "faces", identities=6, per_identity=8, size=48, seed=1)
+    strangers = make_synthetic_dataset(tmp_path / "strangers", identities=3, per_identity=3, size=48, seed=7)
+    for folder in sorted(strangers.iterdir()):
+        folder.rename(strangers / f"stranger_{folder.name}")
+    run = tmp_path / "run"
+    fast = ["--input-size", "48", "--epochs", "2", "--batch-size", "8", "--loader", "torch", "--workers", "0",
+            "--rotate", "0", "--threads", "1", "--lr", "1e-3"]  # fmt: skip
+    trained = invoke("train", "--data", faces, "--out", run, "--unknown-identities", "0.34", "--strangers", strangers,
+                     "--val-size", "0.25", *fast)  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    photo = sorted((strangers / "stranger_person_00").iterdir())[0]
+    (tmp_path / "people" / "zoe").mkdir(parents=True)
+    shutil.copy(photo, tmp_path / "people" / "zoe" / photo.name)
+    assert invoke("enroll", run, tmp_path / "people").exit_code == 0
+    exported = invoke("export", run, "--out", tmp_path / "bundle")
+    assert exported.exit_code == 0, exported.output
+    manifest = json.loads((tmp_path / "bundle" / MANIFEST).read_text())
+    assert manifest["outputs"] == ["logits", "embedding"] and {"openset.json", "gallery.npz"} <= set(manifest["files"])
+    assert (tmp_path / "bundle" / "gallery.npz").read_bytes() == (run / "gallery.npz").read_bytes()
+
+    images = [str(photo)] + [str(p) for p in sorted(strangers.rglob("*.png"))[3:6]] + [str(p) for p in sorted(faces.rglob("*.png"))[::9]]
+    expected = json.loads(invoke("predict", run, *images, "--json").stdout)
+    assert expected[0]["identity"] == "zoe" and expected[0]["score_name"] == "centroid"
+    script = textwrap.dedent(
+        f"""
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "torchvision", "nvidia", "sklearn", "matplotlib", "onnx"):
+                    raise ModuleNotFoundError(f"{{name}} is blocked in this test", name=name)
+
+        sys.meta_path.insert(0, NoTorch())
+        from facekit.cli import main
+        main({["predict", str(tmp_path / "bundle"), *images, "--json"]!r})
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert {k: mine[k] for k in ("file", "identity", "accepted", "score_name", "threshold")} == {
+            k: theirs[k] for k in ("file", "identity", "accepted", "score_name", "threshold")
+        }
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)

@@ -348,10 +348,10 @@ def test_index_cache_writes_leave_no_temporaries_and_clean_stale_ones(tmp_path, 
     monkeypatch.setenv("FACEKIT_CACHE_DIR", str(cache))
     root = make_synthetic_dataset(tmp_path / "ds", identities=2, per_identity=2, size=16)
     (cache / "index").mkdir(parents=True)
-    stale = cache / "index" / ".0123.json.abcd.tmp"
+    stale = cache / "index" / ".0123.json.abcd1234.tmp"
     stale.write_bytes(b"")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    fresh = cache / "index" / ".4567.json.efgh.tmp"  # a live writer's: too young to remove
+    fresh = cache / "index" / ".4567.json.efgh5678.tmp"  # a live writer's: too young to remove
     fresh.write_bytes(b"")
 
     real_replace = os.replace

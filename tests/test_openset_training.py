@@ -153,10 +153,11 @@ def test_report_shows_the_openset_figures(openset_run, tmp_path):
     y_true, y_pred = Run(openset_run).test_labels()
     if summary["score"] == "softmax":
         assert figures["rank1"] == pytest.approx(np.mean(y_true == y_pred))
-    result = invoke("report", openset_run, "--out", tmp_path / "report")
+    result = invoke("report", openset_run, "--out", tmp_path / "report", "--html", tmp_path / "report.html")
     assert result.exit_code == 0, result.output
     assert "Open-set identification (test split)" in result.output and "FNIR at FPIR 0.1" in result.output
     assert (tmp_path / "report" / "det_curve.png").is_file()
+    assert 'alt="det_curve.png"' in (tmp_path / "report.html").read_text()  # the web page has it too
     as_json = json.loads(invoke("report", openset_run, "--json").stdout)
     assert as_json["openset"]["score"] == summary["score"]
     assert as_json["openset"]["scores"][summary["score"]]["fnir_at_fpir"]["0.001"] is None  # too few unknowns
@@ -172,3 +173,98 @@ def test_compare_puts_openset_figures_beside_a_closed_set_run(openset_run, faces
     assert metrics["FNIR at FPIR 0.1"][closed.name] is None
     assert metrics["FNIR at FPIR 0.1"][openset_run.name] is not None
     assert "Open-set rank-1" in metrics
+
+
+# --------------------------------------------------------------------------- predict, enroll
+@pytest.fixture(scope="module")
+def gallery_run(faces, strangers, tmp_path_factory) -> Path:
+    """An open-set run with a gallery (class centroids), so people can be enrolled in it."""
+    out = tmp_path_factory.mktemp("os") / "gallery-run"
+    result = invoke("train", "--data", faces, "--out", out, "--unknown-identities", "0.25", "--strangers", strangers,
+                    "--val-size", "0.25", *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_predict_rejects_below_the_threshold_and_override_moves_it(openset_run, faces):
+    held_out = Run(openset_run).split["openset"]["held_out"]["test"][0]
+    image = faces / held_out
+    result = invoke("predict", openset_run, image, "--json")
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.stdout)
+    assert set(entry) == {"file", "identity", "accepted", "score", "score_name", "threshold", "top"}
+    data = openset.OpenSet.read(openset_run)
+    assert entry["threshold"] == pytest.approx(data.threshold(entry["score_name"]))
+    assert entry["accepted"] == (entry["score"] >= entry["threshold"])
+    assert entry["identity"] == ("unknown" if not entry["accepted"] else entry["top"][0]["name"])
+    low = json.loads(invoke("predict", openset_run, image, "--json", "--threshold", "-1").stdout)[0]
+    high = json.loads(invoke("predict", openset_run, image, "--json", "--threshold", "2").stdout)[0]
+    assert low["accepted"] and low["identity"] != "unknown" and low["threshold"] == -1
+    assert not high["accepted"] and high["identity"] == "unknown"
+    text = invoke("predict", openset_run, image, "--threshold", "2")
+    assert "unknown (" in text.stdout and "< threshold 2.000" in text.stdout
+
+
+@pytest.mark.slow
+def test_predict_on_a_closed_set_run_names_everyone_and_says_so(faces, tmp_path):
+    closed = tmp_path / "closed"
+    assert invoke("train", "--data", faces, "--out", closed, *FAST).exit_code == 0
+    result = invoke("predict", closed, faces / "person_00", "--json")
+    assert result.exit_code == 0
+    entries = json.loads(result.stdout)
+    assert all(e["accepted"] and e["threshold"] is None and e["identity"] == e["top"][0]["name"] for e in entries)
+    assert "no open-set data" in result.stderr
+
+
+@pytest.mark.slow
+def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, strangers, tmp_path):
+    data = openset.OpenSet.read(gallery_run)
+    assert data.gallery is not None and "centroid" in data.calibration
+    assert data.gallery.names == Run(gallery_run).classes and data.gallery.embeddings.shape[0] == len(data.gallery.names)
+    people = tmp_path / "people"
+    (people / "zoe").mkdir(parents=True)
+    photo = sorted((strangers / "stranger_person_00").iterdir())[0]
+    (people / "zoe" / photo.name).write_bytes(photo.read_bytes())
+    result = invoke("enroll", gallery_run, people)
+    assert result.exit_code == 0, result.output
+    assert "enrolled zoe (1 photo)" in result.stdout
+    assert openset.OpenSet.read(gallery_run).gallery.enrolled == ["zoe"]
+    # The enrolled photo itself matches its own gallery entry exactly: named, by the gallery score.
+    [entry] = json.loads(invoke("predict", gallery_run, photo, "--json").stdout)
+    assert entry["identity"] == "zoe" and entry["score_name"] == "centroid" and entry["score"] == pytest.approx(1.0, abs=1e-4)
+    # Enrolling the same name again, or a trained identity's name, is refused.
+    again = invoke("enroll", gallery_run, people)
+    assert again.exit_code == 2 and "zoe is already enrolled" in again.output
+    trained = tmp_path / "trained"
+    (trained / Run(gallery_run).classes[0]).mkdir(parents=True)
+    (trained / Run(gallery_run).classes[0] / photo.name).write_bytes(photo.read_bytes())
+    clash = invoke("enroll", gallery_run, trained)
+    assert clash.exit_code == 2 and "is a trained identity" in clash.output
+    # Removing: the enrolled person goes; a trained identity or a stranger cannot be removed.
+    assert invoke("enroll", gallery_run, "--remove", "zoe").exit_code == 0
+    assert openset.OpenSet.read(gallery_run).gallery.enrolled == []
+    for name, words in (("zoe", "nobody of that name is enrolled"), (Run(gallery_run).classes[0], "is a trained identity")):
+        refused = invoke("enroll", gallery_run, "--remove", name)
+        assert refused.exit_code == 2 and words in refused.output and "Traceback" not in refused.output
+
+
+def test_enroll_refuses_a_run_without_a_gallery_and_bad_arguments(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    result = invoke("enroll", run, tmp_path)
+    assert result.exit_code == 2 and "has no gallery of embeddings" in result.output
+    neither = invoke("enroll", run)
+    assert neither.exit_code == 2 and "give DIR (people to enroll) or --remove NAME" in neither.output
+
+
+@pytest.mark.slow
+def test_enroll_refuses_unreadable_photos_before_writing(gallery_run, tmp_path):
+    people = tmp_path / "people"
+    (people / "amy").mkdir(parents=True)
+    (people / "amy" / "broken.jpg").write_bytes(b"not a jpeg")
+    before = (gallery_run / "gallery.npz").read_bytes()
+    result = invoke("enroll", gallery_run, people)
+    assert result.exit_code == 2 and "broken.jpg cannot be enrolled" in result.output
+    assert (gallery_run / "gallery.npz").read_bytes() == before

@@ -214,8 +214,25 @@ class Flat(Ignores):
     def forward(self, x):
         return self.unused(x.mean(dim=(2, 3))) * 0
 
+class Tail(nn.Module):
+    # Its classifier is not the last step: the logits are scaled after it.
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        return 2 * self.fc(x.mean(dim=(2, 3)))
+
+def pooled(o):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, o.num_classes))
+
 @hookimpl
 def register_architectures(register):
+    register(ArchitectureSpec("anonymous", pooled, input_size=16))
+    register(ArchitectureSpec("misnamed", pooled, input_size=16, classifier="fc"))
+    register(ArchitectureSpec("unflat", lambda o: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Sequential(nn.Flatten(), nn.Linear(3, o.num_classes))), input_size=16, classifier="1"))
+    register(ArchitectureSpec("midway", pooled, input_size=16, classifier="1"))
+    register(ArchitectureSpec("tail", lambda o: Tail(o.num_classes), input_size=16, classifier="fc"))
     register(ArchitectureSpec("flat", lambda o: Flat(o.num_classes), input_size=16))
     register(ArchitectureSpec("wrong-shape", lambda o: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, o.num_classes + 1)), input_size=16))
     register(ArchitectureSpec("shifty", lambda o: Shifty(o.num_classes), input_size=16))
@@ -277,6 +294,11 @@ def register_reporters(register):
         (check_architecture, "ignores", "the logits do not depend on any trainable parameter"),
         (check_architecture, "flat", r"5 Adam steps \(lr 1e-3\) on one batch did not lower the loss"),
         (check_architecture, "nonesuch", "no architecture 'nonesuch' is registered"),
+        (check_architecture, "anonymous", "ArchitectureSpec.classifier must name the final classifier submodule"),
+        (check_architecture, "misnamed", "classifier 'fc' is not a submodule; it has: 0, 1, 2"),
+        (check_architecture, "unflat", r"the input of classifier '1' has shape \(4, 3, 1, 1\), not \(4, D\)"),
+        (check_architecture, "tail", "classifier 'fc' applied to its input does not give the model's output"),
+        (check_architecture, "midway", r"the model without its classifier '1' failed \(RuntimeError: mat1 and mat2"),
         (check_loss, "backwards", "right answers cost"),
         (check_loss, "per-image", "expected a scalar tensor"),
         (check_split, "overlapping", "fold 0's test, train and val overlap"),

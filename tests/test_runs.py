@@ -94,9 +94,16 @@ def test_create_refuses_a_non_empty_folder_without_force(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
+    for force in (False, True):  # not a run folder: never emptied, even with --force
+        with pytest.raises(UsageError, match=r"--out .*run is not a facekit run folder \(it holds precious.txt\)"):
+            RunWriter.create(out, force=force)
+    assert (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()
+    RunWriter.create(out, force=False).close()
+    (out / "config.json").write_text('{"arch": "baseline", "data": "faces"}')
+    (out / "split.json").write_text('{"files": []}')
     with pytest.raises(UsageError, match=r"run folder .*run already exists: .*--resume .*--force"):
         RunWriter.create(out, force=False)
-    assert (out / "precious.txt").read_text() == "keep me"
     writer = RunWriter.create(out, force=True)
     assert writer.path == out and [p.name for p in out.iterdir()] == [".lock"]  # only the training process's lock
     writer.close()
@@ -153,7 +160,7 @@ def test_write_setup_records_the_config_with_versions_and_the_split(tmp_path):
     RunWriter(tmp_path / "run").write_setup(
         config={"arch": "baseline", "input_size": 64}, classes=["ann", "bob"], root=tmp_path / "faces" / ".." / "faces",
         files=["ann/1.jpg", "ann/2.jpg", "bob/1.jpg", "bob/2.jpg"], labels=np.array([0, 0, 1, 1], dtype=np.int64),
-        strategy="holdout", plan=plan, normalization={"source": "training split", "folds": []},
+        strategy="holdout", plan=plan, normalization={"source": "training split", "folds": [{"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}]},
     )  # fmt: skip
     run = Run.open(tmp_path / "run")
     assert list(run.config)[:2] == ["arch", "input_size"]
@@ -164,4 +171,4 @@ def test_write_setup_records_the_config_with_versions_and_the_split(tmp_path):
         "files": ["ann/1.jpg", "ann/2.jpg", "bob/1.jpg", "bob/2.jpg"], "labels": [0, 0, 1, 1],
         "test": [3], "folds": [{"train": [0, 1], "val": [2]}], "notes": ["a rule"],
     }  # fmt: skip
-    assert run.normalization == {"source": "training split", "folds": []}
+    assert run.normalization == {"source": "training split", "folds": [{"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}]}

@@ -30,8 +30,9 @@ def build_resnet18(options: ArchOptions):
 
 @hookimpl
 def register_architectures(register):
-    register(ArchitectureSpec("baseline", build_baseline, "The study's 4-conv baseline (Nnet)."))
-    register(ArchitectureSpec("tronnet", build_tronnet, "The study's 7-conv TronNet, Xavier init."))
+    # The study's networks end in Linear(F, 300) -> ReLU -> Linear(300, C): the embedding is the 300-d hidden layer.
+    register(ArchitectureSpec("baseline", build_baseline, "The study's 4-conv baseline (Nnet).", classifier="classifier.3"))
+    register(ArchitectureSpec("tronnet", build_tronnet, "The study's 7-conv TronNet, Xavier init.", classifier="classifier.3"))
     register(
         ArchitectureSpec(
             "resnet18",
@@ -39,5 +40,6 @@ def register_architectures(register):
             "torchvision ResNet18, ImageNet weights, new head; backbone frozen unless --finetune.",
             normalization=IMAGENET,
             pretrained=True,
+            classifier="fc",  # its input: the 512-d pooled features
         )
     )

@@ -22,37 +22,11 @@ def render_tables(context: ReportContext) -> None:
 
 def render_plots(context: ReportContext) -> list[Path]:
     """Loss curves, the confusion matrix of the most confused classes, score vs training images."""
-    from facekit import plots  # matplotlib is slow to import; only this reporter needs it
+    from facekit.plots import report_figures  # matplotlib is slow to import; only this reporter needs it
 
-    report, run, out = context.report, context.run, context.out_dir
-    written = []
-    if run.history:
-        best_epochs = {int(f["fold"]): int(f["best_epoch"]) for f in run.folds.get("folds", []) if "best_epoch" in f}
-        written.append(plots.plot_loss_curves(
-            run.history, out / "loss_curves.png", kept_fold=run.kept_fold, best_epochs=best_epochs,
-            title=f"Loss curves: {report.name} ({run.config.get('arch')})",
-        ))
-    shown = max(len(report.confusions), 10)  # at least enough to show a pattern
-    if report.metrics.num_classes > plots.MANY_CLASSES:  # too many classes to name them all
-        written.append(plots.plot_top_confusions(
-            report.metrics, report.classes, out / "top_confusions.png", n=shown,
-            title=f"Most common confusions: {report.name}",
-        ))
-        written.append(plots.plot_score_distribution(
-            report.metrics, report.train_counts, out / "score_distribution.png",
-            title=f"Per-class aggregated scores: {report.name}",
-        ))
-    else:
-        written.append(plots.plot_confusion_matrix(
-            report.metrics, report.classes, out / "confusion_matrix.png", n=shown,
-            title=f"Most confused classes: {report.name}",
-        ))
-        written.append(plots.plot_score_vs_training_images(
-            report.metrics, report.classes, report.train_counts, out / "score_vs_training_images.png",
-            title=f"Aggregated score vs training images: {report.name}",
-        ))
-    if report.openset:
-        written.append(plot_openset(run, out / "det_curve.png", title=f"DET curve: {report.name}"))
+    written = report_figures(context.report, context.out_dir)
+    if context.report.openset:
+        written.append(plot_openset(context.run, context.out_dir / "det_curve.png", title=f"DET curve: {context.report.name}"))
     context.written.extend(written)  # `facekit report` lists them after every reporter has run
     return written
 

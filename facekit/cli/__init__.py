@@ -21,6 +21,9 @@ from facekit.errors import FacekitError, UsageError
 
 
 DEBUG_ENV = "FACEKIT_DEBUG"
+# What the [train] extra installs, by import name: a command that needs one of them, run where only
+# `pip install facekit` (bundle predictions) was installed, says which extra to add.
+TRAINING_MODULES = ("torch", "torchvision", "nvidia", "sklearn", "matplotlib")
 
 
 class FacekitGroup(ReadableGroup):
@@ -35,7 +38,7 @@ class FacekitGroup(ReadableGroup):
         try:
             return super().invoke(ctx)
         except FacekitError as exc:
-            typer.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {_scrubbed(str(exc))}{_blame(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             from facekit.runs import os_error_line
@@ -49,18 +52,48 @@ class FacekitGroup(ReadableGroup):
             raise typer.Exit(130) from None
         except (typer.exceptions.TyperException, typer.Exit, typer.Abort):
             raise  # the command line's own usage errors and exits
+        except ModuleNotFoundError as exc:
+            # `pip install facekit` alone predicts from ONNX bundles; training needs the [train] extra.
+            missing = (exc.name or "").partition(".")[0]
+            if missing not in TRAINING_MODULES or os.environ.get(DEBUG_ENV):
+                raise
+            typer.echo(
+                f"Error: facekit {ctx.invoked_subcommand or ''} needs the training tools ({missing} is not installed): "
+                "pip install 'facekit[train]'",
+                err=True,
+            )
+            raise typer.Exit(1) from None
         except Exception as exc:
             # A failure nobody foresaw (facekit's or a plugin's): still one line, and the traceback
             # for a bug report when asked for.
             if os.environ.get(DEBUG_ENV):
                 raise
-            where = str(exc).splitlines()[0] if str(exc) else ""
+            where = _scrubbed(str(exc)).splitlines()[0] if str(exc).strip() else ""
+            culprit = _blame(exc)
             typer.echo(
-                f"Error: unexpected {exc.__class__.__name__}: {where} "
-                f"(rerun with {DEBUG_ENV}=1 for the traceback, and report it if facekit is at fault)",
+                f"Error: unexpected {exc.__class__.__name__}: {where}{culprit} "
+                f"(rerun with {DEBUG_ENV}=1 for the traceback, and report it if "
+                f"{'the plugin' if culprit else 'facekit'} is at fault)",
                 err=True,
             )
             raise typer.Exit(1) from None
+
+
+def _scrubbed(message: str) -> str:
+    """``message`` without PyTorch's advice to unpickle untrusted files, whoever passed it on (a plugin, torch)."""
+    from facekit.weights import scrub_torch_advice
+
+    return scrub_torch_advice(message)
+
+
+def _blame(exc: BaseException) -> str:
+    """`` (in plugin 'x' from package y)`` when a third-party plugin's code raised ``exc``, unless the message names it."""
+    from facekit.plugins import plugin_behind
+
+    info = plugin_behind(exc)
+    if info is None or info.package in str(exc):
+        return ""
+    return f" (in {info.label})"
 
 
 app = ReadableTyper(
@@ -75,7 +108,7 @@ err_console = Console(stderr=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False, soft_wrap=True)  # one line, however long
 
 
 def _version(value: bool) -> None:
@@ -112,7 +145,13 @@ def train(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder with one sub-folder of images per identity."),
     arch: str = typer.Option("baseline", "--arch", metavar="NAME", help="Architecture (see `facekit plugins --all`)."),
-    loss: str = typer.Option("plain", "--loss", metavar="NAME", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
+    loss: str = typer.Option(
+        "plain", "--loss", metavar="NAME", help="Loss strategy: plain, weighted (1/n_c), arcface, cosface, or a plugin's."
+    ),
+    loss_options: Optional[list[str]] = typer.Option(
+        None, "--loss-option", metavar="NAME=VALUE",
+        help="A setting of the loss, repeatable: arcface/cosface take s (scale), m (margin) and weighted (true: 1/n_c class weights).",
+    ),  # fmt: skip
     split: str = typer.Option("holdout", "--split", metavar="NAME", help="Split strategy: holdout or kfold, or a plugin's."),
     folds: int = typer.Option(5, "--folds", help="K for --split kfold."),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of each class held out for the test split."),
@@ -208,7 +247,7 @@ def train(
         raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
     else:
         config = TrainConfig(
-            data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
+            data=data, arch=arch, loss=loss, loss_options=loss_options, split=split, folds=folds, test_size=test_size, val_size=val_size,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
             augment=augment, label_smoothing=label_smoothing, schedule=schedule,
@@ -273,18 +312,34 @@ def predict(
     ),
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files or folders of images."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", metavar="SCORE", help="Reject (name 'unknown') below this score instead of the run's calibrated threshold."
+    ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
 ) -> None:
-    """Top-k identities with probabilities for each image."""
+    """Who is in each image: the top-k identities, and 'unknown' below the run's threshold."""
     from facekit.predict import predict as predict_images
 
-    results = predict_images(run, images, top_k=top_k, device=device)
+    notes: list[str] = []
+    results = predict_images(run, images, top_k=top_k, device=device, threshold=threshold, notes=notes)
+    for note in notes:
+        err_console.print(f"[dim]Note: {note}[/dim]", highlight=False)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
+    print_predictions(results)
+
+
+def print_predictions(results: list[dict[str, Any]]) -> None:
+    """Each image's decision line, then its top identities (``facekit predict``'s text output)."""
     for result in results:
-        table = Table(title=str(result["file"]), title_justify="left", show_edge=False)
+        score = f"{result['score_name']} score {result['score']:.3f}"
+        if result["threshold"] is not None:
+            score += f" {'>=' if result['accepted'] else '<'} threshold {result['threshold']:.3f}"
+        who = result["identity"] if result["accepted"] else "[bold]unknown[/bold]"
+        console.print(f"[bold]{result['file']}[/bold]: {who} ({score})", highlight=False)
+        table = Table(show_edge=False)
         table.add_column("rank", justify="right")
         table.add_column("identity")
         table.add_column("id", justify="right")
@@ -335,12 +390,14 @@ def plugins(
 
 
 def _mount_subcommands() -> None:
-    from facekit.cli import data_cmd, export_cmd, report_cmd
+    from facekit.cli import data_cmd, embed_cmd, enroll_cmd, export_cmd, report_cmd
 
     app.add_typer(data_cmd.app, name="data")
+    app.command("embed")(embed_cmd.embed)
     app.command("export")(export_cmd.export)
     app.command("report")(report_cmd.report)
     app.command("kernels")(report_cmd.kernels)
+    app.command("enroll")(enroll_cmd.enroll)
 
 
 _mount_subcommands()
@@ -357,6 +414,6 @@ def main(argv: list[str] | None = None) -> None:
         reset_plugins(plugin_set)
         plugin_set.add_commands(app)
     except FacekitError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+        typer.echo(f"Error: {_scrubbed(str(exc))}", err=True)
         raise SystemExit(exc.exit_code) from None
     app(args=argv, prog_name="facekit")

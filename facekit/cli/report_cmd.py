@@ -51,6 +51,10 @@ def report(
     as_json: bool = typer.Option(
         False, "--json", help="Print the whole report (or comparison) as JSON on stdout, and nothing else there."
     ),
+    html: Optional[Path] = typer.Option(
+        None, "--html", metavar="FILE",
+        help="Also write the report as one self-contained web page: plots, a sortable table, the worst classes' faces.",
+    ),
     runs_dir: Path = typer.Option(RUNS_DIR, "--runs-dir", metavar="DIR", help="Where to look for the latest run."),
 ) -> None:
     """Per-class metrics of a run's test predictions: best and worst classes, confusions, plots.
@@ -63,6 +67,12 @@ def report(
     runs = list(runs or [])
     if compare and len(runs) < 2:
         raise UsageError("--compare needs two or more run folders: facekit report --compare RUN_A RUN_B")
+    if html is not None and len(runs) > 1:
+        raise UsageError("--html reports one run; drop --html to compare runs, or give one RUN")
+    if html is not None:
+        from facekit.report_html import check_html_target
+
+        check_html_target(html)  # before any reporter writes a file
     if len(runs) > 1:
         _compare(runs, fmt, out, console, as_json)
         return
@@ -78,6 +88,10 @@ def report(
         format=fmt,
     )
     written = render_report(context, selected)
+    if html is not None:
+        from facekit.report_html import write_html_report
+
+        written.append(write_html_report(context, html))
     if as_json:
         typer.echo(report_json(context.report), nl=False)
     print_written(console, written)

@@ -16,6 +16,7 @@ import numpy as np
 
 from facekit.specs import SplitOptions, SplitPlan, SplitSpec
 from facekit.data.index import BadFile, DatasetIndex, scan_dataset
+from facekit.data.leakage import find_leaks
 from facekit.errors import UsageError
 
 
@@ -41,6 +42,9 @@ class CheckReport:
     biggest: list[tuple[str, int]]
     smallest: list[tuple[str, int]]
     problems: list[str] = field(default_factory=list)  # reasons the data set cannot be trained on
+    skipped: list[BadFile] = field(default_factory=list)  # left out on purpose: links back into the set, run folders
+    notes: list[BadFile] = field(default_factory=list)  # usable files worth a word (a JPEG named .png)
+    leaks: list[dict[str, Any]] = field(default_factory=list)  # identical images across identities or split parts
 
     @property
     def usable(self) -> bool:
@@ -92,6 +96,11 @@ def check_dataset(
             if n < min_per_class and name not in flagged
         ]
     order = np.argsort(-counts, kind="stable")
+    try:
+        plan = spec.split(index.labels, options) if index.num_classes >= 2 else None
+    except UsageError:
+        plan = None  # too small to split: small_classes says so; identities can still share images
+    leaks = find_leaks(index.files, index.labels, index.classes, index.pixel_hashes, plan)
     return CheckReport(
         root=str(index.root),
         split=split,
@@ -109,6 +118,9 @@ def check_dataset(
         biggest=[(index.classes[c], int(counts[c])) for c in order[:5]],
         smallest=[(index.classes[c], int(counts[c])) for c in order[::-1][:5]],
         problems=problems,
+        skipped=index.skipped,
+        notes=index.notes,
+        leaks=[{"files": leak.files, "where": leak.where} for leak in leaks],
     )
 
 
@@ -159,6 +171,27 @@ def render_check_report(report: CheckReport, console) -> None:
         for bad in report.bad:
             table.add_row(bad.path, bad.reason)
         console.print(table)
+    if report.skipped:
+        table = Table(title=f"{len(report.skipped)} entries left out on purpose", title_justify="left")
+        table.add_column("file or folder")
+        table.add_column("why")
+        for skipped in report.skipped:
+            table.add_row(skipped.path, skipped.reason)
+        console.print(table)
+    if report.notes:
+        table = Table(title=f"{len(report.notes)} files used, with a note", title_justify="left")
+        table.add_column("file")
+        table.add_column("note")
+        for note in report.notes:
+            table.add_row(note.path, note.reason)
+        console.print(table)
+    if report.leaks:
+        table = Table(title=f"{len(report.leaks)} images present more than once (leakage)", title_justify="left")
+        table.add_column("identical files")
+        table.add_column("in")
+        for leak in report.leaks:
+            table.add_row("\n".join(leak["files"]), leak["where"])
+        console.print(table)
     if report.empty_classes:
         console.print(
             f"[yellow]{len(report.empty_classes)} identity folders without a usable image (no class id):[/yellow] "
@@ -182,5 +215,6 @@ def render_check_report(report: CheckReport, console) -> None:
         console.print("smallest: " + ", ".join(f"{name} ({n})" for name, n in report.smallest))
     for problem in report.problems:
         console.print(f"[red]not usable:[/red] {problem}")
-    if report.usable and not report.bad and not report.empty_classes and not report.small_classes:
+    listed = report.bad or report.empty_classes or report.small_classes or report.skipped or report.notes or report.leaks
+    if report.usable and not listed:
         console.print("[green]no problems found[/green]")

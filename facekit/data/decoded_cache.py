@@ -13,10 +13,16 @@ input size through the same decoder:
   (atomically), so a folder without a valid manifest is rebuilt.
 - ``images.u8``: ``N * 3 * S * S`` bytes, row ``i`` the decoded image of file ``i``. Created sparse,
   after checking the free space.
+- ``checks.u32``: the CRC-32 of each written row, so bytes damaged on disk (a flipped bit, a
+  file edited in place) are found: each process checks an entry the first time it reads it,
+  and an entry that fails is decoded and written again (with a warning saying so).
 - ``state.u8``: one byte per image: 0 missing, 1 written, 2 undecodable (stays skipped). A
-  byte is set only after that image's bytes are on disk (``fdatasync``), so a crash at any
-  point never leaves an entry marked written with bytes that are not.
+  byte is set only after that image's bytes and checksum are on disk (``fdatasync``), so a
+  crash at any point never leaves an entry marked written with bytes that are not.
 - ``complete``: written once every entry is written or undecodable.
+
+Nothing is ever written through a symbolic link: a cache folder, file or lock that is a link
+is replaced (the link, never what it points to), as the native-kernel cache refuses links.
 
 Any number of processes fill it at once without a lock per image: each writes the images it
 decodes, and two processes that decode the same file write the same bytes. A file lock
@@ -38,7 +44,9 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,10 +56,11 @@ import numpy as np
 
 from facekit.data.index import cache_dir
 from facekit.errors import FacekitError, UsageError
-from facekit.files import atomic_write, write_json
+from facekit.files import NOFOLLOW, atomic_write, write_json
 
 # Bump when the file layout or the key changes: old cache folders are then simply not found.
-FORMAT_VERSION = 1
+# 2: checks.u32 (a CRC-32 per entry).
+FORMAT_VERSION = 2
 CACHE_CHOICES = ("auto", "memory", "disk", "off")
 
 MISSING, WRITTEN, UNDECODABLE = 0, 1, 2
@@ -234,7 +243,9 @@ def _locked(lock_file: Path) -> Iterator[None]:
     import fcntl
 
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    if lock_file.is_symlink():
+        lock_file.unlink()  # the link only: locking must not create or open what it points to
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -259,11 +270,14 @@ class DiskImageCache:
         self.notes = notes  # what opening found and did (a damaged cache rebuilt), for the run's log
         self.shape = (num_images, 3, input_size, input_size)
         self.row_bytes = 3 * input_size * input_size
-        self._fd: int | None = os.open(folder / "images.u8", os.O_RDWR)
+        self._fd: int | None = os.open(folder / "images.u8", os.O_RDWR | NOFOLLOW)
         # A shared read-only map: it sees every writer's images as they land, and is not charged
         # against the memory limit (a private writable map of 74 GB can be refused by the kernel).
         self.images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=self.shape)
         self.state = np.memmap(folder / "state.u8", dtype=np.uint8, mode="r+", shape=(num_images,))
+        self.checks = np.memmap(folder / "checks.u32", dtype="<u4", mode="r+", shape=(num_images,))
+        # Entries this process has found intact (see verify): each is checked once per process.
+        self._verified = _VERIFIED.setdefault((str(folder), _identity(folder / "images.u8")), np.zeros(num_images, dtype=bool))
         self._pending: list[np.ndarray] = []
         self._pending_bytes = 0
         self._undecodable: list[np.ndarray] = []
@@ -293,6 +307,9 @@ class DiskImageCache:
             "layout": "uint8 N x 3 x S x S, row-major",
         }
         notes: list[str] = []
+        if folder.is_symlink():  # its files would be written wherever it points: replaced by a real folder
+            notes.append(f"decoded-image cache at {folder}: the folder is a symbolic link; rebuilding it")
+            folder.unlink()
         with _locked(folder / ".lock"):
             problem = _damage(folder, manifest)
             if problem is not None:
@@ -317,6 +334,27 @@ class DiskImageCache:
         """``disk, 12.3 GB at FOLDER`` (what a run's log and config say)."""
         return f"disk, {format_bytes(self.nbytes)} at {self.folder}"
 
+    def verify(self, rows: np.ndarray) -> np.ndarray:
+        """Check the written entries among ``rows`` not yet checked by this process against their CRC-32.
+
+        An entry that fails is marked missing (so it is decoded and written again) and returned;
+        the caller says so. Checking reads each entry once per process: the first epoch's reads.
+        """
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        rows = rows[(self.state[rows] == WRITTEN) & ~self._verified[rows]]
+        flat = self.images.reshape(self.num_images, self.row_bytes)
+        damaged = [row for row in rows.tolist() if zlib.crc32(flat[row]) != int(self.checks[row])]
+        self._verified[rows] = True
+        if damaged:
+            bad = np.asarray(damaged, dtype=np.int64)
+            self._verified[bad] = False
+            self.state[bad] = MISSING
+            self.state.flush()
+            self._complete = False
+            (self.folder / "complete").unlink(missing_ok=True)
+            return bad
+        return np.zeros(0, dtype=np.int64)
+
     # -- writing ---------------------------------------------------------------------------
     def put(self, rows: np.ndarray, images: np.ndarray) -> None:
         """Write decoded ``images`` (uint8 ``(n, 3, S, S)``) to ``rows``; marked once committed.
@@ -331,6 +369,7 @@ class DiskImageCache:
         try:
             for row, image in zip(rows.tolist(), images):
                 os.pwrite(self._fd, image, row * self.row_bytes)
+                self.checks[row] = zlib.crc32(image)
         except OSError as err:
             self._stop_writing(err)
             return
@@ -350,7 +389,10 @@ class DiskImageCache:
         try:
             if self._pending:
                 _flush(self._fd)  # the bytes first: a mark must never point at unwritten data
-                self.state[np.concatenate(self._pending)] = WRITTEN
+                self.checks.flush()
+                written = np.concatenate(self._pending)
+                self.state[written] = WRITTEN
+                self._verified[written] = True
             if self._undecodable:
                 self.state[np.concatenate(self._undecodable)] = UNDECODABLE
             self.state.flush()
@@ -390,6 +432,9 @@ class DiskImageCache:
 
 def _damage(folder: Path, manifest: dict) -> str | None:
     """Why ``folder`` does not hold a usable cache described by ``manifest`` ("new" when empty), or None."""
+    for name in ("manifest.json", "images.u8", "state.u8", "checks.u32", "complete"):
+        if (folder / name).is_symlink():
+            return f"{name} is a symbolic link, which facekit never writes through"
     try:
         found = json.loads((folder / "manifest.json").read_text())
     except FileNotFoundError:
@@ -398,10 +443,17 @@ def _damage(folder: Path, manifest: dict) -> str | None:
         return "unreadable manifest.json"
     if found != manifest:
         return "manifest.json does not match"
-    expected = {"images.u8": cache_bytes(manifest["num_images"], manifest["input_size"]), "state.u8": manifest["num_images"]}
+    expected = {
+        "images.u8": cache_bytes(manifest["num_images"], manifest["input_size"]),
+        "state.u8": manifest["num_images"],
+        "checks.u32": 4 * manifest["num_images"],
+    }
     for name, size in expected.items():
         try:
-            actual = (folder / name).stat().st_size
+            info = (folder / name).lstat()
+            actual = info.st_size
+            if not stat.S_ISREG(info.st_mode):
+                return f"{name} is not a plain file"
         except OSError:
             return f"{name} is missing"
         if actual != size:
@@ -421,9 +473,9 @@ def _create(folder: Path, manifest: dict) -> None:
     (folder / "manifest.json").unlink(missing_ok=True)  # a crash below leaves a folder that is rebuilt
     (folder / "complete").unlink(missing_ok=True)
     size = cache_bytes(manifest["num_images"], manifest["input_size"])
-    reclaimed = sum(_allocated(folder / name) for name in ("images.u8", "state.u8"))
+    reclaimed = sum(_allocated(folder / name) for name in ("images.u8", "state.u8", "checks.u32"))
     free = free_disk_bytes(folder) + reclaimed
-    needed = size + manifest["num_images"]
+    needed = size + 5 * manifest["num_images"]
     if needed + DISK_MARGIN_BYTES > free:
         raise FacekitError(
             f"the decoded-image cache needs {format_bytes(needed)} at {folder} but that disk has "
@@ -432,11 +484,25 @@ def _create(folder: Path, manifest: dict) -> None:
         )
     atomic_write(folder / "images.u8", lambda handle: handle.truncate(size))  # sparse: no bytes written
     atomic_write(folder / "state.u8", bytes(manifest["num_images"]))
+    atomic_write(folder / "checks.u32", bytes(4 * manifest["num_images"]))
     write_json(folder / "manifest.json", manifest)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """Which file ``path`` is (device, inode): a rebuilt cache is a new file, checked anew."""
+    try:
+        info = path.stat()
+    except OSError:
+        return (0, 0)
+    return (info.st_dev, info.st_ino)
+
+
+# (folder, images.u8's identity) -> which entries this process has found intact.
+_VERIFIED: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
 
 
 def _allocated(path: Path) -> int:
     try:
-        return path.stat().st_blocks * 512
+        return path.lstat().st_blocks * 512
     except OSError:
         return 0

@@ -7,6 +7,15 @@ none) is listed in ``empty_classes`` and gets no class id, so every class id has
 A folder that cannot be read is a bad entry ("folder unreadable: permission denied"), never
 silently skipped.
 
+Each file is indexed once, by its real path: a symbolic link to a folder or file already in the
+set (``ln -s . faces/loop``), a link to the data folder or above it, and anything facekit wrote
+into the data folder (a run folder, facekit's cache) are left out and listed in ``skipped``,
+with the reason. A link to a folder outside the set is followed (its images count once).
+
+Verification also records, per usable file, a sha256 of its bytes (what a run fingerprints, so
+a resume notices a replaced image) and of its decoded pixels (identical images, whatever their
+encoding: leakage between identities or between split parts, see :mod:`facekit.data.leakage`).
+
 The index is cached in ``$FACEKIT_CACHE_DIR/index`` under a key made of the folder's file
 names, sizes and times. A cache entry is used only when its checksum matches and it describes
 exactly the files found now (every path inside the data root, one label per file, each label
@@ -25,13 +34,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from facekit.data.pixels import FORMAT_OF_SUFFIX, READABLE_FORMATS, rgb8
 from facekit.errors import FacekitError, UsageError
 from facekit.files import atomic_write, remove_stale_temporaries
+from facekit.run_files import is_run_folder
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp"})
+IMAGE_EXTENSIONS = frozenset(FORMAT_OF_SUFFIX)
 
 # Bump when the index format or the verification rules change: old cache entries are then ignored.
-_INDEX_VERSION = 2
+# 3: file and pixel hashes, notes; files of foreign formats (a GIF named .png) are bad.
+_INDEX_VERSION = 3
 
 # Temporaries older than this were left by a killed writer (an index is written in well under a minute).
 STALE_TEMPORARY_S = 3600.0
@@ -58,6 +70,13 @@ class DatasetIndex:
     labels: np.ndarray  # int64 class id per file
     bad: list[BadFile] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    # Left out on purpose, with the reason: links back into the set, run folders, facekit's cache.
+    skipped: list[BadFile] = field(default_factory=list)
+    # Usable files worth a word (a JPEG named .png is read by its content).
+    notes: list[BadFile] = field(default_factory=list)
+    # Per file, when verified: sha256 (hex, 32 digits) of its bytes and of its decoded pixels.
+    file_hashes: list[str] = field(default_factory=list)
+    pixel_hashes: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> np.ndarray:
@@ -79,6 +98,9 @@ class DatasetIndex:
             "labels": [int(v) for v in self.labels],
             "bad": [asdict(b) for b in self.bad],
             "empty_classes": list(self.empty_classes),
+            "notes": [asdict(n) for n in self.notes],
+            "file_hashes": list(self.file_hashes),
+            "pixel_hashes": list(self.pixel_hashes),
         }
 
     @classmethod
@@ -90,6 +112,9 @@ class DatasetIndex:
             labels=np.asarray(data["labels"], dtype=np.int64),
             bad=[BadFile(**b) for b in data["bad"]],
             empty_classes=list(data["empty_classes"]),
+            notes=[BadFile(**n) for n in data.get("notes", [])],
+            file_hashes=list(data.get("file_hashes", [])),
+            pixel_hashes=list(data.get("pixel_hashes", [])),
         )
 
 
@@ -125,19 +150,23 @@ def scan_dataset(
 ) -> DatasetIndex:
     """Like :func:`index_dataset`, but an index with no usable image is returned, not raised."""
     root = _check_root(root)
-    identities = _identity_folders(root)
-    unreadable: list[str] = []
-    candidates = {name: _image_files(root, root / name, unreadable) for name in identities}
+    names = _identity_folders(root)
+    walker = _Walker(root)
+    candidates = walker.identities(names)
+    identities = list(candidates)
+    unreadable, skipped = walker.unreadable, walker.skipped
 
     key = _cache_key(root, candidates, unreadable, verify)
     cache_file = cache_dir() / "index" / f"{key}.json"
     if cache:
         cached = _read_cache(cache_file, root, candidates, unreadable)
         if cached is not None:
+            cached.skipped = skipped
             return cached
 
     all_files = [rel for name in identities for rel in candidates[name]]
-    reasons = _verify_all(root, all_files, progress) if verify else {}
+    facts = _verify_all(root, all_files, progress) if verify else {}
+    reasons = {rel: fact.problem for rel, fact in facts.items() if fact.problem is not None}
 
     classes: list[str] = []
     files: list[str] = []
@@ -159,33 +188,92 @@ def scan_dataset(
         bad=[BadFile(rel, UNREADABLE_FOLDER) for rel in unreadable]
         + [BadFile(rel, reasons[rel]) for rel in all_files if rel in reasons],
         empty_classes=empty,
+        notes=[BadFile(rel, facts[rel].note) for rel in files if verify and facts[rel].note],
+        file_hashes=[facts[rel].file_hash for rel in files] if verify else [],
+        pixel_hashes=[facts[rel].pixel_hash for rel in files] if verify else [],
     )
     if cache:
         _write_cache(cache_file, index)
+    index.skipped = skipped
     return index
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What verifying one file found: why it cannot be used (or None), a note, and its hashes."""
+
+    problem: str | None
+    note: str | None = None
+    file_hash: str = ""
+    pixel_hash: str = ""
 
 
 def image_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be used as an image, or None when it decodes fully."""
+    return inspect_image(path).problem
+
+
+def inspect_image(path: str | Path) -> ImageFacts:
+    """Decode ``path`` fully (as every loader will) and say whether it can be used, and its hashes.
+
+    Refused besides undecodable files: another format under an image name (a GIF named .png:
+    DALI cannot read it, torchvision would), and PGM/PPM files of a depth other than 8 or 16
+    bits (DALI reads those wrongly). A JPEG named .png and the like decode alike everywhere
+    (by content), so they are used, with a note.
+    """
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
+    suffix = Path(path).suffix.lower()
     try:
-        if os.path.getsize(path) == 0:
-            return "zero-byte file"
-        with Image.open(path) as image:
+        data = Path(path).read_bytes()
+        if not data:
+            return ImageFacts("zero-byte file")
+        with Image.open(io.BytesIO(data)) as image:
             kind = image.format or "image"
+            if kind not in READABLE_FORMATS:
+                return ImageFacts(f"{kind} image named {suffix}: convert it to PNG or JPEG (DALI cannot read {kind})")
+            if kind == "PPM" and _ppm_maxval(data) not in (255, 65535):
+                return ImageFacts(
+                    f"{_ppm_maxval(data)}-level PGM/PPM: convert it to 8-bit PNG (its depth is read differently by DALI)"
+                )
             try:
                 image.load()  # decode every pixel: a truncated file fails here, not mid-epoch
-                image.convert("RGB")
+                pixels = rgb8(image)
             except OSError as err:
                 if "truncated" in str(err).lower() or "broken data stream" in str(err).lower():
-                    return f"truncated {kind}"
+                    return ImageFacts(f"truncated {kind}")
                 raise
     except UnidentifiedImageError:
-        return "not an image"
+        return ImageFacts("not an image")
     except Exception as err:  # PIL raises assorted errors on malformed files
-        return f"unreadable: {err}"
-    return None
+        return ImageFacts(f"unreadable: {err}")
+    note = None
+    if FORMAT_OF_SUFFIX.get(suffix) != kind:
+        note = f"{kind} data in a {suffix} file (read by its content; rename it to match)"
+    pixel_hash = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()[:32]
+    return ImageFacts(None, note, hashlib.sha256(data).hexdigest()[:32], pixel_hash)
+
+
+def _ppm_maxval(data: bytes) -> int:
+    """The maxval of a binary PGM/PPM header (255 when it cannot be read: PIL decoded the file)."""
+    import re
+
+    found = re.match(rb"P[1-6](?:\s|#[^\n]*\n)+\d+(?:\s|#[^\n]*\n)+\d+(?:\s|#[^\n]*\n)+(\d+)", data[:512])
+    return int(found.group(1)) if found else 255
+
+
+def image_files_under(folder: str | Path) -> tuple[list[Path], list[BadFile]]:
+    """Every image file under ``folder`` (sorted, each real file once), as the index finds them:
+    hidden files and folders, facekit's run folders and links back into ``folder`` are left out
+    (the second list says what and why)."""
+    root = Path(folder).resolve()
+    walker = _Walker(root)
+    found: list[str] = []
+    walker.walk(root, found)
+    walker.follow_links({"": found})
+    return [root / rel for rel in sorted(found)], walker.skipped
 
 
 def _check_root(root: str | Path) -> Path:
@@ -210,20 +298,132 @@ def _identity_folders(root: Path) -> list[str]:
     return names
 
 
-def _image_files(root: Path, folder: Path, unreadable: list[str]) -> list[str]:
-    """Image files under ``folder`` (relative to ``root``); folders that cannot be read go to ``unreadable``."""
+def _facekit_made(folder: Path) -> str | None:
+    """Why ``folder`` holds what facekit wrote rather than images of a person, or None."""
+    if is_run_folder(folder):
+        return "a facekit run folder (left out)"
+    try:
+        if folder.resolve() == cache_dir().resolve():
+            return "facekit's cache folder (left out)"
+    except OSError:
+        pass
+    return None
 
-    def on_error(err: OSError) -> None:
-        # os.walk skips a folder it cannot list unless told: name it instead of dropping it.
-        unreadable.append(Path(err.filename).relative_to(root).as_posix() + "/")
 
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
-    return sorted(found)
+class _Walker:
+    """Finds the image files under a data folder, each real file once (see the module's rules).
+
+    Real folders are walked first, links afterwards: a link never claims a file before the
+    folder it really lives in.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.unreadable: list[str] = []
+        self.skipped: list[BadFile] = []
+        self._files: dict[str, str] = {}  # real path -> the relative path that holds it
+        self._folders: dict[str, str] = {}  # real folder -> relative path
+        self._links: list[tuple[str, str, bool]] = []  # (owner, relative path, is a folder)
+
+    def _rel(self, path: str | Path) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
+    def identities(self, names: list[str]) -> dict[str, list[str]]:
+        """Each identity's image files (sorted); identities that are wholly left out are dropped."""
+        found: dict[str, list[str]] = {}
+        for name in names:
+            folder = self.root / name
+            if folder.is_symlink():
+                self._links.append((name, name, True))
+                found[name] = []
+                continue
+            reason = _facekit_made(folder)
+            if reason:
+                self.skipped.append(BadFile(name + "/", reason))
+                continue
+            found[name] = []
+            self.walk(folder, found[name])
+        self.follow_links(found)
+        skipped_owners = {b.path.split("/", 1)[0] for b in self.skipped}
+        unreadable_owners = {rel.split("/", 1)[0] for rel in self.unreadable}
+        # An identity whose every entry was left out (e.g. a "runs" folder of run folders) is none.
+        return {
+            name: sorted(files)
+            for name, files in found.items()
+            if files or name not in skipped_owners or name in unreadable_owners
+        }
+
+    def walk(self, top: Path, files: list[str]) -> None:
+        def on_error(err: OSError) -> None:
+            # os.walk skips a folder it cannot list unless told: name it instead of dropping it.
+            self.unreadable.append(self._rel(err.filename) + "/")
+
+        for dirpath, dirnames, filenames in os.walk(top, onerror=on_error):
+            real = os.path.realpath(dirpath)
+            if real in self._folders and dirpath != str(top):
+                dirnames[:] = []
+                continue
+            self._folders.setdefault(real, self._rel(dirpath))
+            kept = []
+            for name in sorted(dirnames):
+                path = Path(dirpath, name)
+                if name.startswith("."):
+                    continue
+                if path.is_symlink():
+                    self._links.append((self._owner(path), self._rel(path), True))
+                    continue
+                reason = _facekit_made(path)
+                if reason:
+                    self.skipped.append(BadFile(self._rel(path) + "/", reason))
+                    continue
+                kept.append(name)
+            dirnames[:] = kept
+            for name in filenames:
+                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                path = Path(dirpath, name)
+                if path.is_symlink():
+                    self._links.append((self._owner(path), self._rel(path), False))
+                    continue
+                self._claim(path, files)
+
+    def _owner(self, path: Path) -> str:
+        return self._rel(path).split("/", 1)[0] if len(Path(self._rel(path)).parts) > 1 else ""
+
+    def _claim(self, path: Path, files: list[str]) -> None:
+        real, rel = os.path.realpath(path), self._rel(path)
+        if real in self._files:
+            self.skipped.append(BadFile(rel, f"the same file as {self._files[real]} (left out)"))
+        else:
+            self._files[real] = rel
+            files.append(rel)
+
+    def follow_links(self, found: dict[str, list[str]]) -> None:
+        """Follow the links met while walking (and those met following them), in sorted order."""
+        root = self.root
+        while self._links:
+            links, self._links = sorted(self._links), []
+            for owner, rel, is_folder in links:
+                path = root / rel
+                target = Path(os.path.realpath(path))
+                files = found.setdefault(owner, [])
+                if not target.exists():
+                    self.skipped.append(BadFile(rel, "a broken symbolic link (left out)"))
+                elif not is_folder:
+                    self._claim(path, files)
+                elif target == root or target in root.parents:
+                    self.skipped.append(BadFile(rel + "/", "a link to the data folder or above it: a loop (left out)"))
+                elif root in target.parents:
+                    where = target.relative_to(root).as_posix()
+                    self.skipped.append(BadFile(rel + "/", f"a link to {where}/ inside the data folder (its images count once, there)"))
+                elif str(target) in self._folders:
+                    self.skipped.append(BadFile(rel + "/", f"a link to a folder already indexed as {self._folders[str(target)]}/ (left out)"))
+                else:
+                    reason = _facekit_made(target)
+                    if reason:
+                        self.skipped.append(BadFile(rel + "/", reason))
+                    else:
+                        self.walk(path, files)
 
 
 def _cache_key(root: Path, candidates: dict[str, list[str]], unreadable: list[str], verify: bool) -> str:
@@ -237,16 +437,15 @@ def _cache_key(root: Path, candidates: dict[str, list[str]], unreadable: list[st
     return digest.hexdigest()[:32]
 
 
-def _verify_all(root: Path, files: list[str], progress: Progress | None) -> dict[str, str]:
-    reasons: dict[str, str] = {}
+def _verify_all(root: Path, files: list[str], progress: Progress | None) -> dict[str, ImageFacts]:
+    facts: dict[str, ImageFacts] = {}
     # PIL releases the GIL while decoding, so threads use both cores without pickling overhead.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for rel, reason in zip(files, pool.map(lambda rel: image_problem(root / rel), files)):
-            if reason is not None:
-                reasons[rel] = reason
+        for rel, fact in zip(files, pool.map(lambda rel: inspect_image(root / rel), files)):
+            facts[rel] = fact
             if progress is not None:
                 progress(1)
-    return reasons
+    return facts
 
 
 def _checksum(payload: dict[str, Any]) -> str:
@@ -289,6 +488,8 @@ def _describes(index: DatasetIndex, root: Path, candidates: dict[str, list[str]]
     # The very paths found under root now, each once: none absolute, none with '..', none invented.
     listed = [rel for rels in candidates.values() for rel in rels]
     if sorted(index.files + [bad.path for bad in index.bad]) != sorted(listed + unreadable):
+        return False
+    if any(len(hashes) not in (0, len(index.files)) for hashes in (index.file_hashes, index.pixel_hashes)):
         return False
     # Each file belongs to the identity its label names, and every class keeps training data.
     owners = [rel.split("/", 1)[0] for rel in index.files]

@@ -8,14 +8,21 @@ not the picture.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from facekit.errors import UsageError
+from facekit.files import describe_contents, protected_reason
 
 FORMATS = ("png", "jpg", "bmp", "ppm")
+# Left in every set this module writes: --force replaces only a folder that has it (or looks exactly
+# like one written before the marker existed).
+MARKER = ".facekit-synthetic"
+_IDENTITY = re.compile(r"^person_\d+$")
+_SHOT = re.compile(rf"^\d{{3}}\.({'|'.join(FORMATS)})$")
 
 
 def make_synthetic_dataset(
@@ -41,10 +48,16 @@ def make_synthetic_dataset(
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()):
+        replaceable = is_synthetic_dataset(out) and protected_reason(out) is None
         if not force:
-            raise UsageError(f"{out} is not empty; choose an empty folder or pass --force to replace it")
+            hint = " or pass --force to replace it" if replaceable else ""
+            raise UsageError(f"{out} is not empty; choose an empty folder{hint}")
+        if not replaceable:
+            reason = protected_reason(out) or f"{out} is not a data set made by `facekit data synth` (it holds {describe_contents(out)})"
+            raise UsageError(f"--force: {reason}; --force replaces only such a set, so nothing was deleted: choose another folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `facekit data synth`: `--force` may replace this folder\n")
 
     rng = np.random.default_rng(seed)
     width = max(2, len(str(identities - 1)))
@@ -107,3 +120,19 @@ def _photograph(face, rng: np.random.Generator, size: int) -> np.ndarray:
     gradient = np.linspace(-1, 1, size, dtype=np.float32)[None, :, None] * rng.uniform(-25, 25)  # side light
     noise = rng.normal(0, 6, pixels.shape).astype(np.float32)
     return np.clip(pixels * gain + gradient + noise, 0, 255).astype(np.uint8)
+
+
+def is_synthetic_dataset(folder: Path) -> bool:
+    """``folder`` was written by :func:`make_synthetic_dataset`: it has the marker, or holds nothing but
+    ``person_N/NNN.<format>`` files (sets written before the marker existed)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / MARKER).is_file():
+        return True
+    for identity in folder.iterdir():
+        if not (_IDENTITY.match(identity.name) and identity.is_dir() and not identity.is_symlink()):
+            return False
+        if not all(_SHOT.match(shot.name) and shot.is_file() and not shot.is_symlink() for shot in identity.iterdir()):
+            return False
+    return True

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from facekit.specs import Normalization
 from facekit.data.augment import AugmentPipeline
 from facekit.data.loaders import _native
+from facekit.data.pixels import rgb8, wide_to_8bit
 
 # torchvision 0.29 warns on every decode that its decoders move to TorchCodec; they still work,
 # and the warning would repeat once per image.
@@ -24,18 +25,26 @@ _TORCHVISION_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def read_rgb(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a uint8 RGB tensor (3, H, W); grey images become RGB."""
+    """Decode an image file to a uint8 RGB tensor (3, H, W), as :mod:`facekit.data.pixels` defines it.
+
+    Grey, palette, alpha and CMYK images become RGB, 16-bit ones are scaled to 8 bits and the
+    EXIF orientation is applied: the same pixels DALI's decoder gives.
+    """
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     if Path(path).suffix.lower() in _TORCHVISION_SUFFIXES:
         try:
-            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
         except RuntimeError:
-            pass  # e.g. a PNG with an unusual bit depth: PIL below decodes it or says why not
+            pass  # a file torchvision does not decode: PIL below decodes it or says why not
+        else:
+            if image.dtype != torch.uint8:  # a 16-bit PNG comes as uint16: scaled, never clipped
+                image = wide_to_8bit(image.to(torch.int32)).to(torch.uint8)
+            return image
     from PIL import Image
 
     with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
+        array = rgb8(image)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facekit.files import atomic_write
+from facekit.files import atomic_write, is_own_file
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -211,12 +211,7 @@ def _sha256(path: Path) -> str:
 
 def _safe(path: Path, *, folder: bool = False) -> bool:
     """``path`` is a real file (or folder) of the current user that nobody else can write."""
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    kind = stat.S_ISDIR if folder else stat.S_ISREG
-    return kind(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    return is_own_file(path, folder=folder, private=True)
 
 
 def _verified(target: Path) -> bool:

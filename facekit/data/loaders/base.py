@@ -72,6 +72,7 @@ class Loader:
         store = self._open_store()
         if store is None:
             return self._full_batches(plan)
+        store.verify(self._rows)  # damaged entries become missing: decoded again below
         if bool((store.state[self._rows] != MISSING).all()):
             return self._from_cache(plan)
         return self._filling_cache(plan)
@@ -180,6 +181,9 @@ class _MemoryStore:
     def put_undecodable(self, rows: np.ndarray) -> None:
         self.state[rows] = UNDECODABLE
 
+    def verify(self, rows: np.ndarray) -> None:
+        pass  # in this process's memory: nothing else writes it
+
     def commit(self) -> None:
         pass  # nothing is shared
 
@@ -209,6 +213,17 @@ class _DiskStore:
 
     def put_undecodable(self, rows: np.ndarray) -> None:
         self.cache.put_undecodable(rows)
+
+    def verify(self, rows: np.ndarray) -> None:
+        """Check the entries ``rows`` against their checksums (once per process); damaged ones are decoded again."""
+        damaged = self.cache.verify(rows)
+        if len(damaged):
+            warnings.warn(
+                f"decoded-image cache at {self.cache.folder}: {len(damaged)} entries fail their checksum (damaged on "
+                "disk); decoding those images again",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def commit(self) -> None:
         self.cache.commit()

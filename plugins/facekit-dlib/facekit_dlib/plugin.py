@@ -51,11 +51,13 @@ def register_architectures(register):
         name="dlib-resnet", build=build_dlib_resnet,
         description=_DESC.format(head="cosine (centred, normalised, learned scale)"),
         input_size=150, normalization=DLIB_NORMALIZATION, pretrained=True,
+        classifier="head",  # its input is dlib's 128-d face descriptor
     ))
     register(ArchitectureSpec(
         name="dlib-resnet-linear", build=build_dlib_resnet_linear,
         description=_DESC.format(head="centred linear") + " For comparison: it needs about --lr 1e-2 --weight-decay 0.",
         input_size=150, normalization=DLIB_NORMALIZATION, pretrained=True,
+        classifier="head",  # its input is dlib's 128-d face descriptor
     ))
 
 

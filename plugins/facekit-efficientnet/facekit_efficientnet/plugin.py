@@ -34,4 +34,5 @@ def register_architectures(register):
         input_size=224,
         normalization=LITE_NORMALIZATION,
         pretrained=True,
+        classifier="classifier",  # dropout + Linear; its input is the 1280-d pooled features
     ))

@@ -24,7 +24,8 @@ def render_oneline(context) -> None:
 
 @hookimpl
 def register_architectures(register):
-    register(ArchitectureSpec("tinycnn", build_tinycnn, "A two-conv example network (facekit-example)."))
+    # The last module of the Sequential is the classifier; its input, the 16-d pooled features, is the embedding.
+    register(ArchitectureSpec("tinycnn", build_tinycnn, "A two-conv example network (facekit-example).", classifier="8"))
 
 
 @hookimpl
