@@ -7,7 +7,7 @@ architecture plugin is built the same way everywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from facekit.errors import UsageError
 from facekit.specs import ArchOptions
@@ -69,4 +69,33 @@ def create_model(
         model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def create_run_model(
+    config: Mapping[str, Any],
+    num_classes: int,
+    weights: Mapping[str, Any],
+    *,
+    device: "torch.device | str | None" = None,
+    channels_last: bool = False,
+) -> "nn.Module":
+    """The architecture a run's config.json names, at the run's input size, holding ``weights`` (eval mode).
+
+    Built without pretrained weights: the checkpoint holds every weight, so nothing is fetched.
+    A loss with its own head (ArcFace) made the model's classifier, so the run's loss is rebuilt too.
+    """
+    model = create_model(
+        config["arch"],
+        num_classes=num_classes,
+        input_size=int(config["input_size"]),
+        finetune=bool(config.get("finetune", False)),
+        pretrained=False,
+        device=device,
+        channels_last=channels_last,
+        loss=config.get("loss"),
+        loss_options=config.get("loss_options"),
+    )
+    model.load_state_dict(weights)
+    model.eval()
     return model

@@ -41,7 +41,7 @@ class FacekitGroup(ReadableGroup):
             typer.echo(f"Error: {_scrubbed(str(exc))}{_blame(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
-            from facekit.runs import os_error_line
+            from facekit.files import os_error_line
 
             typer.echo(f"Error: {os_error_line(exc)}", err=True)
             raise typer.Exit(1) from None
