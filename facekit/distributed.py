@@ -280,9 +280,13 @@ def launch(nproc: int, facekit_args: Sequence[str]) -> None:
         raise UsageError("--nproc starts torchrun itself: leave it out when facekit already runs under torchrun")
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "facekit", *facekit_args])
+    parser = get_args_parser()
+    # Without abbreviations: argparse would read a facekit option that begins like one of
+    # torchrun's (--log: --log-dir, --logs-specs) as torchrun's, or refuse it as ambiguous.
+    parser.allow_abbrev = False
+    args = parser.parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "facekit", *facekit_args])
     try:
         run(args)
     except ChildFailedError as exc:

@@ -49,6 +49,8 @@ from facekit.runs import (
     load_checkpoint,
 )
 from facekit.schedules import Schedule, build_schedule, check_schedule
+from facekit.specs import LoggerContext
+from facekit.tracking import Tracking, logger_specs
 
 class EpochStats(NamedTuple):
     """One training pass: mean loss, accuracy, wall seconds, images seen, and the seconds of those spent compiling."""
@@ -157,6 +159,8 @@ class Trainer:
         self.loss_spec = losses().get(config.loss)
         self.loss_spec.check_label_smoothing(config.label_smoothing)
         self.split_spec = splits().get(config.split)
+        self.logger_specs = logger_specs(config.log)
+        self.tracking = Tracking()  # the started trackers, once the run folder exists
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
                 f"--weights {config.weights}: architecture {self.arch.name!r} takes no pretrained weights "
@@ -525,8 +529,13 @@ class Trainer:
             return trainer._run(Run.with_setup(run_dir, setup), state, writer)
 
     def _run(self, run: Run, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
+        # Only the rank that writes the run folder tracks (see facekit.tracking).
+        context = LoggerContext(run.path, run.config, len(run.split["folds"]), resumed=resume_state is not None)
         try:
-            return self._train_folds(run, resume_state, writer)
+            with Tracking.start(self.logger_specs if writer is not None else [], context) as self.tracking:
+                run_dir = self._train_folds(run, resume_state, writer)
+                self.tracking.log_results(Run(run_dir))
+                return run_dir
         except KeyboardInterrupt:
             raise TrainingInterrupted(self.run_dir) from None
 
@@ -640,6 +649,7 @@ class Trainer:
                     break
                 train_loader.set_epoch(epoch)
                 self.progress.epoch_start(fold_index, epoch, self.config.epochs, len(train_loader))
+                lr = max(group["lr"] for group in optimizer.param_groups)  # the head's, where a backbone trains slower
                 stats = self.train_epoch(trained, train_loader, loss_fn, optimizer, scaler, schedule)
                 val_loss, val_acc = self.evaluate(model, val_loader, val_loss_fn)[:2] if validated else (math.nan, math.nan)
                 # The fp16 scaler skips steps whose loss overflowed, so only its weights tell divergence then.
@@ -654,6 +664,7 @@ class Trainer:
                     "val_loss": val_loss,
                     "train_acc": stats.accuracy,
                     "val_acc": val_acc,
+                    "lr": lr,
                     "images_per_s": stats.images_per_s,
                     "seconds": stats.seconds,
                     "compile_seconds": stats.compile_seconds,
@@ -670,6 +681,7 @@ class Trainer:
                 else:
                     improved = best.keep_latest(epoch)
                 self.progress.epoch_end(row | {"best": improved})
+                self.tracking.log_epoch(row)
                 if writer is not None:
                     last_state = FoldState(
                         model=model.state_dict(),
