@@ -32,7 +32,9 @@ from benchmarks.environment import describe_environment, markdown_table
 from facekit.api import Normalization
 from facekit.data.index import index_dataset
 from facekit.data.loaders.options import available_cores
-from facekit.engine import Trainer, TrainConfig, build_optimizer
+from facekit.config import TrainConfig
+from facekit.engine import Trainer
+from facekit.training.optim import build_optimizer
 from facekit.factory import create_model
 from facekit.files import write_json
 

@@ -39,6 +39,8 @@ class TrainConfig:
     data: Path
     arch: str = "baseline"
     loss: str = "plain"
+    # --loss-option NAME=VALUE of the loss (e.g. arcface's s and m); the run records all of them, defaults filled in.
+    loss_options: dict[str, Any] | None = None
     split: str = "holdout"
     folds: int = 5
     test_size: float = 0.2

@@ -102,6 +102,21 @@ class Distributed:
         return batch_size // self.world_size
 
 
+def wrap_model(place: Distributed, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model that trains: itself, or wrapped in DistributedDataParallel under torchrun.
+
+    On CUDA, batch norms become SyncBatchNorm, so their batch statistics cover the global batch
+    as in one process; on the CPU (gloo) each rank normalizes over its own part of the batch.
+    """
+    if not place.is_distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        return DistributedDataParallel(torch.nn.SyncBatchNorm.convert_sync_batchnorm(model), device_ids=[device.index])
+    return DistributedDataParallel(model)
+
+
 def timeout() -> _dt.timedelta:
     """How long a collective waits for the other ranks before it fails (``FACEKIT_DIST_TIMEOUT`` seconds)."""
     text = os.environ.get(TIMEOUT_ENV, "").strip()

@@ -9,6 +9,7 @@ that was killed mid-write.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -81,6 +82,40 @@ def remove_stale_temporaries(folder: str | Path, older_than_s: float = 0.0) -> l
         except OSError:  # gone already, or not ours to delete: leave it
             continue
     return removed
+
+
+# What to do about a failed write, by its cause.
+_WRITE_FIXES = {
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some disk space (the disk quota is used up)",
+    errno.EFBIG: "the file system refuses files this large; use a folder on another disk",
+    errno.EROFS: "use a writable folder",
+    errno.EACCES: "check its permissions, or use another folder",
+    errno.EPERM: "check its permissions, or use another folder",
+}
+
+def os_error_line(exc: OSError, path: str | Path | None = None) -> str:
+    """One line for an operating-system error: the file, the cause and, when known, what to do."""
+    where = path or exc.filename
+    text = f"{where}: {exc.strerror or exc}" if where else str(exc.strerror or exc)
+    fix = _WRITE_FIXES.get(exc.errno)
+    return f"{text}; {fix}" if fix else text
+
+
+def write_failure(exc: BaseException) -> OSError | None:
+    """The operating-system error behind a failed write, or None when ``exc`` is not one.
+
+    ``torch.save`` reports a failed write (a full disk) as a RuntimeError ("unexpected pos")
+    whose context is the OSError; a RuntimeError without one is still a failed write.
+    """
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "PytorchStreamWriter" in str(exc)):
+        context = exc.__context__
+        if isinstance(context, OSError):
+            return context
+        return OSError(errno.EIO, "the write did not complete (is the disk full?)")
+    return None
 
 
 def is_own_file(path: str | Path, *, folder: bool = False, private: bool = False) -> bool:

@@ -117,3 +117,11 @@ def embedding_dim(model: nn.Module, arch_spec: "ArchitectureSpec", input_size: i
             f"{tuple(embedding.shape)}, not (N, D); name the module whose input is the flat embedding"
         )
     return int(embedding.shape[1])
+
+
+def logit_scale(model: nn.Module, arch_spec: "ArchitectureSpec") -> float | None:
+    """The scale ``s`` of a cosine head in the classifier's place (logits = s * cos), or None for any other classifier."""
+    if not getattr(arch_spec, "classifier", None):
+        return None
+    scale = getattr(classifier_of(model, arch_spec), "logit_scale", None)
+    return float(scale) if isinstance(scale, (int, float)) else None

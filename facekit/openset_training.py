@@ -40,6 +40,22 @@ def _halves(people: Sequence[str], rng: np.random.Generator) -> tuple[list[str],
     return sorted(order[:cut]), sorted(order[cut:])
 
 
+def check_openset_score(config: Any, arch: Any, loss: Any) -> None:
+    """Refuse, before anything is written, ``--openset-score`` that the run could never give, or open-set
+    options on a run without unknown people."""
+    wanted = config.openset_score
+    if wanted == "auto":
+        return
+    if not (config.unknown_identities or config.strangers):
+        raise UsageError(f"--openset-score {wanted}: a run rejects only with unknown people to calibrate on; "
+                         "give --unknown-identities or --strangers")  # fmt: skip
+    if wanted == "centroid" and arch.classifier is None:
+        raise UsageError(f"--openset-score centroid: architecture {arch.name!r} gives no embeddings; use softmax or auto")
+    if wanted == "margin" and getattr(loss, "head", None) is None:
+        raise UsageError(f"--openset-score margin: loss {loss.name!r} brings no cosine head; train with --loss arcface "
+                         "or cosface, or use softmax or auto")  # fmt: skip
+
+
 def hold_out_identities(index: Any, fraction: float, seed: int) -> tuple[Any, dict[str, Any] | None]:
     """``index`` without ``fraction`` of its identities (seeded), and what was held out (None for 0).
 
@@ -138,7 +154,7 @@ def unknown_files(split: dict[str, Any], part: str) -> list[str]:
 # ----------------------------------------------------------------------------- inference
 def embedding_network(model: Any, arch_name: str) -> Any | None:
     """The model as a network that returns (logits, embedding), or None where its architecture names no classifier."""
-    from facekit.embeddings import embedding_model
+    from facekit.heads import embedding_model
     from facekit.errors import FacekitError
     from facekit.plugins import architectures
 
@@ -195,12 +211,26 @@ class _Probes:
         return values, predicted == self.labels
 
 
+def head_logit_scale(model: Any, arch_name: str) -> float | None:
+    """The scale ``s`` of a cosine head (margin-loss runs: logits = s * cos), or None for an ordinary classifier."""
+    from facekit.heads import classifier_of
+    from facekit.errors import FacekitError
+    from facekit.plugins import architectures
+
+    try:
+        head = classifier_of(model, architectures().get(arch_name))
+    except FacekitError:
+        return None
+    scale = getattr(head, "logit_scale", None)
+    return float(scale) if isinstance(scale, (int, float)) and scale > 0 else None
+
+
 def available_scores(embeddings: bool, logit_scale: float | None) -> list[str]:
     return [s for s in SCORE_PREFERENCE if s == "softmax" or (s == "centroid" and embeddings) or (s == "margin" and logit_scale)]
 
 
 def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = "auto", progress: Any = None,
-                     logit_scale: float | None = None, writer: Any = None) -> openset.OpenSet:  # fmt: skip
+                     writer: Any = None) -> openset.OpenSet:  # fmt: skip
     """Calibrate the kept model's rejection thresholds and score the test split; writes the run's open-set files."""
     split = run.split
     root = Path(split["root"])
@@ -208,6 +238,7 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
     labels = np.asarray(split["labels"], dtype=np.int64)
     fold = split["folds"][run.kept_fold]
     model = run.load_model(device=device)
+    logit_scale = head_logit_scale(model, run.config["arch"])
 
     def knowns(indices: Sequence[int]) -> _Probes:
         idx = np.asarray(indices, dtype=int)
@@ -221,7 +252,7 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
     say("open-set: scoring the validation, unknown and test images")
     calibration_known, calibration_unknown = knowns(fold["val"]), unknowns("calibration")
     test_known, test_unknown = knowns(split["test"]), unknowns("test")
-    gallery = None
+    gallery = saved_gallery = None
     if test_known.embeddings is not None:
         train = knowns(fold["train"])
         centroids = openset.class_centroids(train.embeddings, train.labels, len(run.classes))
@@ -229,6 +260,15 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
             list(run.classes), centroids.astype(np.float32), np.arange(len(run.classes), dtype=np.int64),
             np.bincount(train.labels, minlength=len(run.classes)).astype(np.int64),
         )
+        # Calibrated and tested on the classes alone; a resumed finished run keeps the people enrolled in it.
+        saved_gallery = gallery
+        previous = openset.OpenSet.read(run.path)
+        if previous is not None and previous.gallery is not None and previous.gallery.enrolled:
+            kept = previous.gallery.class_ids < 0
+            saved_gallery = gallery.with_people(
+                [n for n, k in zip(previous.gallery.names, kept) if k], previous.gallery.embeddings[kept],
+                previous.gallery.images[kept].tolist(),
+            )  # fmt: skip
     scores = available_scores(gallery is not None, logit_scale)
     if score != "auto" and score not in scores:
         raise UsageError(f"--openset-score {score}: this run cannot score by it (it can by {', '.join(scores)})")
@@ -248,13 +288,13 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
     if test_known.embeddings is not None and len(test_known.labels):
         arrays["genuine"], arrays["impostor"] = openset.pair_scores(test_known.embeddings, test_known.labels, seed=0)
     data = openset.OpenSet(
-        score=chosen, target_fpir=float(target_fpir), calibration=calibration, logit_scale=logit_scale, gallery=gallery,
+        score=chosen, target_fpir=float(target_fpir), calibration=calibration, logit_scale=logit_scale, gallery=saved_gallery,
         extra={"scores": scores},
     )
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     if writer is not None:
-        writer.write_openset(data.to_json(), gallery.to_bytes() if gallery is not None else None, buffer.getvalue())
+        writer.write_openset(data.to_json(), saved_gallery.to_bytes() if saved_gallery is not None else None, buffer.getvalue())
     cal = calibration[chosen]
     say(
         f"open-set: rejects below {chosen} score {cal['threshold']:.4f} (calibrated at FPIR {target_fpir:g} on "

@@ -271,8 +271,9 @@ def openset_table(summary: dict[str, Any]) -> TableData:
         (False, *[True] * len(columns)),
         caption=(
             f"{figures[0]['known']} known and {figures[0]['unknown']} unknown test images. FNIR counts a known face "
-            f"rejected or misnamed; '-': too few unknown images (or pairs) to measure that rate. The threshold is "
-            f"calibrated on validation data for FPIR {summary['target_fpir']:g}."
+            f"rejected or misnamed; '-': too few unknown images (or pairs) to measure that rate. TAR: pairs of known "
+            f"test images by embedding cosine (the same for every score). The threshold is calibrated on validation "
+            f"data for FPIR {summary['target_fpir']:g}."
         ),
     )
 

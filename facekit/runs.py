@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import errno
 import functools
 import io
 import json
@@ -44,14 +43,16 @@ import numpy as np
 
 from facekit.errors import FacekitError, UsageError
 from facekit.files import (
-    NOFOLLOW,
     atomic_write,
     data_overlap,
     describe_contents,
+    os_error_line,
     protected_reason,
     remove_stale_temporaries,
+    write_failure,
     write_json,
 )
+from facekit.locks import lock_folder
 from facekit.run_files import LOCK_FILE, SETUP_FILES, is_run_folder
 
 if TYPE_CHECKING:
@@ -72,42 +73,8 @@ TOP_K = 10
 DENSE_PROBS_LIMIT = 2**24
 RESULT_FILES = ("predictions.npz", f"{CHECKPOINTS}/best.pt")  # what a finished run has
 
-# What to do about a failed write, by its cause.
-_WRITE_FIXES = {
-    errno.ENOSPC: "free some disk space",
-    errno.EDQUOT: "free some disk space (the disk quota is used up)",
-    errno.EFBIG: "the file system refuses files this large; use a folder on another disk",
-    errno.EROFS: "use a writable folder",
-    errno.EACCES: "check its permissions, or use another folder",
-    errno.EPERM: "check its permissions, or use another folder",
-}
-
 # Kept under its former name for modules that still import it from here.
 atomic_write_bytes = atomic_write
-
-
-def os_error_line(exc: OSError, path: str | Path | None = None) -> str:
-    """One line for an operating-system error: the file, the cause and, when known, what to do."""
-    where = path or exc.filename
-    text = f"{where}: {exc.strerror or exc}" if where else str(exc.strerror or exc)
-    fix = _WRITE_FIXES.get(exc.errno)
-    return f"{text}; {fix}" if fix else text
-
-
-def write_failure(exc: BaseException) -> OSError | None:
-    """The operating-system error behind a failed write, or None when ``exc`` is not one.
-
-    ``torch.save`` reports a failed write (a full disk) as a RuntimeError ("unexpected pos")
-    whose context is the OSError; a RuntimeError without one is still a failed write.
-    """
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "PytorchStreamWriter" in str(exc)):
-        context = exc.__context__
-        if isinstance(context, OSError):
-            return context
-        return OSError(errno.EIO, "the write did not complete (is the disk full?)")
-    return None
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -229,69 +196,27 @@ def check_destination(path: Path, *, force: bool, data: Path | None = None) -> N
             f"--out {path}: {overlap} (--data {data}); a run folder there would mix with the images, "
             "so nothing was deleted or written: choose an --out outside the data folder"
         )
-    contents = _contents(path)
+    try:
+        contents = _contents(path)
+    except OSError as exc:
+        raise UsageError(f"--out {path} cannot be read ({exc.strerror or exc}): choose another --out") from None
     if not contents:
         return
     reason = protected_reason(path)
-    if reason is None and not is_run_folder(path):
+    recognised = reason is None and is_run_folder(path)
+    if reason is None and not recognised:
         reason = f"{path} is not a facekit run folder (it holds {describe_contents(path)})"
-    if reason is not None:
+    if not force:
+        if (path / LOCK_FILE).is_file():
+            os.close(lock_folder(path))  # a folder in use says by whom, rather than suggest --resume or --force
+        if recognised:
+            raise _exists(path)
+        raise UsageError(f"--out {path} already exists and {reason.removeprefix(str(path) + ' ')}: choose another --out")
+    if not recognised:
         raise UsageError(
             f"--out {path}: {reason}; --force replaces only a run folder made by `facekit train`, so nothing was "
             "deleted: choose another --out"
         )
-    if not force:
-        if (path / LOCK_FILE).is_file():
-            os.close(_lock(path))  # a folder in use says by whom, rather than suggest --resume or --force
-        raise _exists(path)
-
-
-def _try_lock(fd: int) -> bool:
-    """Lock an open file exclusively without waiting; False when another process holds it.
-
-    POSIX ``flock``; on Windows a byte far past the pid (locked bytes cannot be read there).
-    Either way the operating system drops the lock when its process ends.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        import msvcrt
-
-        os.lseek(fd, 1 << 20, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        finally:
-            os.lseek(fd, 0, os.SEEK_SET)
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _lock(path: Path) -> int:
-    """Take the run folder's exclusive lock; the kernel releases it when the process dies, so it never sticks."""
-    try:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o666)
-    except OSError as exc:
-        if (path / LOCK_FILE).is_symlink():  # ELOOP: writing the pid would overwrite whatever it points to
-            raise UsageError(
-                f"{path / LOCK_FILE} is a symbolic link, which facekit never writes through: remove it, or choose another --out"
-            ) from None
-        raise exc
-    if not _try_lock(fd):
-        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise UsageError(
-            f"run folder {path} is in use by another facekit process (pid {owner}): wait for it to finish, "
-            "or choose another --out"
-        )
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
 
 
 def _guarded(method: Callable) -> Callable:
@@ -340,7 +265,7 @@ class RunWriter:
         check_destination(path, force=force, data=data)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            lock = _lock(path)
+            lock = lock_folder(path)
         except OSError as exc:
             raise FacekitError(f"cannot make the run folder: {os_error_line(exc, path)}") from None
         # Checked again under the lock: another process may have filled the folder in between.
@@ -373,7 +298,7 @@ class RunWriter:
                 continue
             except OSError as exc:
                 raise FacekitError(f"cannot make the run folder: {os_error_line(exc, candidate)}") from None
-            return cls(candidate, _lock(candidate))
+            return cls(candidate, lock_folder(candidate))
         raise FacekitError(f"no free run folder name like {path}: pass --out")
 
     @classmethod
@@ -381,7 +306,7 @@ class RunWriter:
         """An existing run folder, locked, with the temporary files of a killed writer removed (resume)."""
         path = Path(path)
         try:
-            lock = _lock(path)
+            lock = lock_folder(path)
         except OSError as exc:
             raise FacekitError(
                 f"cannot resume the run: {os_error_line(exc, path)} (copy the run there and resume the copy)"
@@ -430,6 +355,7 @@ class RunWriter:
         plan: "SplitPlan",
         normalization: dict[str, Any],
         openset: dict[str, Any] | None = None,
+        fingerprints: dict[str, Any] | None = None,
     ) -> None:
         """What the run was asked to do: config (with versions), classes, split and normalization.
 
@@ -457,6 +383,8 @@ class RunWriter:
         write_json(self.path / "classes.json", list(classes))
         write_json(self.path / "split.json", split)
         write_json(self.path / "normalization.json", normalization)
+        if fingerprints is not None:  # facekit.data.fingerprints: what a resume checks the images against
+            write_json(self.path / "fingerprints.json", fingerprints)
         write_json(self.path / "config.json", config)  # last: a folder with config.json has its whole setup
 
     @_guarded
@@ -681,6 +609,13 @@ class Run:
             raise FacekitError(f"{self.path / 'normalization.json'} has no fold {fold}: this run cannot be used")
         return folds[fold]
 
+    @cached_property
+    def fingerprints(self) -> dict[str, Any] | None:
+        """fingerprints.json (facekit.data.fingerprints), or None for a run made before it existed."""
+        if not (self.path / "fingerprints.json").is_file():
+            return None
+        return self._json("fingerprints.json", keys=("files",))
+
     @property
     def has_predictions(self) -> bool:
         return (self.path / "predictions.npz").is_file()
@@ -780,22 +715,10 @@ class Run:
         return self.model_with(weights, device=device, channels_last=channels_last)
 
     def model_with(self, weights: dict[str, Any], *, device: Any = None, channels_last: bool = False) -> "nn.Module":
-        """The run's architecture, rebuilt from the registry, with ``weights`` (a state dict) in eval mode."""
-        from facekit.factory import create_model
+        """The run's architecture, rebuilt from the registry (:func:`facekit.factory.create_run_model`), with ``weights``."""
+        from facekit.factory import create_run_model
 
-        config = self.config
-        model = create_model(
-            config["arch"],
-            num_classes=len(self.classes),
-            input_size=int(config["input_size"]),
-            finetune=bool(config.get("finetune", False)),
-            pretrained=False,  # the checkpoint holds every weight; no need to fetch the originals
-            device=device,
-            channels_last=channels_last,
-        )
-        model.load_state_dict(weights)
-        model.eval()
-        return model
+        return create_run_model(self.config, len(self.classes), weights, device=device, channels_last=channels_last)
 
     def latest_state(self) -> FoldState | None:
         """The newest fold's last checkpoint, or None if the run never finished an epoch."""

@@ -29,6 +29,7 @@ __all__ = [
     "Fold",
     "LoggerContext",
     "LoggerSpec",
+    "LossOption",
     "LossSpec",
     "Normalization",
     "ReporterSpec",
@@ -95,16 +96,72 @@ class ArchitectureSpec:
 
 
 @dataclass(frozen=True)
-class LossSpec:
-    """A loss strategy: ``build(class_counts) -> nn.Module`` called as ``loss(logits, targets)``.
+class LossOption:
+    """One setting a loss takes, given as ``--loss-option NAME=VALUE``.
 
-    ``class_counts[c]`` is the number of training images of class ``c``.
+    Its type is its default's (float, int, bool or str); ``valid(value)`` says whether a value
+    of that type is allowed, and ``expected`` says which are, for the error message.
+    """
+
+    default: float | int | bool | str
+    description: str = ""
+    valid: Callable[[Any], bool] | None = None
+    expected: str = ""
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _parse_option_value(text: str, default: Any) -> Any:
+    """``text`` as the type of ``default``; ValueError when it is not one."""
+    if isinstance(default, bool):
+        if text.strip().lower() in _TRUE:
+            return True
+        if text.strip().lower() in _FALSE:
+            return False
+        raise ValueError(text)
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        value = float(text)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(text)
+        return value
+    return text
+
+
+def split_loss_options(items: Sequence[str] | None) -> dict[str, str]:
+    """``["s=64", "m=0.5"]`` (repeated ``--loss-option``) as ``{"s": "64", "m": "0.5"}``; a malformed item is a usage error."""
+    options: dict[str, str] = {}
+    for item in items or ():
+        name, equals, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not equals or not name or not value:
+            raise UsageError(f"--loss-option {item!r}: expected NAME=VALUE, e.g. --loss-option m=0.5")
+        if name in options and options[name] != value:
+            raise UsageError(f"--loss-option {name} is given twice ({name}={options[name]}, {name}={value}): give it once")
+        options[name] = value
+    return options
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss strategy: ``build(class_counts, **options) -> nn.Module`` called as ``loss(logits, targets)``.
+
+    ``class_counts[c]`` is the number of training images of class ``c``. ``options`` declares
+    the settings the loss takes (``--loss-option NAME=VALUE``); build receives each by name,
+    the user's value or the default. A loss with a ``head`` brings its own classifier:
+    ``head(embedding_dim, num_classes, options) -> nn.Module`` replaces the architecture's final
+    classifier (ArchitectureSpec.classifier), so it trains, checkpoints and loads as part of the
+    model, and the logits the loss gets (and inference uses) are that head's output.
     """
 
     name: str
-    build: Callable[[Sequence[int]], "nn.Module"]
+    build: Callable[..., "nn.Module"]
     description: str = ""
     supports_label_smoothing: bool = False  # build also takes ``label_smoothing=`` (0 <= x < 1)
+    options: dict[str, LossOption] = field(default_factory=dict)
+    head: Callable[[int, int, dict[str, Any]], "nn.Module"] | None = None
 
     def check_label_smoothing(self, label_smoothing: float) -> None:
         """A UsageError unless this loss can train with ``label_smoothing`` (before any work is done)."""
@@ -113,12 +170,47 @@ class LossSpec:
         if label_smoothing > 0.0 and not self.supports_label_smoothing:
             raise UsageError(f"--loss {self.name} does not support --label-smoothing; drop the option or choose a loss that does")
 
-    def make(self, class_counts: Sequence[int], *, label_smoothing: float = 0.0) -> "nn.Module":
-        """Build the loss; ``label_smoothing`` > 0 reaches only specs that declare support for it."""
+    def resolve_options(self, given: dict[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+        """Every option of this loss, typed: the given ones (``NAME=VALUE`` texts or a dict of texts
+        or values, as config.json holds them) over the defaults. An unknown name or a bad value is
+        a :class:`UsageError` naming ``--loss-option NAME=VALUE`` and what it takes."""
+        given = split_loss_options(given) if isinstance(given, (list, tuple)) else dict(given or {})
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            takes = (
+                "takes " + ", ".join(f"{name} (default {option.default})" for name, option in sorted(self.options.items()))
+                if self.options else "takes no --loss-option"
+            )
+            raise UsageError(f"--loss-option {unknown[0]}={given[unknown[0]]}: loss {self.name!r} has no option {unknown[0]!r}; it {takes}")
+        resolved: dict[str, Any] = {}
+        for name, option in self.options.items():
+            value = given.get(name, option.default)
+            expected = option.expected or f"a {type(option.default).__name__}"
+            try:
+                value = _parse_option_value(value, option.default) if isinstance(value, str) else value
+            except ValueError:
+                raise UsageError(f"--loss-option {name}={value}: expected {expected} for loss {self.name!r}") from None
+            kind = type(option.default)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not kind or (option.valid is not None and not option.valid(value)):
+                raise UsageError(f"--loss-option {name}={value}: expected {expected} for loss {self.name!r}")
+            resolved[name] = value
+        return resolved
+
+    def make(self, class_counts: Sequence[int], *, label_smoothing: float = 0.0, options: dict[str, Any] | Sequence[str] | None = None) -> "nn.Module":
+        """Build the loss with its resolved options; ``label_smoothing`` > 0 reaches only specs that declare support for it."""
         self.check_label_smoothing(label_smoothing)
+        resolved = self.resolve_options(options)
         if label_smoothing == 0.0:
-            return self.build(class_counts)
-        return self.build(class_counts, label_smoothing=label_smoothing)
+            return self.build(class_counts, **resolved)
+        return self.build(class_counts, label_smoothing=label_smoothing, **resolved)
+
+    def make_head(self, embedding_dim: int, num_classes: int, options: dict[str, Any] | Sequence[str] | None = None) -> "nn.Module | None":
+        """The loss's own head for ``num_classes`` over ``embedding_dim``-wide embeddings, or None when it brings none."""
+        if self.head is None:
+            return None
+        return self.head(embedding_dim, num_classes, self.resolve_options(options))
 
 
 @dataclass(frozen=True)

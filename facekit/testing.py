@@ -200,8 +200,9 @@ def _check_embedding(name: str, spec: Any, model: Any, images: Any, num_classes:
 
 
 def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None:
-    """Check loss ``name``: ``build(class_counts)`` gives a module whose ``loss(logits, targets)`` is a
+    """Check loss ``name``: ``build(class_counts, **default options)`` gives a module whose ``loss(logits, targets)`` is a
     finite scalar with finite gradients, lower for confident right answers than for confident wrong ones.
+    A loss with a ``head``: the head maps (N, D) embeddings to (N, C) logits that train with the loss.
     """
     import torch
     from torch import nn
@@ -210,7 +211,7 @@ def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None
 
     spec = _registered("losses", name)
     assert isinstance(spec, LossSpec), f"loss {name!r}: registered a {type(spec).__name__}, not a LossSpec"
-    loss_fn = spec.build(list(class_counts))
+    loss_fn = spec.make(list(class_counts))  # with its options' defaults
     assert isinstance(loss_fn, nn.Module), f"loss {name!r}: build() returned {type(loss_fn).__name__}, not an nn.Module"
     classes = len(class_counts)
     targets = torch.arange(2 * classes) % classes
@@ -226,6 +227,20 @@ def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None
         right = loss_fn(10 * nn.functional.one_hot(targets, classes).float(), targets)
         wrong = loss_fn(10 * nn.functional.one_hot((targets + 1) % classes, classes).float(), targets)
     assert right < wrong, f"loss {name!r}: right answers cost {right.item():.4f}, wrong ones {wrong.item():.4f}"
+    if spec.head is not None:
+        head = spec.make_head(8, classes)
+        assert isinstance(head, nn.Module), f"loss {name!r}: head() returned {type(head).__name__}, not an nn.Module"
+        embeddings = torch.randn(len(targets), 8, generator=torch.Generator().manual_seed(1))
+        head_logits = head(embeddings)
+        assert head_logits.shape == (len(targets), classes), (
+            f"loss {name!r}: its head gives logits of shape {tuple(head_logits.shape)} for {len(targets)} embeddings, "
+            f"expected {(len(targets), classes)}"
+        )
+        loss_fn(head_logits, targets).backward()
+        trained = [p for p in head.parameters() if p.requires_grad]
+        assert trained and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained), (
+            f"loss {name!r}: no finite gradient reaches its head's parameters"
+        )
 
 
 def check_split(name: str, seed: int = 0) -> None:

@@ -223,6 +223,13 @@ def test_a_file_whose_content_does_not_match_its_name(faces):
     assert "person_01/jpeg.png" in index_dataset(faces).files  # used: every decoder reads it by content
     output = _check_output(faces)
     assert "gif.png" in output and "no problems found" not in output
+    import json
+
+    from facekit.cli.data_cmd import app
+
+    reported = json.loads(CliRunner().invoke(app, ["check", str(faces), "--json"]).stdout)
+    assert {"path": "person_01/jpeg.png", "reason": notes["person_01/jpeg.png"]} in reported["notes"]
+    assert reported["leaks"] == [] and reported["skipped"] == []
 
 
 # ----------------------------------------------------------------------------------- leakage
@@ -247,7 +254,7 @@ def test_a_duplicate_split_across_test_and_training_is_a_leak():
 
     files = ["a/1.png", "a/2.png", "a/3.png", "b/1.png"]
     labels = np.array([0, 0, 0, 1])
-    hashes = ["x", "x", "y", "z"]
+    hashes = dict(zip(files, ["x", "x", "y", "z"]))
     fold = SimpleNamespace(train=np.array([0, 2]), val=np.array([3]))
     leaks = find_leaks(files, labels, ["a", "b"], hashes, SimpleNamespace(test=np.array([1]), folds=[fold]))
     assert [(leak.files, leak.where) for leak in leaks] == [(["a/1.png", "a/2.png"], "the test and training parts of the split")]

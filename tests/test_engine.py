@@ -80,7 +80,7 @@ def test_existing_run_is_never_overwritten_without_force(synthetic_dataset, tmp_
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(UsageError, match="already exists.*--resume.*--force"):
+    with pytest.raises(UsageError, match="run already exists and is not a facekit run folder .*choose another --out"):
         Trainer(config(synthetic_dataset, out)).train()
     assert (out / "precious.txt").read_text() == "keep me"
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-import facekit.engine
+import facekit.training.loops
 from facekit.cli import app
 from facekit.engine import SilentProgress, Trainer, TrainConfig
 from facekit.runs import DENSE_PROBS_LIMIT, TOP_K, Run, RunWriter
@@ -91,7 +91,7 @@ def test_small_run_writes_probs_and_their_top_k(facekit_run):
 
 
 def test_training_past_the_limit_writes_top_k_alone_and_reports(synthetic_dataset, facekit_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(facekit.engine, "DENSE_PROBS_LIMIT", 8)  # a few images x 4 classes pass it
+    monkeypatch.setattr(facekit.training.loops, "DENSE_PROBS_LIMIT", 8)  # a few images x 4 classes pass it
     # facekit_run's configuration: the same model, so the same predictions.
     config = TrainConfig(
         data=synthetic_dataset, out=tmp_path / "run", arch="baseline", input_size=48, epochs=1, batch_size=8,

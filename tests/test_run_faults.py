@@ -156,9 +156,9 @@ def diverge_after(monkeypatch, fold: int, epoch: int) -> None:
     real_fold, real_epoch = Trainer._train_fold, Trainer.train_epoch
     where = {}
 
-    def train_fold(self, fold_index, *args):
-        where["fold"], where["epoch"] = fold_index, args[-2].epoch if args[-2] is not None else 0
-        return real_fold(self, fold_index, *args)
+    def train_fold(self, record, fold_index, state):
+        where["fold"], where["epoch"] = fold_index, state.epoch if state is not None else 0
+        return real_fold(self, record, fold_index, state)
 
     def train_epoch(self, model, loader, *args):
         result = real_epoch(self, model, loader, *args)

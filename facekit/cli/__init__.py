@@ -38,7 +38,7 @@ class FacekitGroup(ReadableGroup):
             typer.echo(f"Error: {_scrubbed(str(exc))}{_blame(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
-            from facekit.runs import os_error_line
+            from facekit.files import os_error_line
 
             typer.echo(f"Error: {os_error_line(exc)}", err=True)
             raise typer.Exit(1) from None
@@ -131,7 +131,13 @@ def train(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder with one sub-folder of images per identity."),
     arch: str = typer.Option("baseline", "--arch", metavar="NAME", help="Architecture (see `facekit plugins --all`)."),
-    loss: str = typer.Option("plain", "--loss", metavar="NAME", help="Loss strategy: plain or weighted (1/n_c), or a plugin's."),
+    loss: str = typer.Option(
+        "plain", "--loss", metavar="NAME", help="Loss strategy: plain, weighted (1/n_c), arcface, cosface, or a plugin's."
+    ),
+    loss_options: Optional[list[str]] = typer.Option(
+        None, "--loss-option", metavar="NAME=VALUE",
+        help="A setting of the loss, repeatable: arcface/cosface take s (scale), m (margin) and weighted (true: 1/n_c class weights).",
+    ),  # fmt: skip
     split: str = typer.Option("holdout", "--split", metavar="NAME", help="Split strategy: holdout or kfold, or a plugin's."),
     folds: int = typer.Option(5, "--folds", help="K for --split kfold."),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of each class held out for the test split."),
@@ -161,7 +167,7 @@ def train(
     finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train every layer, not just the head."),
     weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (sha256 checked)."),
     trust_weights: bool = typer.Option(False, "--trust-weights", help="Accept a --weights file whose sha256 is not the published one."),
-    loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (DALI where it works), dali or torch."),
+    loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (the faster measured on this device, for training and for evaluation), dali or torch."),
     cache: str = typer.Option(
         "off", "--cache", metavar="auto|memory|disk|off",
         help="Keep decoded images after the first epoch: auto (device, RAM or disk, where they fit), memory, disk or off.",
@@ -230,7 +236,7 @@ def train(
         raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
     else:
         config = TrainConfig(
-            data=data, arch=arch, loss=loss, split=split, folds=folds, test_size=test_size, val_size=val_size,
+            data=data, arch=arch, loss=loss, loss_options=loss_options, split=split, folds=folds, test_size=test_size, val_size=val_size,
             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
             rotate=rotate, input_size=input_size, finetune=finetune, weights=weights, trust_weights=trust_weights,
             augment=augment, label_smoothing=label_smoothing, schedule=schedule,

@@ -74,9 +74,10 @@ class DatasetIndex:
     skipped: list[BadFile] = field(default_factory=list)
     # Usable files worth a word (a JPEG named .png is read by its content).
     notes: list[BadFile] = field(default_factory=list)
-    # Per file, when verified: sha256 (hex, 32 digits) of its bytes and of its decoded pixels.
-    file_hashes: list[str] = field(default_factory=list)
-    pixel_hashes: list[str] = field(default_factory=list)
+    # Per file (by its path in ``files``), when verified: sha256 (hex, 32 digits) of its bytes and of
+    # its decoded pixels. Keyed by path, so an index narrowed to some identities stays right.
+    file_hashes: dict[str, str] = field(default_factory=dict)
+    pixel_hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def counts(self) -> np.ndarray:
@@ -99,8 +100,8 @@ class DatasetIndex:
             "bad": [asdict(b) for b in self.bad],
             "empty_classes": list(self.empty_classes),
             "notes": [asdict(n) for n in self.notes],
-            "file_hashes": list(self.file_hashes),
-            "pixel_hashes": list(self.pixel_hashes),
+            "file_hashes": dict(self.file_hashes),
+            "pixel_hashes": dict(self.pixel_hashes),
         }
 
     @classmethod
@@ -113,8 +114,8 @@ class DatasetIndex:
             bad=[BadFile(**b) for b in data["bad"]],
             empty_classes=list(data["empty_classes"]),
             notes=[BadFile(**n) for n in data.get("notes", [])],
-            file_hashes=list(data.get("file_hashes", [])),
-            pixel_hashes=list(data.get("pixel_hashes", [])),
+            file_hashes=dict(data.get("file_hashes", {})),
+            pixel_hashes=dict(data.get("pixel_hashes", {})),
         )
 
 
@@ -189,8 +190,8 @@ def scan_dataset(
         + [BadFile(rel, reasons[rel]) for rel in all_files if rel in reasons],
         empty_classes=empty,
         notes=[BadFile(rel, facts[rel].note) for rel in files if verify and facts[rel].note],
-        file_hashes=[facts[rel].file_hash for rel in files] if verify else [],
-        pixel_hashes=[facts[rel].pixel_hash for rel in files] if verify else [],
+        file_hashes={rel: facts[rel].file_hash for rel in files} if verify else {},
+        pixel_hashes={rel: facts[rel].pixel_hash for rel in files} if verify else {},
     )
     if cache:
         _write_cache(cache_file, index)
@@ -489,8 +490,9 @@ def _describes(index: DatasetIndex, root: Path, candidates: dict[str, list[str]]
     listed = [rel for rels in candidates.values() for rel in rels]
     if sorted(index.files + [bad.path for bad in index.bad]) != sorted(listed + unreadable):
         return False
-    if any(len(hashes) not in (0, len(index.files)) for hashes in (index.file_hashes, index.pixel_hashes)):
-        return False
+    for hashes in (index.file_hashes, index.pixel_hashes):
+        if hashes and (set(hashes) != set(index.files) or not all(isinstance(v, str) for v in hashes.values())):
+            return False
     # Each file belongs to the identity its label names, and every class keeps training data.
     owners = [rel.split("/", 1)[0] for rel in index.files]
     return owners == [index.classes[label] for label in labels] and set(owners) == set(index.classes)

@@ -13,11 +13,11 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from facekit.specs import Normalization
+from facekit.specs import ArchitectureSpec, Normalization, SplitPlan
 from facekit.errors import FacekitError
 from facekit.files import atomic_write, remove_stale_temporaries
 
@@ -140,3 +140,16 @@ def normalization_from_sums(sums: np.ndarray, indices: Sequence[int] | np.ndarra
     # A constant channel (a blank data set) must not divide by zero later.
     std = np.maximum(np.sqrt(variance), 1e-6)
     return Normalization(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def run_normalizations(
+    arch: ArchitectureSpec, paths: Sequence[str], plan: SplitPlan, input_size: int, progress: Messages
+) -> dict[str, Any]:
+    """normalization.json's content: the architecture's own statistics, or each fold's training split's."""
+    if arch.normalization is not None:
+        norm = arch.normalization.to_dict()
+        return {"source": f"architecture {arch.name}", "folds": [norm for _ in plan.folds]}
+    sums = cached_channel_sums(paths, input_size, progress)
+    pixels = input_size * input_size
+    folds = [normalization_from_sums(sums, fold.train, pixels).to_dict() for fold in plan.folds]
+    return {"source": "training split", "folds": folds}

@@ -138,10 +138,7 @@ class DaliLoader(Loader):
             try:
                 (images,) = pipe.run()
             except RuntimeError as err:
-                raise FacekitError(
-                    f"DALI could not decode a batch ({str(err).splitlines()[0]}); "
-                    "run `facekit data check` on the data set, or use --loader torch, which skips bad files"
-                ) from err
+                raise _decode_failure(err, [self.files[p] for p in positions.tolist()]) from err
             yield self._to_torch(images), torch.from_numpy(positions), None if self._in_graph else samples
         self._mid_epoch = False
 
@@ -176,3 +173,21 @@ class DaliLoader(Loader):
     def close(self) -> None:
         super().close()
         self._pipeline = None
+
+
+def _decode_failure(err: RuntimeError, files: list[str]) -> FacekitError:
+    """One line for a batch DALI could not decode: the file at fault when it can be found, and what to do."""
+    from facekit.data.index import image_problem
+
+    for path in files:
+        problem = image_problem(path)
+        if problem is not None:
+            return FacekitError(
+                f"{path}: DALI cannot decode it ({problem}); replace or remove the file (`facekit data check` "
+                "lists every such file), or use --loader torch, which skips it"
+            )
+    first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    return FacekitError(
+        f"DALI could not decode a batch of {len(files)} images starting with {files[0]} ({first}); "
+        "use --loader torch, which skips a file it cannot decode"
+    )
