@@ -35,6 +35,7 @@ from facekit.data.index import index_dataset
 from facekit.data.loaders import available_backends, make_loader
 from facekit.files import write_json
 
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 FACE_STATS = Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
 USES = ("alone", "train_files", "train_cache", "eval_files")
 
@@ -70,7 +71,7 @@ def compare(
         train.close(), evaluation.close()  # built with the trainer's own options; rebuilt per backend below
         loaders[backend] = {
             "files": make_loader(files, labels, options=dataclasses.replace(train.options, backend=backend, cache="off")),
-            "cache": make_loader(files, labels, options=dataclasses.replace(train.options, backend=backend, cache="memory")),
+            "cache": make_loader(files, labels, options=dataclasses.replace(train.options, backend=backend, cache="auto")),
             "eval": make_loader(eval_files, eval_labels, options=dataclasses.replace(evaluation.options, backend=backend, cache="off")),
         }  # fmt: skip
     rates: dict[str, dict[str, list[float]]] = {b: {use: [] for use in USES} for b in backends}
@@ -130,6 +131,27 @@ def table(result: dict) -> str:
     return markdown_table(rows, columns)
 
 
+def caption(result: dict) -> str:
+    env = result["environment"]
+    loads = [x for x in result["load_averages"] + [result["load_average_after"]] if x is not None]
+    where = f"GPU {env['gpu']}" if result["device"].startswith("cuda") else "CPU only"
+    return (
+        f"Measured {env['date'][:10]} with `python -m benchmarks.backends` on {env['cpu_count']} CPU cores, {where}, "
+        f"{env['torch_threads']} torch thread(s), 1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run; "
+        f"`{result['arch']}`, {result['input_size']} px, batch {result['batch_size']}, {result['images']} images per timed "
+        f"training epoch, {result['eval_images']} per evaluation pass, {len(result['load_averages'])} alternating rounds; "
+        f"images/s as median (lowest-highest); torch {env['torch']}, DALI {env['dali']}."
+    )
+
+
+def update_doc(result: dict, doc: Path = DOC) -> None:
+    """Replace the CPU figures behind ``--loader auto`` in docs/benchmarks.md with this run's."""
+    from benchmarks.gpu_docs import replace_block
+
+    block = "gpu-backends" if result["device"].startswith("cuda") else "loader-choice-cpu"
+    doc.write_text(replace_block(doc.read_text(), block, [caption(result), "", table(result)]))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -142,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     parser.add_argument("--out", type=Path, default=Path("results/backends.json"))
+    parser.add_argument("--write-docs", action="store_true", help="replace the CPU figures behind --loader auto in docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.out, result)
     print(f"load average per round: {result['load_averages']}, after: {result['load_average_after']}")
     print(table(result))
+    if args.write_docs:
+        update_doc(result)
     return result
 
 

@@ -49,6 +49,7 @@ from facekit.files import (
     os_error_line,
     protected_reason,
     remove_stale_temporaries,
+    interrupted_write,
     write_failure,
     write_json,
 )
@@ -227,6 +228,8 @@ def _guarded(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except (OSError, RuntimeError) as exc:
+            if interrupted_write(exc):
+                raise KeyboardInterrupt from None  # the engine names the run to resume
             cause = write_failure(exc)
             if cause is None:
                 raise

@@ -122,3 +122,22 @@ def test_quick_runs_every_part_on_the_cpu(tmp_path):
         (docs / page).write_text((ROOT / "docs" / page).read_text())
     gpu_docs.write_docs(result, docs, allow_quick=True)
     assert "toy sizes on a CPU" in (docs / "benchmarks.md").read_text()
+
+
+def test_the_loader_choice_figures_fill_their_block(docs):
+    from benchmarks import backends
+
+    rounds = {"torch": {u: [100.0, 120.0, 90.0] for u in backends.USES}, "dali": {u: [80.0, 100.0, 100.0] for u in backends.USES}}
+    result = {
+        "environment": {"date": "2026-12-04T10:00:00", "cpu_count": 2, "torch_threads": 1, "torch": "2.14.1", "dali": "2.4.0"},
+        "load_averages": [1.5, 2.5, 2.0], "load_average_after": 1.8, "device": "cpu", "arch": "baseline", "input_size": 224,
+        "batch_size": 32, "images": 256, "eval_images": 512, "rounds": rounds,
+        "median": {b: {u: sorted(v)[1] for u, v in r.items()} for b, r in rounds.items()},
+        "torch_over_dali": {u: 1.0 for u in backends.USES},
+        "torch_over_dali_per_round": {u: [1.25, 1.2, 0.9] for u in backends.USES},
+    }  # fmt: skip
+    backends.update_doc(result, docs / "benchmarks.md")
+    text = (docs / "benchmarks.md").read_text()
+    block = text[text.index("<!-- loader-choice-cpu:start -->") : text.index("<!-- loader-choice-cpu:end -->")]
+    assert "load average 1.5 to 2.5" in block and "| torch | 100 (90-120) |" in block
+    assert "| torch / dali, per round (median, range) | 1.20 (0.90-1.25) |" in block
