@@ -27,12 +27,13 @@ from torch import nn
 from facekit import distributed
 from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.config import TrainConfig
+from facekit.data import fingerprints
 from facekit.data.augment import AugmentPipeline, augment_args
 from facekit.data.decoded_cache import cache_choice
 from facekit.data.stats import run_normalizations
 from facekit.devices import resolve_device
 from facekit.distributed import Distributed
-from facekit.errors import UsageError
+from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, TestScores, check_destination, default_run_dir, load_checkpoint
 from facekit.schedules import Schedule, build_schedule
@@ -117,6 +118,7 @@ class Trainer:
             config=config, classes=index.classes, root=Path(self.config.data), files=index.files, labels=index.labels,
             strategy=self.split_spec.name, plan=plan, openset=openset_split,
             normalization=run_normalizations(self.arch, index.paths(), plan, self.input_size, self.progress),
+            fingerprints=fingerprints.record(index.root, index.files, index.file_hashes),
         )  # fmt: skip
 
     def check_model(self) -> None:
@@ -214,6 +216,7 @@ class Trainer:
                 state = run.latest_state()
                 resume_rules.check_training_changes(run, state, changes)
                 resume_rules.check_data_present(run)
+                fingerprints.check_unchanged(run.path, run.split["root"], run.split["files"], run.fingerprints)
                 return run.setup(), state, changes
 
             setup, state, changes = distributed.from_main(place, open_run)
@@ -250,6 +253,9 @@ class Trainer:
             fold_results=list(resume_state.fold_results) if resume_state else [],
             writer=writer,
         )
+        from facekit.data.loaders import describe_loaders
+
+        self.progress.message(describe_loaders(self.config.loader, self.device))
         divergence = None
         for fold_index in range(resume_state.next_fold if resume_state else 0, len(record.folds)):
             # A finished fold's state only says where to start; an unfinished one is continued.
@@ -425,6 +431,12 @@ class Trainer:
             field.name: None if (part := getattr(scores, field.name)) is None else distributed.gather_shards(part)
             for field in dataclasses.fields(scores)
         }
+        if loader.undecodable:  # predictions for fewer images than the test split would be damaged: none are written
+            raise FacekitError(
+                f"test image {loader.undecodable[0]} could not be decoded ({len(loader.undecodable)} in all), so "
+                f"{run.path} has no test results: restore the file, then `facekit train --resume {run.path}` "
+                "evaluates the kept model again (or train a new run)"
+            )
         if writer is not None:
             writer.write_predictions(test_idx, labels, TestScores(**gathered), run.classes, run.split["files"])
         kept_val_loss = next(r["val_loss"] for r in record.fold_results if r["fold"] == kept)

@@ -71,5 +71,5 @@ def run_loader(run: "Run", files: Sequence[str | Path], *, device: "torch.device
         train=False,
         rotate=0.0,
         device=device,
-        backend="auto",  # the run's own --loader may not exist here (e.g. DALI on macOS); results agree within tolerance
+        backend="auto",  # evaluation's choice on this device; the run's own --loader may not exist here (e.g. DALI on macOS); results agree within tolerance
     )

@@ -59,8 +59,13 @@ def report_figures(report: "Report", out: Path) -> list[Path]:
 
 
 def readable(name: str) -> str:
-    """Folder names use underscores for spaces (``George_W_Bush``); figures read better without."""
-    return name.replace("_", " ")
+    """Folder names use underscores for spaces (``George_W_Bush``); figures read better without.
+
+    Control characters are shown escaped and ``$`` literally (matplotlib would read ``$...$`` as math).
+    """
+    from facekit.text import printable
+
+    return printable(name.replace("_", " ")).replace("$", r"\$")
 
 
 def save(figure: Figure, out_path: Path) -> Path:

@@ -20,6 +20,9 @@ def is_run_folder(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_dir() or path.is_symlink():
         return False
+    # A few stats first: the data index asks this of every folder of a data set.
+    if not any((path / name).is_file() for name in ("split.json", "classes.json", LOCK_FILE)):
+        return False
     try:
         config = json.loads((path / "config.json").read_text())
         split = json.loads((path / "split.json").read_text())

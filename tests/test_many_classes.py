@@ -1,4 +1,4 @@
-"""Runs of many classes (issue 13): evaluation and predictions.npz hold the top-k classes per
+"""Runs of many classes: evaluation and predictions.npz hold the top-k classes per
 test image, N x k, and the N x C probabilities only while they are small."""
 
 import csv

@@ -373,14 +373,17 @@ def test_read_only_folders_are_one_line(synthetic_dataset, tmp_path, monkeypatch
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    for command, code in (
-        (["train", "--data", synthetic_dataset, *FAST, "--out", tmp_path / "ro" / "new"], 1),
-        (["train", "--resume", finished], 1),
-        (["report", finished, "--reporter", "plots"], 1),
-        (["kernels", finished], 1),
+    for command, code, suggests_out in (
+        (["train", "--data", synthetic_dataset, *FAST, "--out", tmp_path / "ro" / "new"], 1, False),
+        (["train", "--resume", finished], 1, False),
+        (["report", finished, "--reporter", "plots"], 1, True),
+        (["report", finished, "--format", "markdown"], 1, True),
+        (["kernels", finished], 1, True),
+        (["kernels", finished, "--out", tmp_path / "ro" / "k"], 1, False),  # --out given: nothing to suggest
     ):
         line = one_line_error(invoke(*command), code)
         assert "Read-only file system" in line and "writable folder" in line, line
+        assert ("pass --out DIR to write elsewhere" in line) == suggests_out, line
 
 
 def test_resume_after_images_were_removed_names_them(synthetic_dataset, tmp_path):

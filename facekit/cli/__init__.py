@@ -18,6 +18,7 @@ from rich.table import Table
 import facekit
 from facekit.cli.help import ReadableCommand, ReadableGroup, ReadableTyper
 from facekit.errors import FacekitError, UsageError
+from facekit.text import printable, rich_safe
 
 
 DEBUG_ENV = "FACEKIT_DEBUG"
@@ -31,18 +32,39 @@ class FacekitGroup(ReadableGroup):
     (exit 1; ``FACEKIT_DEBUG=1`` shows its traceback).
     """
 
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        self._invoked = (command, list(rest))  # for advice that depends on the command's options
+        return name, command, rest
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BaseException as exc:
+            return self._end(exc)
+
+    def _end(self, exc: BaseException):
+        """The one line that ends a failed or interrupted command (after any progress bar is gone)."""
+        from facekit.cli.progress import stop_bars
+
+        stop_bars()
+        try:
+            raise exc
         except FacekitError as exc:
-            typer.echo(f"Error: {_scrubbed(str(exc))}{_blame(exc)}", err=True)
+            if not str(exc):  # said already (a rank of a job facekit launched spoke for it)
+                raise typer.Exit(exc.exit_code) from None
+            typer.echo(f"Error: {printable(_scrubbed(str(exc)), keep=chr(10))}{_blame(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             from facekit.files import os_error_line
 
-            typer.echo(f"Error: {os_error_line(exc)}", err=True)
+            typer.echo(f"Error: {printable(os_error_line(exc))}{self._out_hint(exc)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
+            from facekit.distributed import Distributed
+
+            if not Distributed.from_env().is_main:  # rank 0 alone tells the user how to continue
+                raise typer.Exit(130) from None
             run_dir = getattr(exc, "run_dir", None)
             hint = f" Continue with: facekit train --resume {shlex.quote(str(run_dir))}" if run_dir else ""
             typer.echo(f"Interrupted.{hint}", err=True)
@@ -50,11 +72,16 @@ class FacekitGroup(ReadableGroup):
         except (typer.exceptions.TyperException, typer.Exit, typer.Abort):
             raise  # the command line's own usage errors and exits
         except Exception as exc:
+            from facekit.files import interrupted_write
+
+            if interrupted_write(exc):  # Ctrl-C inside torch's writer comes out as a RuntimeError
+                typer.echo("Interrupted.", err=True)
+                raise typer.Exit(130) from None
             # A failure nobody foresaw (facekit's or a plugin's): still one line, and the traceback
             # for a bug report when asked for.
             if os.environ.get(DEBUG_ENV):
                 raise
-            where = _scrubbed(str(exc)).splitlines()[0] if str(exc).strip() else ""
+            where = printable(_scrubbed(str(exc)).splitlines()[0]) if str(exc).strip() else ""
             culprit = _blame(exc)
             typer.echo(
                 f"Error: unexpected {exc.__class__.__name__}: {where}{culprit} "
@@ -63,6 +90,17 @@ class FacekitGroup(ReadableGroup):
                 err=True,
             )
             raise typer.Exit(1) from None
+
+
+    def _out_hint(self, exc: OSError) -> str:
+        """A folder that cannot be written, by a command with an --out option the user did not give: say so."""
+        import errno
+
+        command, args = getattr(self, "_invoked", (None, []))
+        has_out = command is not None and any("--out" in getattr(param, "opts", ()) for param in command.params)
+        typed = any(arg == "--out" or arg.startswith("--out=") for arg in args)
+        unwritable = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+        return "; or pass --out DIR to write elsewhere" if has_out and unwritable and not typed else ""
 
 
 def _scrubbed(message: str) -> str:
@@ -94,7 +132,7 @@ err_console = Console(stderr=True)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False, soft_wrap=True)  # one line, however long
+    err_console.print(f"[yellow]Warning:[/yellow] {rich_safe(message)}", highlight=False, soft_wrap=True)  # one line, however long
 
 
 def _version(value: bool) -> None:
@@ -167,7 +205,7 @@ def train(
     finetune: bool = typer.Option(False, "--finetune", help="Pretrained backbones: train every layer, not just the head."),
     weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Pretrained weights file (sha256 checked)."),
     trust_weights: bool = typer.Option(False, "--trust-weights", help="Accept a --weights file whose sha256 is not the published one."),
-    loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (DALI where it works), dali or torch."),
+    loader: str = typer.Option("auto", "--loader", metavar="NAME", help="Data loader: auto (the faster measured on this device, for training and for evaluation), dali or torch."),
     cache: str = typer.Option(
         "off", "--cache", metavar="auto|memory|disk|off",
         help="Keep decoded images after the first epoch: auto (device, RAM or disk, where they fit), memory, disk or off.",
@@ -283,11 +321,11 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    line = f"[bold]run[/bold] {run_dir}"
+    line = f"[bold]run[/bold] {rich_safe(run_dir)}"
     if "test_accuracy" in summary:
         line += f"  test accuracy {summary['test_accuracy']:.3f}  balanced accuracy {summary['balanced_accuracy']:.3f}"
     console.print(line, highlight=False)
-    console.print(f"next: facekit report {run_dir}", style="dim", highlight=False)
+    console.print(f"next: facekit report {rich_safe(run_dir)}", style="dim", highlight=False)
 
 
 # --------------------------------------------------------------------------- predict
@@ -308,7 +346,7 @@ def predict(
     notes: list[str] = []
     results = predict_images(run, images, top_k=top_k, device=device, threshold=threshold, notes=notes)
     for note in notes:
-        err_console.print(f"[dim]Note: {note}[/dim]", highlight=False)
+        err_console.print(f"[dim]Note: {rich_safe(note)}[/dim]", highlight=False)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -321,15 +359,15 @@ def print_predictions(results: list[dict[str, Any]]) -> None:
         score = f"{result['score_name']} score {result['score']:.3f}"
         if result["threshold"] is not None:
             score += f" {'>=' if result['accepted'] else '<'} threshold {result['threshold']:.3f}"
-        who = result["identity"] if result["accepted"] else "[bold]unknown[/bold]"
-        console.print(f"[bold]{result['file']}[/bold]: {who} ({score})", highlight=False)
+        who = rich_safe(result["identity"]) if result["accepted"] else "[bold]unknown[/bold]"
+        console.print(f"[bold]{rich_safe(result['file'])}[/bold]: {who} ({score})", highlight=False)
         table = Table(show_edge=False)
         table.add_column("rank", justify="right")
         table.add_column("identity")
         table.add_column("id", justify="right")
         table.add_column("probability", justify="right")
         for rank, guess in enumerate(result["top"], 1):
-            table.add_row(str(rank), guess["name"], str(guess["id"]), f"{guess['probability']:.3f}")
+            table.add_row(str(rank), rich_safe(guess["name"]), str(guess["id"]), f"{guess['probability']:.3f}")
         console.print(table)
 
 
@@ -399,4 +437,31 @@ def main(argv: list[str] | None = None) -> None:
     except FacekitError as exc:
         typer.echo(f"Error: {_scrubbed(str(exc))}", err=True)
         raise SystemExit(exc.exit_code) from None
-    app(args=argv, prog_name="facekit")
+    try:
+        app(args=argv, prog_name="facekit")
+    finally:
+        _quit_on_late_interrupt()
+
+
+def _quit_on_late_interrupt() -> None:
+    """Once the command has ended, Ctrl-C quits at once, quietly (exit 130).
+
+    Python's shutdown still runs libraries' exit handlers (DALI collects garbage and stops its
+    pipelines there); a KeyboardInterrupt inside one of them prints a traceback the user can do
+    nothing about. What the command wrote is complete by now (every file is written atomically).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def quit_now(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, quit_now)

@@ -29,7 +29,9 @@ def plan_data(config: TrainConfig, split_spec: SplitSpec, progress: Progress) ->
     plan = split_spec.split(index.labels, options)
     if openset_split is not None and any(len(fold.val) == 0 for fold in plan.folds):
         raise UsageError("open-set evaluation calibrates its threshold on validation images: give --val-size above 0")
-    for note in plan.notes:
+    from facekit.data.check import split_notes
+
+    for note in split_notes(plan, index.labels, index.classes, split_spec.name):  # by name, as `data check` says it
         progress.message(note)
     for line in leak_lines(find_leaks(index.files, index.labels, index.classes, index.pixel_hashes, plan)):
         progress.message(line)
