@@ -471,7 +471,7 @@ class RunWriter:
         lines = ["file,true_id,true_name,pred_id,pred_name,confidence"]
         for i, t, p, confidence in zip(index, y_true, scores.y_pred, scores.top_probs[:, 0] if len(index) else []):
             lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{confidence:.4f}")
-        atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode())
+        atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Fixtures:
 
 Contract checks, one line each in a plugin's tests (each raises AssertionError saying what is
 wrong): :func:`check_architecture`, :func:`check_loss`, :func:`check_split`,
-:func:`check_reporter`. They take the registered name, so they also check the registration.
+:func:`check_reporter`, :func:`check_logger`. They take the registered name, so they also check the registration.
 
 Importing this module stays cheap (no torch): pytest loads it in every session.
 """
@@ -312,3 +312,43 @@ def check_reporter(name: str, run_dir: Path, out_dir: Path) -> None:
     assert not unnamed, f"reporter {name!r} wrote files without listing them in context.written: {', '.join(unnamed)}"
     for path in context.written:
         assert Path(path).is_file() and Path(path).stat().st_size > 0, f"reporter {name!r}: {path} is missing or empty"
+
+
+def check_logger(name: str, run_dir: Path) -> None:
+    """Check experiment tracker ``name`` (``--log name``) the way a training calls it, on ``run_dir``
+    (a folder that must not exist yet; it is made).
+
+    ``start(context)`` returns an object with ``log_epoch``, ``log_results`` and ``close``; it takes
+    two epochs of two folds (a NaN validation loss among them, as a fold without validation
+    images has), the results with a Markdown report and a PNG figure, and closes: all without an
+    exception, whatever it writes wherever it writes. A tracker that needs a server or a store
+    set up (``MLFLOW_TRACKING_URI`` and the like) needs it here too.
+    """
+    import math
+
+    from PIL import Image
+
+    from facekit.specs import LoggerContext, LoggerSpec, RunResults
+
+    spec = _registered("loggers", name)
+    assert isinstance(spec, LoggerSpec), f"logger {name!r}: registered a {type(spec).__name__}, not a LoggerSpec"
+    run_dir = Path(run_dir)
+    assert not run_dir.exists(), f"check_logger needs a fresh run_dir; {run_dir} exists"
+    (run_dir / "report").mkdir(parents=True)
+    config = {"data": "faces", "arch": "baseline", "epochs": 2, "lr": 1e-3, "augment": ["rotate:15"], "weights": None}
+    logger = spec.start(LoggerContext(run_dir, config, folds=2))
+    missing = [m for m in ("log_epoch", "log_results", "close") if not callable(getattr(logger, m, None))]
+    assert not missing, f"logger {name!r}: start returned a {type(logger).__name__} without {', '.join(missing)}"
+    for fold in (0, 1):
+        for epoch in (1, 2):
+            logger.log_epoch({
+                "fold": fold, "epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": math.nan if fold else 1.5 / epoch,
+                "train_acc": 0.3 * epoch, "val_acc": math.nan if fold else 0.2 * epoch, "lr": 1e-3,
+                "images_per_s": 100.0, "seconds": 1.0, "loader": "torch", "device": "cpu", "compile": None,
+            })  # fmt: skip
+    figure = run_dir / "report" / "loss_curves.png"
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(figure)
+    report = run_dir / "report" / "report.md"
+    report.write_text("## Report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    logger.log_results(RunResults(run_dir, {"test_balanced_accuracy": 0.5}, [report, figure]))
+    logger.close()

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q -c constraints.txt -e ".[dev]" \
+.venv/bin/pip install -q -c constraints.txt -e ".[dev,tracking]" \
     -e ./plugins/facekit-example \
     -e "./plugins/facekit-efficientnet[test]" \
     -e ./plugins/facekit-dlib

@@ -223,6 +223,9 @@ def train(
     no_compile: bool = typer.Option(False, "--no-compile", help="Train eagerly (with --resume: though the run was compiled)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
+    log: Optional[list[str]] = typer.Option(
+        None, "--log", metavar="NAME", help="Experiment tracker, repeatable: tensorboard, mlflow or a plugin's.",
+    ),
     unknown_identities: float = typer.Option(
         0.0, "--unknown-identities", metavar="FRACTION",
         help="Hold this share of the identities out of training as unknown people (open-set evaluation; seeded).",
@@ -277,7 +280,7 @@ def train(
             augment=augment, label_smoothing=label_smoothing, schedule=schedule,
             loader=loader, cache="off" if no_cache else cache, workers=workers, threads=threads, device=device,
             compile=compile_mode, out=out, force=force, unknown_identities=unknown_identities, strangers=strangers,
-            target_fpir=target_fpir, openset_score=openset_score,
+            target_fpir=target_fpir, openset_score=openset_score, log=log,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job

@@ -206,7 +206,7 @@ def _stat_fingerprint(files: Sequence[str]) -> str:
     digest = hashlib.sha256(f"v{FORMAT_VERSION}\n".encode())
     for path in files:
         stat = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32]
 
 

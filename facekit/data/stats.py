@@ -41,7 +41,7 @@ def cached_channel_sums(paths: Sequence[str], input_size: int, progress: Message
     key = hashlib.sha256(str(input_size).encode())
     for path in paths:
         stat = os.stat(path)
-        key.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        key.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     cache = cache_dir() / "stats" / f"{key.hexdigest()[:32]}.npy"
     cached = _read_sums(cache, len(paths), input_size * input_size)
     if cached is not None:
