@@ -203,6 +203,11 @@ class TrainConfig:
     )  # fmt: skip
     out: Path | None = setting(None, "Run folder.", metavar="DIR", shown_default="runs/<time>-<arch>-<loss>")
     force: bool = setting(False, "Replace an existing run folder given with --out.")
+    # Experiment trackers (facekit.tracking); where a run reports is this session's choice, so a resume may change it.
+    log: list[str] | None = setting(
+        None, "Experiment tracker, repeatable: tensorboard, mlflow or a plugin's.", metavar="NAME", shown_default="none",
+        resume=True,
+    )  # fmt: skip
     # Open-set evaluation (docs/openset.md): identities held out of training as unknown people,
     # a folder of other people, the false-positive identification rate the threshold is set at,
     # and the score it rejects by ("auto": the best the run has).

@@ -93,7 +93,7 @@ def test_validated_values_are_in_the_one_spelling_a_run_records():
 
 
 def test_resume_may_change_what_the_config_says():
-    assert set(RESUME_SETTINGS) == {"epochs", "patience", "threads", "workers", "device", "cache", "compile"}
+    assert set(RESUME_SETTINGS) == {"epochs", "patience", "threads", "workers", "device", "cache", "compile", "log"}
 
 
 def _option_help(flag: str) -> str:

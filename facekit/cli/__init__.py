@@ -13,7 +13,17 @@ import warnings
 import typer
 
 import facekit
-from facekit.cli import data_cmd, demo_cmd, embed_cmd, enroll_cmd, plugins_cmd, predict_cmd, report_cmd, train_cmd
+from facekit.cli import (
+    data_cmd,
+    demo_cmd,
+    embed_cmd,
+    enroll_cmd,
+    export_cmd,
+    plugins_cmd,
+    predict_cmd,
+    report_cmd,
+    train_cmd,
+)
 from facekit.cli.output import console, err_console, one_line_warning
 from facekit.cli.errors import DEBUG_ENV, FacekitGroup, exit_with, quit_on_late_interrupt
 from facekit.cli.help import ReadableTyper
@@ -51,6 +61,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("plugins")(plugins_cmd.plugins)
 app.add_typer(data_cmd.app, name="data")
 app.command("embed")(embed_cmd.embed)
+app.command("export")(export_cmd.export)
 app.command("report")(report_cmd.report)
 app.command("kernels")(report_cmd.kernels)
 app.command("enroll")(enroll_cmd.enroll)

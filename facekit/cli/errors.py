@@ -19,6 +19,9 @@ from facekit.text import printable
 
 
 DEBUG_ENV = "FACEKIT_DEBUG"
+# What the [train] extra installs, by import name: a command that needs one of them, run where only
+# `pip install facekit` (bundle predictions) was installed, says which extra to add.
+TRAINING_MODULES = ("torch", "torchvision", "nvidia", "sklearn", "matplotlib")
 
 
 class FacekitGroup(ReadableGroup):
@@ -68,6 +71,17 @@ class FacekitGroup(ReadableGroup):
             raise typer.Exit(130) from None
         except (typer.exceptions.TyperException, typer.Exit, typer.Abort):
             raise  # the command line's own usage errors and exits
+        except ModuleNotFoundError as exc:
+            # `pip install facekit` alone predicts from ONNX bundles; training needs the [train] extra.
+            missing = (exc.name or "").partition(".")[0]
+            if missing not in TRAINING_MODULES or os.environ.get(DEBUG_ENV):
+                raise
+            typer.echo(
+                f"Error: facekit {ctx.invoked_subcommand or ''} needs the training tools ({missing} is not installed): "
+                "pip install 'facekit[train]'",
+                err=True,
+            )
+            raise typer.Exit(1) from None
         except Exception as exc:
             from facekit.files import interrupted_write
 

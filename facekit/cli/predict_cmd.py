@@ -14,7 +14,9 @@ from facekit.text import rich_safe
 
 
 def predict(
-    run: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `facekit train`."),
+    run: Path = typer.Argument(
+        ..., metavar="RUN|BUNDLE", help="A run folder made by `facekit train`, or a bundle made by `facekit export`."
+    ),
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files or folders of images."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
     threshold: Optional[float] = typer.Option(
