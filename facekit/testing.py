@@ -97,7 +97,7 @@ def _registered(kind: str, name: str) -> Any:
 
 
 def check_architecture(
-    name: str, *, input_size: int | None = None, num_classes: int = 3, batch: int = 4, steps: int = 5
+    name: str, *, input_size: int | None = None, num_classes: int = 3, batch: int = 4, steps: int = 5, export: bool = True
 ) -> None:
     """Check architecture ``name`` against its contract, without pretrained weights.
 
@@ -106,7 +106,7 @@ def check_architecture(
     that turns a flat (batch, D) embedding into exactly those logits (the embedding contract);
     it has trainable parameters, and a few Adam steps on
     one tiny batch lower the training loss without moving any frozen (``requires_grad=False``)
-    parameter.
+    parameter. With ``export`` (the default) it also exports, as :func:`check_export` checks.
     """
     import torch
     from torch import nn
@@ -157,6 +157,8 @@ def check_architecture(
     moved = [n for n, p in model.named_parameters() if n in frozen and not torch.equal(p, frozen[n])]
     assert not moved, f"architecture {name!r}: frozen parameters changed in training: {', '.join(moved[:5])}"
     _check_embedding(name, spec, model, images, num_classes)
+    if export:
+        check_export(name, input_size=size, num_classes=max(num_classes, 5))
 
 
 def _check_embedding(name: str, spec: Any, model: Any, images: Any, num_classes: int) -> None:
@@ -197,6 +199,94 @@ def _check_embedding(name: str, spec: Any, model: Any, images: Any, num_classes:
         f"architecture {name!r}: classifier {classifier!r} applied to its input does not give the model's output; "
         "the classifier must be the model's last step"
     )
+
+
+def check_export(
+    name: str,
+    *,
+    input_size: int | None = None,
+    num_classes: int = 7,
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    images: Any = None,
+    tolerance: float = 1e-4,
+) -> None:
+    """Check that architecture ``name`` exports as ``facekit export`` does, and that the export agrees.
+
+    Built with ``pretrained=False`` and its weights moved off their initial values (so that no
+    logit is trivially zero), put behind the exported preprocessing, it is exported to every
+    format in ``formats``; onnxruntime (or TorchScript) and the eager model then give the same
+    logits within ``tolerance`` and the same top-5 classes on ``images`` (uint8 RGB, (N, H, W, 3)
+    at the input size; default: a few synthetic faces, decoded and resized as a bundle does).
+    """
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from facekit.errors import FacekitError
+    from facekit.export import export_model, exportable_model, with_preprocessing
+    from facekit.factory import create_model
+    from facekit.specs import ArchitectureSpec, Normalization
+
+    spec = _registered("architectures", name)
+    assert isinstance(spec, ArchitectureSpec), f"architecture {name!r}: registered a {type(spec).__name__}, not an ArchitectureSpec"
+    size = input_size or spec.input_size
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, input_size=size, pretrained=False)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    network, embedding = exportable_model(model.eval(), name)  # what `facekit export` exports: logits (and embedding)
+    normalization = spec.normalization or Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
+    with tempfile.TemporaryDirectory(prefix="facekit-check-export-") as folder:
+        if images is None:
+            images = _synthetic_images(Path(folder) / "faces", size)
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        assert images.shape[1:] == (size, size, 3), f"check_export: images of shape {images.shape}, expected (N, {size}, {size}, 3)"
+        with torch.no_grad():
+            outputs = with_preprocessing(network, normalization)(torch.from_numpy(images))
+        outputs = [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
+        expected = outputs[0]
+        for fmt in formats:
+            path = Path(folder) / f"model.{fmt}"
+            try:
+                export_model(network, path, fmt=fmt, arch=name, input_size=size, normalization=normalization, embedding=embedding)
+            except FacekitError as exc:
+                raise AssertionError(str(exc)) from None
+            results = _run_exported(path, fmt, images)
+            for output, want, have in zip(("logits", "embedding"), outputs, results):
+                diff = float(np.abs(have - want).max())
+                assert diff <= tolerance, f"architecture {name!r}: {fmt} {output} differ from torch's by {diff:.3g} (> {tolerance:g})"
+            got = results[0]
+            k = min(5, num_classes)
+            top_expected, top_got = np.argsort(-expected, 1, kind="stable")[:, :k], np.argsort(-got, 1, kind="stable")[:, :k]
+            assert (top_expected == top_got).all(), f"architecture {name!r}: {fmt} and torch rank the top-{k} classes differently"
+
+
+def _synthetic_images(folder: Path, size: int) -> Any:
+    import numpy as np
+
+    from facekit.data.synth import make_synthetic_dataset
+    from facekit.imaging import load_resized
+
+    root = make_synthetic_dataset(folder, identities=3, per_identity=2, size=min(size, 96), seed=0)
+    return np.stack([load_resized(p, size) for p in sorted(root.rglob("*.png"))])
+
+
+def _run_exported(path: Path, fmt: str, images: Any) -> Any:
+    import warnings
+
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images})
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        outputs = torch.jit.load(str(path))(torch.from_numpy(images))
+    return [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
 
 
 def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None:
