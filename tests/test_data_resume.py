@@ -168,3 +168,13 @@ def test_dali_names_the_file_it_cannot_decode(faces):
     with pytest.raises(FacekitError, match=r"gif\.png: DALI cannot decode it \(GIF image named \.png"):
         list(loader)
     loader.close()
+
+
+def test_train_lists_at_most_twenty_left_out_files_then_counts_the_rest(faces, tmp_path):
+    for i in range(25):
+        (faces / "person_01" / f"empty{i:02d}.png").write_bytes(b"")
+    progress = Messages()
+    Trainer(config(faces, tmp_path / "run"), progress)._setup()
+    skipping = [line for line in progress.lines if line.startswith("skipping")]
+    assert len(skipping) == 21 and skipping[0] == "skipping person_01/empty00.png: zero-byte file"
+    assert skipping[-1] == "skipping 5 more files or folders (`facekit data check` lists them all)"
