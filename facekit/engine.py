@@ -121,7 +121,7 @@ class Trainer:
             config=config, classes=index.classes, root=Path(self.config.data), files=index.files, labels=index.labels,
             strategy=self.split_spec.name, plan=plan, openset=openset_split,
             normalization=run_normalizations(self.arch, index.paths(), plan, self.input_size, self.progress),
-            fingerprints=fingerprints.record(index.root, index.files, index.file_hashes),
+            fingerprints=fingerprints.record(index.root, index.files, index.file_hashes, openset_split),
         )  # fmt: skip
 
     def check_model(self) -> None:
@@ -219,7 +219,9 @@ class Trainer:
                 state = run.latest_state()
                 resume_rules.check_training_changes(run, state, changes)
                 resume_rules.check_data_present(run)
-                fingerprints.check_unchanged(run.path, run.split["root"], run.split["files"], run.fingerprints)
+                fingerprints.check_unchanged(
+                    run.path, run.split["root"], run.split["files"], run.fingerprints, run.split.get("openset")
+                )
                 return run.setup(), state, changes
 
             setup, state, changes = distributed.from_main(place, open_run)
