@@ -26,7 +26,7 @@ MAX_BATCH_SIZE = 65536
 MAX_INPUT_SIZE = 4096  # one 4096x4096 image is 200 MB as float32 already; more only exhausts memory
 # Settings a resume may change: how long and where it trains, not what it trains (that would no
 # longer continue the same run). Others given with --resume are refused by name.
-RESUME_SETTINGS = ("epochs", "patience", "threads", "workers", "device", "cache", "compile")
+RESUME_SETTINGS = ("epochs", "patience", "threads", "workers", "device", "cache", "compile", "log")
 # Of those, the ones that shape the training itself: they apply only while no fold has finished,
 # so every fold of a run trains alike.
 RESUME_TRAINING_SETTINGS = ("epochs", "patience")
@@ -69,6 +69,7 @@ class TrainConfig:
     compile: str | None = None  # torch.compile mode of the training/evaluation steps ("default", "reduce-overhead"); None: eager
     out: Path | None = None
     force: bool = False
+    log: list[str] | None = None  # experiment trackers (--log NAME, repeatable): tensorboard, mlflow or a plugin's
     # Open-set evaluation (docs/openset.md): identities held out of training as unknown people,
     # a folder of other people, the false-positive identification rate the threshold is set at,
     # and the score it rejects by ("auto": the best the run has).

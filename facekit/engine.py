@@ -37,7 +37,8 @@ from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
 from facekit.runs import FoldState, Run, RunWriter, TestScores, check_destination, default_run_dir, load_checkpoint
 from facekit.schedules import Schedule, build_schedule
-from facekit.specs import Normalization
+from facekit.specs import LoggerContext, Normalization
+from facekit.tracking import Tracking, logger_specs
 from facekit.training import loops, resume as resume_rules
 from facekit.training.accelerator import Accelerator
 from facekit.training.data_plan import plan_data
@@ -71,6 +72,8 @@ class Trainer:
         # The run records every option of its loss, the defaults included, typed.
         config = dataclasses.replace(config, loss_options=self.loss_spec.resolve_options(config.loss_options))
         self.split_spec = splits().get(config.split)
+        self.logger_specs = logger_specs(config.log)
+        self.tracking = Tracking()  # the started trackers, once the run folder exists
         check_openset_score(config, self.arch, self.loss_spec)
         if config.weights is not None and not self.arch.pretrained:
             raise UsageError(
@@ -118,7 +121,7 @@ class Trainer:
             config=config, classes=index.classes, root=Path(self.config.data), files=index.files, labels=index.labels,
             strategy=self.split_spec.name, plan=plan, openset=openset_split,
             normalization=run_normalizations(self.arch, index.paths(), plan, self.input_size, self.progress),
-            fingerprints=fingerprints.record(index.root, index.files, index.file_hashes),
+            fingerprints=fingerprints.record(index.root, index.files, index.file_hashes, openset_split),
         )  # fmt: skip
 
     def check_model(self) -> None:
@@ -216,7 +219,9 @@ class Trainer:
                 state = run.latest_state()
                 resume_rules.check_training_changes(run, state, changes)
                 resume_rules.check_data_present(run)
-                fingerprints.check_unchanged(run.path, run.split["root"], run.split["files"], run.fingerprints)
+                fingerprints.check_unchanged(
+                    run.path, run.split["root"], run.split["files"], run.fingerprints, run.split.get("openset")
+                )
                 return run.setup(), state, changes
 
             setup, state, changes = distributed.from_main(place, open_run)
@@ -234,8 +239,13 @@ class Trainer:
             return trainer._run(Run.with_setup(run_dir, setup), state, writer)
 
     def _run(self, run: Run, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
+        # Only the rank that writes the run folder tracks (see facekit.tracking).
+        context = LoggerContext(run.path, run.config, len(run.split["folds"]), resumed=resume_state is not None)
         try:
-            return self._train_folds(run, resume_state, writer)
+            with Tracking.start(self.logger_specs if writer is not None else [], context) as self.tracking:
+                run_dir = self._train_folds(run, resume_state, writer)
+                self.tracking.log_results(Run(run_dir))
+                return run_dir
         except KeyboardInterrupt:
             raise TrainingInterrupted(self.run_dir) from None
 
@@ -352,6 +362,7 @@ class Trainer:
         """Train and validate one epoch, record and checkpoint it; False when it diverged (nothing of it is saved)."""
         fold.train_loader.set_epoch(epoch)
         self.progress.epoch_start(fold.index, epoch, self.config.epochs, len(fold.train_loader))
+        lr = max(group["lr"] for group in fold.optimizer.param_groups)  # the head's, where a backbone trains slower
         stats = self.train_epoch(fold.trained, fold.train_loader, fold.loss_fn, fold.optimizer, fold.scaler, fold.schedule)
         val_loss, val_acc = (math.nan, math.nan)
         if fold.validated:
@@ -363,7 +374,7 @@ class Trainer:
             return False
         row = {
             "fold": fold.index, "epoch": epoch, "train_loss": stats.loss, "val_loss": val_loss,
-            "train_acc": stats.accuracy, "val_acc": val_acc, "images_per_s": stats.images_per_s,
+            "train_acc": stats.accuracy, "val_acc": val_acc, "lr": lr, "images_per_s": stats.images_per_s,
             "seconds": stats.seconds, "compile_seconds": stats.compile_seconds,
             "loader": fold.train_loader.backend, "cache": fold.train_loader.cache_in_use,
             "device": str(self.device), "compile": self.compile_mode, "world_size": self.dist.world_size,
@@ -375,6 +386,7 @@ class Trainer:
         else:
             improved = fold.best.keep_latest(epoch)
         self.progress.epoch_end(row | {"best": improved})
+        self.tracking.log_epoch(row)
         if record.writer is not None:
             fold.last_state = FoldState(
                 model=fold.model.state_dict(), optimizer=fold.optimizer.state_dict(), epoch=epoch, fold=fold.index,

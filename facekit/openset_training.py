@@ -165,8 +165,9 @@ def embedding_network(model: Any, arch_name: str) -> Any | None:
 
 
 def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size: int = 64,
-          with_embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing."""
+          with_embeddings: bool = True, backend: str = "auto") -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing
+    (``backend``: the loader, see :func:`facekit.inference.run_loader`)."""
     import torch
 
     from facekit.inference import run_loader
@@ -174,7 +175,7 @@ def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size
     network = embedding_network(model, run.config["arch"]) if with_embeddings else None
     if not paths:
         return np.zeros((0, len(run.classes)), np.float32), (np.zeros((0, 0), np.float32) if network else None)
-    loader = run_loader(run, paths, device=device, batch_size=batch_size)
+    loader = run_loader(run, paths, device=device, batch_size=batch_size, backend=backend)
     logits, embeddings = [], []
     try:
         with torch.no_grad():

@@ -22,6 +22,9 @@ from facekit.text import printable, rich_safe
 
 
 DEBUG_ENV = "FACEKIT_DEBUG"
+# What the [train] extra installs, by import name: a command that needs one of them, run where only
+# `pip install facekit` (bundle predictions) was installed, says which extra to add.
+TRAINING_MODULES = ("torch", "torchvision", "nvidia", "sklearn", "matplotlib")
 
 
 class FacekitGroup(ReadableGroup):
@@ -71,6 +74,17 @@ class FacekitGroup(ReadableGroup):
             raise typer.Exit(130) from None
         except (typer.exceptions.TyperException, typer.Exit, typer.Abort):
             raise  # the command line's own usage errors and exits
+        except ModuleNotFoundError as exc:
+            # `pip install facekit` alone predicts from ONNX bundles; training needs the [train] extra.
+            missing = (exc.name or "").partition(".")[0]
+            if missing not in TRAINING_MODULES or os.environ.get(DEBUG_ENV):
+                raise
+            typer.echo(
+                f"Error: facekit {ctx.invoked_subcommand or ''} needs the training tools ({missing} is not installed): "
+                "pip install 'facekit[train]'",
+                err=True,
+            )
+            raise typer.Exit(1) from None
         except Exception as exc:
             from facekit.files import interrupted_write
 
@@ -223,6 +237,9 @@ def train(
     no_compile: bool = typer.Option(False, "--no-compile", help="Train eagerly (with --resume: though the run was compiled)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run folder (default: runs/<time>-<arch>-<loss>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder given with --out."),
+    log: Optional[list[str]] = typer.Option(
+        None, "--log", metavar="NAME", help="Experiment tracker, repeatable: tensorboard, mlflow or a plugin's.",
+    ),
     unknown_identities: float = typer.Option(
         0.0, "--unknown-identities", metavar="FRACTION",
         help="Hold this share of the identities out of training as unknown people (open-set evaluation; seeded).",
@@ -277,7 +294,7 @@ def train(
             augment=augment, label_smoothing=label_smoothing, schedule=schedule,
             loader=loader, cache="off" if no_cache else cache, workers=workers, threads=threads, device=device,
             compile=compile_mode, out=out, force=force, unknown_identities=unknown_identities, strangers=strangers,
-            target_fpir=target_fpir, openset_score=openset_score,
+            target_fpir=target_fpir, openset_score=openset_score, log=log,
         )  # fmt: skip
         run_dir = Trainer(config, progress).train()
     if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job
@@ -331,7 +348,9 @@ def _print_result(run_dir: Path, as_json: bool) -> None:
 # --------------------------------------------------------------------------- predict
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., metavar="RUN", help="A run folder made by `facekit train`."),
+    run: Path = typer.Argument(
+        ..., metavar="RUN|BUNDLE", help="A run folder made by `facekit train`, or a bundle made by `facekit export`."
+    ),
     images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Image files or folders of images."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many identities to show per image."),
     threshold: Optional[float] = typer.Option(
@@ -412,10 +431,11 @@ def plugins(
 
 
 def _mount_subcommands() -> None:
-    from facekit.cli import data_cmd, embed_cmd, enroll_cmd, report_cmd
+    from facekit.cli import data_cmd, embed_cmd, enroll_cmd, export_cmd, report_cmd
 
     app.add_typer(data_cmd.app, name="data")
     app.command("embed")(embed_cmd.embed)
+    app.command("export")(export_cmd.export)
     app.command("report")(report_cmd.report)
     app.command("kernels")(report_cmd.kernels)
     app.command("enroll")(enroll_cmd.enroll)

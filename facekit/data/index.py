@@ -281,6 +281,17 @@ def image_files_under(folder: str | Path) -> tuple[list[Path], list[BadFile]]:
     return [root / rel for rel in sorted(found)], walker.skipped
 
 
+SHOWN_SKIPPED = 20  # lines `train` prints about files it leaves out before "and N more"
+
+
+def skipped_lines(entries: list[BadFile], shown: int = SHOWN_SKIPPED) -> list[str]:
+    """What `train` says of the files and folders it leaves out: the first ``shown``, then how many more."""
+    lines = [f"skipping {entry.path}: {entry.reason}" for entry in entries[:shown]]
+    if len(entries) > shown:
+        lines.append(f"skipping {len(entries) - shown} more files or folders (`facekit data check` lists them all)")
+    return lines
+
+
 def _check_root(root: str | Path) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
