@@ -37,7 +37,7 @@ import numpy as np
 from facekit.data.pixels import FORMAT_OF_SUFFIX, READABLE_FORMATS, WIDE_GREY_MODES
 from facekit.errors import FacekitError, UsageError
 from facekit.files import atomic_write, remove_stale_temporaries
-from facekit.run_files import is_run_folder
+from facekit.run_files import is_report_folder, is_run_folder
 
 IMAGE_EXTENSIONS = frozenset(FORMAT_OF_SUFFIX)
 
@@ -318,6 +318,8 @@ def _facekit_made(folder: Path) -> str | None:
     """Why ``folder`` holds what facekit wrote rather than images of a person, or None."""
     if is_run_folder(folder):
         return "a facekit run folder (left out)"
+    if is_report_folder(folder):
+        return "a folder of facekit report files (left out)"
     try:
         if folder.resolve() == cache_dir().resolve():
             return "facekit's cache folder (left out)"
