@@ -28,7 +28,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from facekit.config import TrainConfig
 from facekit.errors import UsageError
@@ -245,9 +245,26 @@ def _check_name(name: str, value: Any) -> None:
         AugmentPipeline.from_args(augment_args(value, None), plugins.augmentations())
 
 
-def effective_settings(file: ConfigFile | None, given: dict[str, Any]) -> dict[str, Any]:
-    """The settings a training runs with: ``given`` (typed on the command line) over the file's."""
-    return (file.settings if file is not None else {}) | given
+def configured(path: str | Path | None, given: dict[str, Any], tell: Callable[[str], Any] = print) -> TrainConfig:
+    """The settings a training runs with: ``given`` (options typed on the command line) over the
+    file's (when ``path``), over the defaults. ``tell`` gets the line saying what a run's
+    config.json left out, if anything was."""
+    file = read_config_file(path) if path is not None else None
+    if file is not None and file.note:
+        tell(file.note)
+    return TrainConfig(**({"data": None} | (file.settings if file else {}) | given))
+
+
+def printed_config(path: str | Path | None, given: dict[str, Any], tell: Callable[[str], Any] = print) -> str:
+    """``--print-config``: :func:`configured`'s settings, checked and in the spelling a run records,
+    as a YAML file that ``--config`` reads back unchanged."""
+    config = configured(path, given, tell)
+    config = config.validated()
+    header = (
+        "# facekit train settings: save as FILE.yaml, train with `facekit train --config FILE.yaml`\n"
+        "# (options given with it override these). data: null means --data is still to be given.\n"
+    )
+    return config_yaml(config.to_dict(), header=header)
 
 
 def config_yaml(config: dict[str, Any], *, header: str = "") -> str:
