@@ -348,24 +348,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         centroids = openset.class_centroids(frozen["gallery"], split.labels[split.gallery], len(split.classes))
         centroid = similarity_scores(centroids, np.arange(len(split.classes)), frozen, labels, "cosine")
         anchor_seconds = time.perf_counter() - anchor_start
+        nearest_curve, centroid_curve = f"nearest image (frozen {anchor_arch})", f"centroid cosine (frozen {anchor_arch})"
+        curves[nearest_curve], curves[centroid_curve] = nearest, centroid
         anchors = [
-            (f"face_recognition (frozen {anchor_arch}, nearest image, tolerance {TOLERANCE})", nearest, -TOLERANCE),
-            (f"face_recognition, tolerance calibrated (frozen {anchor_arch}, nearest image)", nearest, None),
-            (f"centroid cosine (frozen {anchor_arch})", centroid, None),
+            (f"face_recognition (frozen {anchor_arch}, nearest image, tolerance {TOLERANCE})", nearest_curve, -TOLERANCE),
+            (f"face_recognition, tolerance calibrated (frozen {anchor_arch}, nearest image)", nearest_curve, None),
+            (f"centroid cosine (frozen {anchor_arch})", centroid_curve, None),
         ]
-        for name, scores, threshold in anchors:
-            rows.append({"recipe": name, "kind": "anchor", "score": "distance" if scores is nearest else "centroid",
-                         "seconds": anchor_seconds} | judge(scores, args.target_fpir, threshold))  # fmt: skip
-            curves[name] = scores
+        for name, curve, threshold in anchors:
+            rows.append({"recipe": name, "kind": "anchor", "score": "distance" if curve == nearest_curve else "centroid",
+                         "curve": curve, "threshold_kind": "calibrated" if threshold is None else "default",
+                         "seconds": anchor_seconds} | judge(curves[curve], args.target_fpir, threshold))  # fmt: skip
         for recipe in recipes:
             info = trainings[recipe.name].result()
             per_score = recipe_scores(Path(info["run"]), split)
             judged = {score: judge(scores, args.target_fpir) for score, scores in per_score.items()}
             # The score validation prefers: the lowest FNIR at the target FPIR on the validation data.
             chosen = min(judged, key=lambda s: (judged[s]["val_fnir"], list(judged).index(s)))
-            rows.append({"recipe": recipe.name, "kind": "facekit", "score": chosen, "seconds": info["seconds"], "run": info["run"],
-                         "command": info.get("command"), "all_scores": judged} | judged[chosen])  # fmt: skip
-            curves[recipe.name] = per_score[chosen]
+            curve = f"{recipe.name} ({chosen})"
+            rows.append({"recipe": recipe.name, "kind": "facekit", "score": chosen, "curve": curve, "threshold_kind": "calibrated",
+                         "seconds": info["seconds"], "run": info["run"], "command": info.get("command"),
+                         "all_scores": judged} | judged[chosen])  # fmt: skip
+            curves[curve] = per_score[chosen]
     result = {
         "benchmark": "openset",
         "quick": bool(args.quick),
@@ -381,29 +385,38 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
     }
     if args.plot:
-        plot_det(curves, args.target_fpir, Path(args.plot))
+        plot_det(curves, rows, args.target_fpir, Path(args.plot))
         result["plot"] = str(args.plot)
     return result
 
 
-def plot_det(curves: dict[str, Scores], target_fpir: float, path: Path) -> None:
-    """FNIR against FPIR (test quarter against the strangers), log-log, one line per row."""
+def plot_det(curves: dict[str, Scores], rows: list[dict[str, Any]], target_fpir: float, path: Path) -> None:
+    """FNIR against FPIR (test quarter against the strangers), log-log, one line per way of scoring;
+    each row's operating point (its calibrated threshold, or face_recognition's tolerance) marked on its line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5.5))
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    colors = {}
     for name, scores in curves.items():
         curve = openset.det_curve(scores.test, scores.strangers, scores.test_correct)
         keep = curve.fpir > 0
-        axes.plot(curve.fpir[keep], np.maximum(curve.fnir[keep], 1e-4), label=name, linewidth=1.4)
+        (line,) = axes.plot(curve.fpir[keep], np.maximum(curve.fnir[keep], 1e-3), label=name, linewidth=1.4)
+        colors[name] = line.get_color()
+    floor = 0.5 / max(len(next(iter(curves.values())).strangers), 1)
+    for row in rows:
+        marker = "x" if row.get("threshold_kind") == "default" else "o"
+        axes.plot(max(row["fpir_strangers"], floor), max(row["fnir"], 1e-3), marker, color=colors[row["curve"]], markersize=7,
+                  markerfacecolor="none" if marker == "o" else None)  # fmt: skip
     axes.axvline(target_fpir, color="grey", linestyle=":", linewidth=1)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("FPIR (strangers named as someone)")
-    axes.set_ylabel("FNIR (known people rejected or misnamed)")
-    axes.set_title("Open-set identification: DET on the test quarter and the strangers")
+    axes.set_ylabel("FNIR (known test images rejected or misnamed)")
+    axes.set_title("DET on the test quarter and the strangers; o: threshold calibrated on validation, x: tolerance 0.6")
+    axes.title.set_fontsize(9)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7, loc="lower left")
     figure.tight_layout()

@@ -25,6 +25,7 @@ from torch import nn
 # sin(theta)^2 is kept at least this: sqrt's gradient at 0 is infinite (cos = +-1 exactly, which
 # bf16 rounding makes common).
 MIN_SIN_SQUARED = 1e-6
+INIT_NORM = 0.01  # of each class's weight vector at initialisation
 
 
 class CosineHead(nn.Module):
@@ -32,8 +33,10 @@ class CosineHead(nn.Module):
 
     def __init__(self, embedding_dim: int, num_classes: int, scale: float):
         super().__init__()
-        # insightface's initialisation: small normal weights (their norm does not matter, only their direction).
-        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, embedding_dim)))
+        # Only the weights' directions count. A small norm (0.01 per class) makes Adam's steps, about
+        # the learning rate per component whatever the gradient, large turns: the head converges in
+        # an epoch or two at facekit's default --lr 1e-4, as the dlib plugin's cosine head does.
+        self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim) * (INIT_NORM / math.sqrt(embedding_dim)))
         self.logit_scale = float(scale)
 
     def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
