@@ -124,14 +124,17 @@ print(json.dumps({"status": os.waitstatus_to_exitcode(status), "seconds": second
 
 
 def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run ``command``; its wall time and its own peak resident memory (ru_maxrss from os.wait4)."""
+    """Run ``command``; its wall time, its own peak resident memory (ru_maxrss from os.wait4) and
+    the machine's 1-minute load average before and after (other jobs slow the time, not the memory)."""
+    load_before = os.getloadavg()[0]
     launched = subprocess.run([sys.executable, "-c", LAUNCHER, *command], env=env, capture_output=True, text=True)
     if launched.returncode != 0:
         raise SystemExit(f"the launcher failed:\n{launched.stderr[-2000:]}")
     result = json.loads(launched.stdout)
     if result["status"] != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result['stderr']}")
-    return {"seconds": round(result["seconds"], 2), "peak_rss_mb": round(result["maxrss_kib"] / 1024, 1)}
+    return {"seconds": round(result["seconds"], 2), "peak_rss_mb": round(result["maxrss_kib"] / 1024, 1),
+            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
 
 
 def measure_classes(classes: int, per_class: int, train: bool, work: Path, threads: int) -> dict:
@@ -182,15 +185,16 @@ def slopes(rows: list[dict]) -> dict[str, dict[str, float | None]]:
 
 def markdown(result: dict) -> str:
     lines = [
-        "| Classes | Images | check s | check MB | train 1 epoch s | train MB | report s | report MB | report on |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| Classes | Images | check s | check MB | train 1 epoch s | train MB | report s | report MB | report on | load average |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in result["rows"]:
         train = r.get("train")
         train_cells = f"{train['seconds']:.1f} | {train['peak_rss_mb']:.0f}" if train else "- | -"
         lines.append(
             f"| {r['classes']:,} | {r['images']:,} | {r['check']['seconds']:.1f} | {r['check']['peak_rss_mb']:.0f}"
-            f" | {train_cells} | {r['report']['seconds']:.1f} | {r['report']['peak_rss_mb']:.0f} | {r['report_run']} run |"
+            f" | {train_cells} | {r['report']['seconds']:.1f} | {r['report']['peak_rss_mb']:.0f} | {r['report_run']} run"
+            f" | {_load_range(r)} |"
         )
     lines += ["", "Fitted exponent b of `a * classes**b` (1 = linear):", "",
               "| Step | time | peak memory |", "|---|---:|---:|"]
@@ -198,6 +202,12 @@ def markdown(result: dict) -> str:
         cells = ["-" if fitted[key] is None else f"{fitted[key]:.2f}" for key in ("seconds", "peak_rss_mb")]
         lines.append(f"| {step} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
+
+
+def _load_range(row: dict) -> str:
+    """The lowest and highest 1-minute load average around this row's steps ('-' for older results)."""
+    loads = [x for step in STEPS if step in row for x in row[step].get("load_average", [])]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
 
 
 def update_doc(table: str, doc: Path = DOC) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,27 +289,127 @@ def launch(nproc: int, facekit_args: Sequence[str]) -> None:
 
     The same as ``torchrun --standalone --nproc-per-node NPROC -m facekit ARGS`` (torchrun's own
     code, in this process); a failed process becomes :class:`RankFailed` with its exit code.
+    More processes than this machine has GPUs (CUDA) or CPU cores are refused before any starts,
+    and torchrun's own banner and log lines stay out of the way (``FACEKIT_DEBUG=1`` shows them).
     """
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1 (got {nproc})")
     if "TORCHELASTIC_RUN_ID" in os.environ or Distributed.from_env().is_distributed:
         raise UsageError("--nproc starts torchrun itself: leave it out when facekit already runs under torchrun")
+    check_process_count(nproc, _option_value(facekit_args, "--device") or "auto")
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "facekit", *facekit_args])
+    if nproc > 1:
+        # torchrun sets this itself and prints a banner about it; facekit's --threads sets torch's threads.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    parser = get_args_parser()
+    # Without abbreviations: argparse would read a facekit option that begins like one of
+    # torchrun's (--log: --log-dir, --logs-specs) as torchrun's, or refuse it as ambiguous.
+    parser.allow_abbrev = False
+    args = parser.parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "facekit", *facekit_args])
+    oom_kills = _oom_kills()
     try:
-        run(args)
+        with _quiet_torchrun():
+            run(args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
         if code is not None and code > 0:
             raise RankFailed(f"rank {rank} of {nproc} failed first (exit code {code}); its message is above", code) from None
         raise RankFailed(
-            f"rank {rank} of {nproc} was killed ({failure.signal_name()}), e.g. for lack of memory; "
-            "the other processes were stopped",
+            f"rank {rank} of {nproc} was {_why_killed(failure.signal_name(), oom_kills)}; the other processes were stopped",
             1,
         ) from None
     except SignalException as exc:
+        if exc.sigval == signal.SIGINT:
+            # Ctrl-C reached every process: rank 0 has said "Interrupted" and how to continue.
+            raise RankFailed("", 130) from None
         raise RankFailed(f"stopped by {exc.sigval.name}; the processes were stopped too", 128 + int(exc.sigval)) from None
+
+
+def check_process_count(nproc: int, device: str) -> None:
+    """Refuse ``--nproc`` beyond one process per GPU (CUDA) or per CPU core (``--device cpu`` or no GPU)."""
+    on_cuda = device != "cpu" and torch.cuda.is_available()
+    if on_cuda:
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise UsageError(
+                f"--nproc {nproc}: this machine has {gpus} GPU{'s' if gpus != 1 else ''} and each process takes one; "
+                f"give at most {gpus} (or --device cpu)"
+            )
+        return
+    cores = usable_cores()
+    if nproc > cores:
+        raise UsageError(
+            f"--nproc {nproc}: this machine gives facekit {cores} CPU core{'s' if cores != 1 else ''} and no GPU"
+            f"{' is used' if device == 'cpu' else ''}; give at most {cores}"
+        )
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _option_value(args: Sequence[str], option: str) -> str | None:
+    value = None
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+@contextmanager
+def _quiet_torchrun() -> Iterator[None]:
+    """torchrun's log lines (its OMP_NUM_THREADS banner, 'Sending process ... closing signal',
+    its failure summaries) are for torchrun's own users: facekit says what happened in one line."""
+    import logging
+
+    if os.environ.get("FACEKIT_DEBUG"):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.launcher")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed in this cgroup (None: unknown)."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        match = re.search(r"^oom_kill (\d+)", text, re.MULTILINE)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _why_killed(signal_name: str, oom_kills_before: int | None) -> str:
+    """What a signal that ended a rank says, blaming memory only when the OOM killer acted."""
+    after = _oom_kills()
+    if oom_kills_before is not None and after is not None and after > oom_kills_before:
+        return f"killed by the system for lack of memory ({signal_name}, out-of-memory killer)"
+    if signal_name == "SIGABRT":
+        return "aborted (SIGABRT: a crash in native code; the line above it, if any, says where)"
+    if signal_name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE"):
+        return f"crashed ({signal_name} in native code)"
+    if signal_name == "SIGKILL":
+        return "killed (SIGKILL, by another process or the system" + (
+            "; not by the out-of-memory killer)" if after is not None else ")"
+        )
+    return f"ended by {signal_name}"

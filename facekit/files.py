@@ -110,12 +110,26 @@ def write_failure(exc: BaseException) -> OSError | None:
     """
     if isinstance(exc, OSError):
         return exc
+    if interrupted_write(exc):
+        return None  # Ctrl-C while torch wrote: an interruption, not a disk problem
     if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "PytorchStreamWriter" in str(exc)):
         context = exc.__context__
         if isinstance(context, OSError):
             return context
         return OSError(errno.EIO, "the write did not complete (is the disk full?)")
     return None
+
+
+def interrupted_write(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or was raised while handling) a Ctrl-C: torch.save turns a
+    KeyboardInterrupt in its writer into a RuntimeError ("unexpected pos") with the interrupt as context."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def is_own_file(path: str | Path, *, folder: bool = False, private: bool = False) -> bool:

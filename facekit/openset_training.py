@@ -40,6 +40,22 @@ def _halves(people: Sequence[str], rng: np.random.Generator) -> tuple[list[str],
     return sorted(order[:cut]), sorted(order[cut:])
 
 
+def check_openset_score(config: Any, arch: Any, loss: Any) -> None:
+    """Refuse, before anything is written, ``--openset-score`` that the run could never give, or open-set
+    options on a run without unknown people."""
+    wanted = config.openset_score
+    if wanted == "auto":
+        return
+    if not (config.unknown_identities or config.strangers):
+        raise UsageError(f"--openset-score {wanted}: a run rejects only with unknown people to calibrate on; "
+                         "give --unknown-identities or --strangers")  # fmt: skip
+    if wanted == "centroid" and arch.classifier is None:
+        raise UsageError(f"--openset-score centroid: architecture {arch.name!r} gives no embeddings; use softmax or auto")
+    if wanted == "margin" and getattr(loss, "head", None) is None:
+        raise UsageError(f"--openset-score margin: loss {loss.name!r} brings no cosine head; train with --loss arcface "
+                         "or cosface, or use softmax or auto")  # fmt: skip
+
+
 def hold_out_identities(index: Any, fraction: float, seed: int) -> tuple[Any, dict[str, Any] | None]:
     """``index`` without ``fraction`` of its identities (seeded), and what was held out (None for 0).
 
@@ -149,8 +165,9 @@ def embedding_network(model: Any, arch_name: str) -> Any | None:
 
 
 def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size: int = 64,
-          with_embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing."""
+          with_embeddings: bool = True, backend: str = "auto") -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing
+    (``backend``: the loader, see :func:`facekit.inference.run_loader`)."""
     import torch
 
     from facekit.inference import run_loader
@@ -158,7 +175,7 @@ def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size
     network = embedding_network(model, run.config["arch"]) if with_embeddings else None
     if not paths:
         return np.zeros((0, len(run.classes)), np.float32), (np.zeros((0, 0), np.float32) if network else None)
-    loader = run_loader(run, paths, device=device, batch_size=batch_size)
+    loader = run_loader(run, paths, device=device, batch_size=batch_size, backend=backend)
     logits, embeddings = [], []
     try:
         with torch.no_grad():
@@ -209,6 +226,17 @@ def head_logit_scale(model: Any, arch_name: str) -> float | None:
     return float(scale) if isinstance(scale, (int, float)) and scale > 0 else None
 
 
+def one_photo_gallery(train: _Probes) -> openset.Gallery:
+    """Each class as if enrolled from one photo: its first training image's embedding (a zero row for a class with none)."""
+    classes = int(train.logits.shape[1])
+    first = np.full(classes, -1)
+    for position in range(len(train.labels) - 1, -1, -1):
+        first[train.labels[position]] = position
+    embeddings = np.zeros((classes, train.embeddings.shape[1]), dtype=np.float32)
+    embeddings[first >= 0] = openset.l2_normalize(train.embeddings[first[first >= 0]])
+    return openset.Gallery([str(c) for c in range(classes)], embeddings, np.arange(classes), (first >= 0).astype(np.int64))
+
+
 def available_scores(embeddings: bool, logit_scale: float | None) -> list[str]:
     return [s for s in SCORE_PREFERENCE if s == "softmax" or (s == "centroid" and embeddings) or (s == "margin" and logit_scale)]
 
@@ -236,7 +264,7 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
     say("open-set: scoring the validation, unknown and test images")
     calibration_known, calibration_unknown = knowns(fold["val"]), unknowns("calibration")
     test_known, test_unknown = knowns(split["test"]), unknowns("test")
-    gallery = None
+    gallery = saved_gallery = None
     if test_known.embeddings is not None:
         train = knowns(fold["train"])
         centroids = openset.class_centroids(train.embeddings, train.labels, len(run.classes))
@@ -244,6 +272,15 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
             list(run.classes), centroids.astype(np.float32), np.arange(len(run.classes), dtype=np.int64),
             np.bincount(train.labels, minlength=len(run.classes)).astype(np.int64),
         )
+        # Calibrated and tested on the classes alone; a resumed finished run keeps the people enrolled in it.
+        saved_gallery = gallery
+        previous = openset.OpenSet.read(run.path)
+        if previous is not None and previous.gallery is not None and previous.gallery.enrolled:
+            kept = previous.gallery.class_ids < 0
+            saved_gallery = gallery.with_people(
+                [n for n, k in zip(previous.gallery.names, kept) if k], previous.gallery.embeddings[kept],
+                previous.gallery.images[kept].tolist(),
+            )  # fmt: skip
     scores = available_scores(gallery is not None, logit_scale)
     if score != "auto" and score not in scores:
         raise UsageError(f"--openset-score {score}: this run cannot score by it (it can by {', '.join(scores)})")
@@ -260,16 +297,28 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
         arrays[f"{name}_known"] = test_values.astype(np.float64)
         arrays[f"{name}_correct"] = test_correct
         arrays[f"{name}_unknown"] = test_unknown.scores(name, gallery, logit_scale)[0].astype(np.float64)
+    if gallery is not None:
+        # People enrolled later have a photo or two, not a class's mean: their cosines run lower, so they
+        # get a threshold of their own, calibrated as if every class were enrolled from one training photo.
+        one_photo = one_photo_gallery(train)
+        known_values, known_correct = calibration_known.scores("centroid", one_photo, None)
+        calibration[openset.ENROLLED] = openset.calibrate_threshold(
+            known_values, calibration_unknown.scores("centroid", one_photo, None)[0], target_fpir,
+            known_correct=known_correct, score=openset.ENROLLED,
+        ).to_dict()  # fmt: skip
+        test_values, test_correct = test_known.scores("centroid", one_photo, None)
+        arrays[f"{openset.ENROLLED}_known"], arrays[f"{openset.ENROLLED}_correct"] = test_values, test_correct
+        arrays[f"{openset.ENROLLED}_unknown"] = test_unknown.scores("centroid", one_photo, None)[0]
     if test_known.embeddings is not None and len(test_known.labels):
         arrays["genuine"], arrays["impostor"] = openset.pair_scores(test_known.embeddings, test_known.labels, seed=0)
     data = openset.OpenSet(
-        score=chosen, target_fpir=float(target_fpir), calibration=calibration, logit_scale=logit_scale, gallery=gallery,
+        score=chosen, target_fpir=float(target_fpir), calibration=calibration, logit_scale=logit_scale, gallery=saved_gallery,
         extra={"scores": scores},
     )
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     if writer is not None:
-        writer.write_openset(data.to_json(), gallery.to_bytes() if gallery is not None else None, buffer.getvalue())
+        writer.write_openset(data.to_json(), saved_gallery.to_bytes() if saved_gallery is not None else None, buffer.getvalue())
     cal = calibration[chosen]
     say(
         f"open-set: rejects below {chosen} score {cal['threshold']:.4f} (calibrated at FPIR {target_fpir:g} on "

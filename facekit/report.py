@@ -272,7 +272,9 @@ def openset_table(summary: dict[str, Any]) -> TableData:
         caption=(
             f"{figures[0]['known']} known and {figures[0]['unknown']} unknown test images. FNIR counts a known face "
             f"rejected or misnamed; '-': too few unknown images (or pairs) to measure that rate. TAR: pairs of known "
-            f"test images by embedding cosine (the same for every score). The threshold is calibrated on validation "
+            f"test images by embedding cosine (the same for every score). 'enrolled': the centroid score with every "
+            f"class as if enrolled from one training photo (the threshold facekit enroll's people get). The "
+            f"threshold is calibrated on validation "
             f"data for FPIR {summary['target_fpir']:g}."
         ),
     )
@@ -449,10 +451,14 @@ SHORT_HEADERS = {"Support": "n", "Accuracy": "Acc", "Precision": "Prec", "Recall
 def rich_table(table: TableData, width: int | None = None) -> Table:
     """The table as Rich renders it; print ``table.caption`` after it (a Rich caption would wrap
     to the table's width). Below 100 columns of ``width``, metric headers are abbreviated."""
-    rich = Table(title=table.title, title_justify="left", show_header=any(table.columns))
+    from rich.text import Text
+
+    from facekit.text import printable, rich_safe
+
+    rich = Table(title=rich_safe(table.title), title_justify="left", show_header=any(table.columns))
     narrow = width is not None and width < 100
     for position, (header, numeric) in enumerate(zip(table.columns, table.numeric)):
-        header = SHORT_HEADERS.get(header, header) if narrow else header
+        header = rich_safe(SHORT_HEADERS.get(header, header) if narrow else header)
         widest = max((len(str(row[position])) for row in table.rows), default=0)
         if numeric or position == 0:
             # Numbers and ranks keep their width; in a narrow terminal their headers wrap instead.
@@ -461,25 +467,29 @@ def rich_table(table: TableData, width: int | None = None) -> Table:
             # Names are what people read first: never squeezed below 20 characters.
             rich.add_column(header, justify="left", min_width=min(widest, 20), overflow="fold")
     for row in table.rows:
-        rich.add_row(*row)
+        rich.add_row(*(Text(printable(cell)) for cell in row))  # Text: a name is never read as markup
     return rich
 
 
 def markdown_table(table: TableData) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")
+    from facekit.text import markdown_safe
 
-    lines = [f"### {table.title}", ""]
+    def cell(text: str) -> str:
+        return markdown_safe(text, cell=True)
+
+    lines = [f"### {markdown_safe(table.title)}", ""]
     lines.append("| " + " | ".join(cell(c) if c else " " for c in table.columns) + " |")
     lines.append("|" + "|".join("---:" if numeric else "---" for numeric in table.numeric) + "|")
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table.rows]
     if table.caption:
-        lines += ["", f"*{table.caption}*"]
+        lines += ["", f"*{markdown_safe(table.caption)}*"]
     return "\n".join(lines) + "\n"
 
 
 def report_markdown(report: Report) -> str:
-    parts = [f"## Report: {report.name}", "", report.heading(), ""]
+    from facekit.text import markdown_safe
+
+    parts = [f"## Report: {markdown_safe(report.name)}", "", markdown_safe(report.heading()), ""]
     parts += [markdown_table(table) for table in report.tables()]
     return "\n".join(parts)
 

@@ -49,6 +49,7 @@ from facekit.files import (
     os_error_line,
     protected_reason,
     remove_stale_temporaries,
+    interrupted_write,
     write_failure,
     write_json,
 )
@@ -196,21 +197,27 @@ def check_destination(path: Path, *, force: bool, data: Path | None = None) -> N
             f"--out {path}: {overlap} (--data {data}); a run folder there would mix with the images, "
             "so nothing was deleted or written: choose an --out outside the data folder"
         )
-    contents = _contents(path)
+    try:
+        contents = _contents(path)
+    except OSError as exc:
+        raise UsageError(f"--out {path} cannot be read ({exc.strerror or exc}): choose another --out") from None
     if not contents:
         return
     reason = protected_reason(path)
-    if reason is None and not is_run_folder(path):
+    recognised = reason is None and is_run_folder(path)
+    if reason is None and not recognised:
         reason = f"{path} is not a facekit run folder (it holds {describe_contents(path)})"
-    if reason is not None:
+    if not force:
+        if (path / LOCK_FILE).is_file():
+            os.close(lock_folder(path))  # a folder in use says by whom, rather than suggest --resume or --force
+        if recognised:
+            raise _exists(path)
+        raise UsageError(f"--out {path} already exists and {reason.removeprefix(str(path) + ' ')}: choose another --out")
+    if not recognised:
         raise UsageError(
             f"--out {path}: {reason}; --force replaces only a run folder made by `facekit train`, so nothing was "
             "deleted: choose another --out"
         )
-    if not force:
-        if (path / LOCK_FILE).is_file():
-            os.close(lock_folder(path))  # a folder in use says by whom, rather than suggest --resume or --force
-        raise _exists(path)
 
 
 def _guarded(method: Callable) -> Callable:
@@ -221,6 +228,8 @@ def _guarded(method: Callable) -> Callable:
         try:
             return method(self, *args, **kwargs)
         except (OSError, RuntimeError) as exc:
+            if interrupted_write(exc):
+                raise KeyboardInterrupt from None  # the engine names the run to resume
             cause = write_failure(exc)
             if cause is None:
                 raise
@@ -271,6 +280,13 @@ class RunWriter:
         for item in _contents(path):
             shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
         return cls(path, lock)
+
+    @classmethod
+    def for_config(cls, config: "TrainConfig") -> "RunWriter":
+        """The new run's folder: ``--out`` (replaced only with ``--force``), else a fresh default name."""
+        if config.out is not None:
+            return cls.create(config.out, config.force, data=config.data)
+        return cls.create_new(default_run_dir(config), data=config.data)
 
     @classmethod
     def create_new(cls, path: Path, data: Path | None = None) -> "RunWriter":
@@ -349,6 +365,7 @@ class RunWriter:
         plan: "SplitPlan",
         normalization: dict[str, Any],
         openset: dict[str, Any] | None = None,
+        fingerprints: dict[str, Any] | None = None,
     ) -> None:
         """What the run was asked to do: config (with versions), classes, split and normalization.
 
@@ -376,6 +393,8 @@ class RunWriter:
         write_json(self.path / "classes.json", list(classes))
         write_json(self.path / "split.json", split)
         write_json(self.path / "normalization.json", normalization)
+        if fingerprints is not None:  # facekit.data.fingerprints: what a resume checks the images against
+            write_json(self.path / "fingerprints.json", fingerprints)
         write_json(self.path / "config.json", config)  # last: a folder with config.json has its whole setup
 
     @_guarded
@@ -459,7 +478,7 @@ class RunWriter:
         lines = ["file,true_id,true_name,pred_id,pred_name,confidence"]
         for i, t, p, confidence in zip(index, y_true, scores.y_pred, scores.top_probs[:, 0] if len(index) else []):
             lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{confidence:.4f}")
-        atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode())
+        atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True)
@@ -599,6 +618,13 @@ class Run:
         if not 0 <= fold < len(folds):
             raise FacekitError(f"{self.path / 'normalization.json'} has no fold {fold}: this run cannot be used")
         return folds[fold]
+
+    @cached_property
+    def fingerprints(self) -> dict[str, Any] | None:
+        """fingerprints.json (facekit.data.fingerprints), or None for a run made before it existed."""
+        if not (self.path / "fingerprints.json").is_file():
+            return None
+        return self._json("fingerprints.json", keys=("files",))
 
     @property
     def has_predictions(self) -> bool:

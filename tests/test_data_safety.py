@@ -210,3 +210,41 @@ def test_synth_force_replaces_only_a_synthetic_set(tmp_path, monkeypatch):
         assert reason in line and "nothing was deleted" in line, line
     assert "--force" not in refused("data", "synth", real)  # not offered where it would be refused
     assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------- the other caches
+def test_index_and_statistics_cache_files_that_are_links_are_replaced_not_written_through(faces, tmp_path):
+    from facekit.data.index import cache_dir, index_dataset
+    from facekit.data.stats import cached_channel_sums
+    from facekit.training.progress import SilentProgress
+
+    index = index_dataset(faces)
+    sums = cached_channel_sums(index.paths(), 32, SilentProgress())
+    planted = []
+    for entry in [*(cache_dir() / "index").glob("*.json"), *(cache_dir() / "stats").glob("*")]:
+        victim = tmp_path / f"victim-{entry.name}"
+        victim.write_bytes(b"precious " * 10)
+        entry.unlink()
+        entry.symlink_to(victim)
+        planted.append((entry, victim))
+    assert len(planted) == 3  # the index entry, the sums and their checksum
+    again = index_dataset(faces)
+    assert again.files == index.files
+    assert (cached_channel_sums(index.paths(), 32, SilentProgress()) == sums).all()
+    for entry, victim in planted:
+        assert victim.read_bytes() == b"precious " * 10
+        assert not entry.is_symlink() and entry.is_file()
+
+
+def test_an_unreadable_out_folder_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "x").write_text("mine")
+    locked.chmod(0o000)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("this user reads any folder (root)")
+        with pytest.raises(UsageError, match="cannot be read"):
+            check_destination(locked, force=True)
+    finally:
+        locked.chmod(0o755)

@@ -94,7 +94,11 @@ def test_the_launcher_refuses_no_processes_and_nesting(monkeypatch):
 
 @pytest.mark.parametrize(
     "exitcode, code, says",
-    [(2, 2, "rank 1 of 2 failed first (exit code 2); its message is above"), (-9, 1, "rank 1 of 2 was killed (SIGKILL)")],
+    [
+        (2, 2, "rank 1 of 2 failed first (exit code 2); its message is above"),
+        (-9, 1, "rank 1 of 2 was killed (SIGKILL, by another process or the system"),
+        (-6, 1, "rank 1 of 2 was aborted (SIGABRT: a crash in native code"),
+    ],
 )
 def test_the_launcher_runs_torchrun_and_passes_the_first_failure_on(monkeypatch, exitcode, code, says):
     import torch.distributed.run as torchrun_module
@@ -107,9 +111,54 @@ def test_the_launcher_runs_torchrun_and_passes_the_first_failure_on(monkeypatch,
 
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     monkeypatch.setattr(torchrun_module, "run", failing_run)
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
+    monkeypatch.setattr(distributed, "_oom_kills", lambda: 0)
     with pytest.raises(distributed.RankFailed) as failure:
         distributed.launch(2, ["train", "--data", "faces"])
     assert str(failure.value).startswith(says) and failure.value.exit_code == code
+    assert "lack of memory" not in str(failure.value), "the out-of-memory killer did not act"
+
+
+def test_a_killed_rank_blames_memory_only_when_the_oom_killer_acted(monkeypatch):
+    counts = iter([3, 4])
+    monkeypatch.setattr(distributed, "_oom_kills", lambda: next(counts))
+    assert distributed._why_killed("SIGKILL", distributed._oom_kills()).startswith("killed by the system for lack of memory")
+    monkeypatch.setattr(distributed, "_oom_kills", lambda: None)  # unknown: say only what is known
+    assert "lack of memory" not in distributed._why_killed("SIGKILL", None)
+    assert "lack of memory" not in distributed._why_killed("SIGABRT", None)
+
+
+@pytest.mark.parametrize(
+    "nproc, device, cuda_devices, says",
+    [
+        (64, "auto", 0, "--nproc 64: this machine gives facekit 2 CPU cores and no GPU; give at most 2"),
+        (3, "cpu", 4, "--nproc 3: this machine gives facekit 2 CPU cores and no GPU is used; give at most 2"),
+        (2, "auto", 1, "--nproc 2: this machine has 1 GPU and each process takes one; give at most 1 (or --device cpu)"),
+        (9, "cuda", 8, "--nproc 9: this machine has 8 GPUs"),
+    ],
+)
+def test_the_launcher_refuses_more_processes_than_devices_before_torchrun_starts(monkeypatch, nproc, device, cuda_devices, says):
+    import torch.distributed.run as torchrun_module
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setattr(torchrun_module, "run", lambda args: pytest.fail("torchrun started"))
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_devices > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+    with pytest.raises(UsageError) as refused:
+        distributed.launch(nproc, ["train", "--data", "faces", "--device", device])
+    assert str(refused.value).startswith(says)
+
+
+def test_nproc_beyond_the_cores_is_one_line_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from facekit.cli import app
+
+    too_many = distributed.usable_cores() + 1
+    result = CliRunner().invoke(app, ["train", "--nproc", str(too_many), "--data", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"Error: --nproc {too_many}: ")
 
 
 # ------------------------------------------------------------------ two gloo processes
@@ -289,6 +338,8 @@ def two_process_run(plain_net_site, synthetic_dataset, tmp_path_factory) -> dict
     written the first epoch, then resumed with ``facekit train --nproc 2 --resume`` (torchrun again,
     started by facekit). Two launches instead of three keep the test's wall time down.
     """
+    if distributed.usable_cores() < 2:
+        pytest.skip("facekit train --nproc 2 needs 2 CPU cores (it refuses more processes than cores)")
     workdir = tmp_path_factory.mktemp("two-processes")
     run_dir = workdir / "run"
     slow = facekit_env(plain_net_site, PLAIN_NET_STEP_S="0.3")  # an epoch takes at least 0.6 s
@@ -309,10 +360,12 @@ def two_process_run(plain_net_site, synthetic_dataset, tmp_path_factory) -> dict
         "predictions": interrupted.has_predictions,
     }
     done = subprocess.run(
-        [sys.executable, "-m", "facekit", "train", "--nproc", "2", "--resume", str(run_dir), "--json"],
+        [sys.executable, "-m", "facekit", "train", "--nproc", "2", "--resume", str(run_dir), "--json", "--log", "tensorboard"],
         cwd=workdir, env=facekit_env(plain_net_site), capture_output=True, text=True, timeout=BOUND_S,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "--log tensorboard" not in done.stderr, done.stderr[-3000:]  # the tracker did not fail
+    assert "torch/distributed" not in done.stderr and "*****" not in done.stderr, "torchrun's log lines stay out of the way"
     return {"workdir": workdir, "run": run_dir, "killed": killed, "printed": json.loads(done.stdout)}
 
 
@@ -360,3 +413,11 @@ def test_rank_0_writes_the_test_predictions_once_in_test_split_order(single_proc
     assert two["y_pred"].tolist() == one["y_pred"].tolist()
     rows = (two_process_run["run"] / "predictions.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in rows] == [run.split["files"][i] for i in test]
+
+
+@pytest.mark.distributed
+def test_only_rank_0_tracks(two_process_run):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (scripts/install.sh installs it)")
+    # Each process that tracked would have written its own event file (the file name holds its pid).
+    events = sorted((two_process_run["run"] / "tensorboard" / "fold-0").glob("events.out.tfevents.*"))
+    assert len(events) == 1, events

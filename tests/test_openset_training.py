@@ -220,7 +220,8 @@ def test_predict_on_a_closed_set_run_names_everyone_and_says_so(faces, tmp_path)
 @pytest.mark.slow
 def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, strangers, tmp_path):
     data = openset.OpenSet.read(gallery_run)
-    assert data.gallery is not None and "centroid" in data.calibration
+    assert data.gallery is not None and "centroid" in data.calibration and openset.ENROLLED in data.calibration
+    assert "enrolled" in openset_summary(gallery_run)["scores"]  # one photo per class, on the test split
     assert data.gallery.names == Run(gallery_run).classes and data.gallery.embeddings.shape[0] == len(data.gallery.names)
     people = tmp_path / "people"
     (people / "zoe").mkdir(parents=True)
@@ -233,6 +234,7 @@ def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, str
     # The enrolled photo itself matches its own gallery entry exactly: named, by the gallery score.
     [entry] = json.loads(invoke("predict", gallery_run, photo, "--json").stdout)
     assert entry["identity"] == "zoe" and entry["score_name"] == "centroid" and entry["score"] == pytest.approx(1.0, abs=1e-4)
+    assert entry["threshold"] == pytest.approx(data.threshold(openset.ENROLLED))
     # Enrolling the same name again, or a trained identity's name, is refused.
     again = invoke("enroll", gallery_run, people)
     assert again.exit_code == 2 and "zoe is already enrolled" in again.output
@@ -241,6 +243,9 @@ def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, str
     (trained / Run(gallery_run).classes[0] / photo.name).write_bytes(photo.read_bytes())
     clash = invoke("enroll", gallery_run, trained)
     assert clash.exit_code == 2 and "is a trained identity" in clash.output
+    # Resuming the finished run re-evaluates it and keeps the people enrolled in it.
+    assert invoke("train", "--resume", gallery_run, "--quiet").exit_code == 0
+    assert openset.OpenSet.read(gallery_run).gallery.enrolled == ["zoe"]
     # Removing: the enrolled person goes; a trained identity or a stranger cannot be removed.
     assert invoke("enroll", gallery_run, "--remove", "zoe").exit_code == 0
     assert openset.OpenSet.read(gallery_run).gallery.enrolled == []
@@ -268,3 +273,35 @@ def test_enroll_refuses_unreadable_photos_before_writing(gallery_run, tmp_path):
     result = invoke("enroll", gallery_run, people)
     assert result.exit_code == 2 and "broken.jpg cannot be enrolled" in result.output
     assert (gallery_run / "gallery.npz").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_margin_loss_run_can_reject_by_its_heads_cosine(faces, strangers, tmp_path):
+    out = tmp_path / "arcface"
+    result = invoke("train", "--data", faces, "--out", out, "--strangers", strangers, "--loss", "arcface",
+                    "--loss-option", "s=16", "--loss-option", "m=0.2", "--openset-score", "margin", *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = openset.OpenSet.read(out)
+    assert data.score == "margin" and data.logit_scale == 16.0
+    assert set(data.extra["scores"]) == {"centroid", "margin", "softmax"}
+    summary = openset_summary(out)["scores"]["margin"]
+    arrays = np.load(out / "openset_test.npz")
+    assert arrays["margin_known"].max() <= 1.0 + 1e-6 and arrays["margin_unknown"].min() >= -1.0 - 1e-6  # cosines
+    [entry] = json.loads(invoke("predict", out, strangers / "stranger_person_00", "--json", "-k", "1").stdout)[:1]
+    assert entry["score_name"] == "margin" and entry["threshold"] == pytest.approx(data.threshold("margin"))
+    assert summary["rank1"] >= 0.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--strangers", "STRANGERS", "--openset-score", "margin"], "loss 'plain' brings no cosine head"),
+        (["--openset-score", "softmax"], "give --unknown-identities or --strangers"),
+        (["--strangers", "STRANGERS", "--openset-score", "nearest"], "--openset-score must be one of"),
+    ],
+)
+def test_a_score_the_run_cannot_give_is_refused_before_training(faces, strangers, tmp_path, extra, words):
+    extra = [strangers if arg == "STRANGERS" else arg for arg in extra]
+    result = invoke("train", "--data", faces, "--out", tmp_path / "run", *extra, *FAST)
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert not (tmp_path / "run").exists()

@@ -7,17 +7,18 @@ from pathlib import Path
 from facekit import hookimpl
 from facekit.api import ReporterSpec
 from facekit.report import ReportContext, rich_table
+from facekit.text import rich_safe
 
 
 def render_tables(context: ReportContext) -> None:
     """Top-k and worst-k classes, averages, summary, confusions and (k-fold) the folds."""
     report = context.report
-    context.console.print(f"[bold]{report.heading()}[/bold]")
+    context.console.print(f"[bold]{rich_safe(report.heading())}[/bold]")
     for table in report.tables():
         context.console.print()
         context.console.print(rich_table(table, context.console.width))
         if table.caption:
-            context.console.print(f"[dim]{table.caption}[/dim]")
+            context.console.print(f"[dim]{rich_safe(table.caption)}[/dim]")
 
 
 def render_plots(context: ReportContext) -> list[Path]:

@@ -8,6 +8,18 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from facekit.text import rich_safe
+
+
+_running_bars: list[Progress] = []
+
+
+def stop_bars() -> None:
+    """Stop (and erase) any bar an interrupt or error left running, so the line printed next stands
+    on its own instead of being written into the bar and the bar drawn again below it."""
+    while _running_bars:
+        _running_bars.pop().stop()
+
 
 class ConsoleProgress:
     """A bar per epoch (loss and images/s) on a terminal, then a one-line epoch summary."""
@@ -25,7 +37,7 @@ class ConsoleProgress:
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]{text}[/dim]", highlight=False)
+            self.console.print(f"[dim]{rich_safe(text)}[/dim]", highlight=False)
 
     def epoch_start(self, fold: int, epoch: int, epochs: int, batches: int) -> None:
         self.loss_sum, self.images, self.epochs = 0.0, 0, epochs
@@ -43,6 +55,7 @@ class ConsoleProgress:
         )
         self.task = self.bar.add_task("train", total=batches, loss="-", rate="-")
         self.bar.start()
+        _running_bars.append(self.bar)
 
     def batch_end(self, loss: float, images: int) -> None:
         if self.bar is None:
@@ -63,6 +76,8 @@ class ConsoleProgress:
     def epoch_end(self, row: dict[str, Any]) -> None:
         if self.bar is not None:
             self.bar.stop()
+            if self.bar in _running_bars:
+                _running_bars.remove(self.bar)
             self.bar = None
         if self.quiet:
             return

@@ -140,6 +140,23 @@ def _small_classes(index: DatasetIndex, spec: SplitSpec, options: SplitOptions) 
     return small
 
 
+def split_notes(plan: SplitPlan, labels: np.ndarray, classes: list[str], split: str, limit: int = 10) -> list[str]:
+    """What ``facekit train`` says about the split: the identities missing from a part of it, by
+    name, as ``facekit data check`` lists them (a plugin's split adds its own notes as they are)."""
+    from facekit.plugins import BUILTIN_DISTRIBUTION, splits
+
+    counts = np.bincount(labels, minlength=len(classes))
+    small = [(name, int(counts[c]), gaps) for c, name in enumerate(classes) if (gaps := _split_gaps(plan, labels, c))]
+    notes = []
+    if small:
+        shown = ", ".join(f"{name} ({n} image{'s' if n != 1 else ''}: {'; '.join(gaps)})" for name, n, gaps in small[:limit])
+        more = f", and {len(small) - limit} more (`facekit data check` lists them all)" if len(small) > limit else ""
+        notes.append(f"{len(small)} identit{'ies' if len(small) != 1 else 'y'} too small for the {split} split: {shown}{more}")
+    if splits().owner.get(split) != BUILTIN_DISTRIBUTION:
+        notes += list(plan.notes)
+    return notes
+
+
 def _split_gaps(plan: SplitPlan, labels: np.ndarray, class_id: int) -> list[str]:
     """Where class ``class_id`` is missing from a part of ``plan`` that other classes have."""
     def has(indices: np.ndarray) -> bool:
@@ -163,39 +180,41 @@ def render_check_report(report: CheckReport, console) -> None:
     """Print ``report`` with Rich: tables of problems, then the imbalance summary."""
     from rich.table import Table
 
-    console.print(f"[bold]{report.root}[/bold]: {report.images} usable images in {report.classes} identities")
+    from facekit.text import rich_safe as safe  # folder and file names reach the terminal escaped
+
+    console.print(f"[bold]{safe(report.root)}[/bold]: {report.images} usable images in {report.classes} identities")
     if report.bad:
         table = Table(title=f"{len(report.bad)} bad files (left out)", title_justify="left")
         table.add_column("file")
         table.add_column("problem")
         for bad in report.bad:
-            table.add_row(bad.path, bad.reason)
+            table.add_row(safe(bad.path), safe(bad.reason))
         console.print(table)
     if report.skipped:
-        table = Table(title=f"{len(report.skipped)} entries left out on purpose", title_justify="left")
+        table = Table(title=_count(len(report.skipped), "entry", "entries") + " left out on purpose", title_justify="left")
         table.add_column("file or folder")
         table.add_column("why")
         for skipped in report.skipped:
-            table.add_row(skipped.path, skipped.reason)
+            table.add_row(safe(skipped.path), safe(skipped.reason))
         console.print(table)
     if report.notes:
-        table = Table(title=f"{len(report.notes)} files used, with a note", title_justify="left")
+        table = Table(title=_count(len(report.notes), "file", "files") + " used, with a note", title_justify="left")
         table.add_column("file")
         table.add_column("note")
         for note in report.notes:
-            table.add_row(note.path, note.reason)
+            table.add_row(safe(note.path), safe(note.reason))
         console.print(table)
     if report.leaks:
-        table = Table(title=f"{len(report.leaks)} images present more than once (leakage)", title_justify="left")
+        table = Table(title=_count(len(report.leaks), "image", "images") + " present more than once (leakage)", title_justify="left")
         table.add_column("identical files")
         table.add_column("in")
         for leak in report.leaks:
-            table.add_row("\n".join(leak["files"]), leak["where"])
+            table.add_row("\n".join(map(safe, leak["files"])), safe(leak["where"]))
         console.print(table)
     if report.empty_classes:
         console.print(
             f"[yellow]{len(report.empty_classes)} identity folders without a usable image (no class id):[/yellow] "
-            + ", ".join(report.empty_classes)
+            + ", ".join(map(safe, report.empty_classes))
         )
     if report.small_classes:
         table = Table(title=f"{len(report.small_classes)} identities too small for the {report.split} split", title_justify="left")
@@ -203,7 +222,7 @@ def render_check_report(report: CheckReport, console) -> None:
         table.add_column("images", justify="right")
         table.add_column("why")
         for small in report.small_classes:
-            table.add_row(small.name, str(small.images), small.reason)
+            table.add_row(safe(small.name), str(small.images), safe(small.reason))
         console.print(table)
     if report.classes:
         stats = report.imbalance
@@ -211,10 +230,14 @@ def render_check_report(report: CheckReport, console) -> None:
             f"images per identity: min {stats['min']}, median {stats['median']:g}, max {stats['max']} "
             f"(max/min {stats['max'] / max(stats['min'], 1):.1f}x)"
         )
-        console.print("biggest: " + ", ".join(f"{name} ({n})" for name, n in report.biggest))
-        console.print("smallest: " + ", ".join(f"{name} ({n})" for name, n in report.smallest))
+        console.print("biggest: " + ", ".join(f"{safe(name)} ({n})" for name, n in report.biggest))
+        console.print("smallest: " + ", ".join(f"{safe(name)} ({n})" for name, n in report.smallest))
     for problem in report.problems:
-        console.print(f"[red]not usable:[/red] {problem}")
+        console.print(f"[red]not usable:[/red] {safe(problem)}")
     listed = report.bad or report.empty_classes or report.small_classes or report.skipped or report.notes or report.leaks
     if report.usable and not listed:
         console.print("[green]no problems found[/green]")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

@@ -34,10 +34,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facekit.data.pixels import FORMAT_OF_SUFFIX, READABLE_FORMATS, rgb8
+from facekit.data.pixels import FORMAT_OF_SUFFIX, READABLE_FORMATS, WIDE_GREY_MODES
 from facekit.errors import FacekitError, UsageError
 from facekit.files import atomic_write, remove_stale_temporaries
-from facekit.run_files import is_run_folder
+from facekit.run_files import is_report_folder, is_run_folder
 
 IMAGE_EXTENSIONS = frozenset(FORMAT_OF_SUFFIX)
 
@@ -74,9 +74,10 @@ class DatasetIndex:
     skipped: list[BadFile] = field(default_factory=list)
     # Usable files worth a word (a JPEG named .png is read by its content).
     notes: list[BadFile] = field(default_factory=list)
-    # Per file, when verified: sha256 (hex, 32 digits) of its bytes and of its decoded pixels.
-    file_hashes: list[str] = field(default_factory=list)
-    pixel_hashes: list[str] = field(default_factory=list)
+    # Per file (by its path in ``files``), when verified: sha256 (hex, 32 digits) of its bytes and of
+    # its decoded pixels. Keyed by path, so an index narrowed to some identities stays right.
+    file_hashes: dict[str, str] = field(default_factory=dict)
+    pixel_hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def counts(self) -> np.ndarray:
@@ -99,8 +100,8 @@ class DatasetIndex:
             "bad": [asdict(b) for b in self.bad],
             "empty_classes": list(self.empty_classes),
             "notes": [asdict(n) for n in self.notes],
-            "file_hashes": list(self.file_hashes),
-            "pixel_hashes": list(self.pixel_hashes),
+            "file_hashes": dict(self.file_hashes),
+            "pixel_hashes": dict(self.pixel_hashes),
         }
 
     @classmethod
@@ -113,8 +114,8 @@ class DatasetIndex:
             bad=[BadFile(**b) for b in data["bad"]],
             empty_classes=list(data["empty_classes"]),
             notes=[BadFile(**n) for n in data.get("notes", [])],
-            file_hashes=list(data.get("file_hashes", [])),
-            pixel_hashes=list(data.get("pixel_hashes", [])),
+            file_hashes=dict(data.get("file_hashes", {})),
+            pixel_hashes=dict(data.get("pixel_hashes", {})),
         )
 
 
@@ -189,8 +190,8 @@ def scan_dataset(
         + [BadFile(rel, reasons[rel]) for rel in all_files if rel in reasons],
         empty_classes=empty,
         notes=[BadFile(rel, facts[rel].note) for rel in files if verify and facts[rel].note],
-        file_hashes=[facts[rel].file_hash for rel in files] if verify else [],
-        pixel_hashes=[facts[rel].pixel_hash for rel in files] if verify else [],
+        file_hashes={rel: facts[rel].file_hash for rel in files} if verify else {},
+        pixel_hashes={rel: facts[rel].pixel_hash for rel in files} if verify else {},
     )
     if cache:
         _write_cache(cache_file, index)
@@ -240,7 +241,11 @@ def inspect_image(path: str | Path) -> ImageFacts:
                 )
             try:
                 image.load()  # decode every pixel: a truncated file fails here, not mid-epoch
-                pixels = rgb8(image)
+                # What the hash of identical images sees: every stored value (16-bit ones too, so
+                # two bright 16-bit images never look alike), before the orientation is applied.
+                wide = image.mode in WIDE_GREY_MODES
+                pixels = image if wide or image.mode == "RGB" else image.convert("RGB")
+                shape, raw = (image.size, "wide" if wide else "RGB"), pixels.tobytes()
             except OSError as err:
                 if "truncated" in str(err).lower() or "broken data stream" in str(err).lower():
                     return ImageFacts(f"truncated {kind}")
@@ -252,7 +257,7 @@ def inspect_image(path: str | Path) -> ImageFacts:
     note = None
     if FORMAT_OF_SUFFIX.get(suffix) != kind:
         note = f"{kind} data in a {suffix} file (read by its content; rename it to match)"
-    pixel_hash = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()[:32]
+    pixel_hash = hashlib.sha256(f"{shape}".encode() + raw).hexdigest()[:32]
     return ImageFacts(None, note, hashlib.sha256(data).hexdigest()[:32], pixel_hash)
 
 
@@ -274,6 +279,17 @@ def image_files_under(folder: str | Path) -> tuple[list[Path], list[BadFile]]:
     walker.walk(root, found)
     walker.follow_links({"": found})
     return [root / rel for rel in sorted(found)], walker.skipped
+
+
+SHOWN_SKIPPED = 20  # lines `train` prints about files it leaves out before "and N more"
+
+
+def skipped_lines(entries: list[BadFile], shown: int = SHOWN_SKIPPED) -> list[str]:
+    """What `train` says of the files and folders it leaves out: the first ``shown``, then how many more."""
+    lines = [f"skipping {entry.path}: {entry.reason}" for entry in entries[:shown]]
+    if len(entries) > shown:
+        lines.append(f"skipping {len(entries) - shown} more files or folders (`facekit data check` lists them all)")
+    return lines
 
 
 def _check_root(root: str | Path) -> Path:
@@ -302,6 +318,8 @@ def _facekit_made(folder: Path) -> str | None:
     """Why ``folder`` holds what facekit wrote rather than images of a person, or None."""
     if is_run_folder(folder):
         return "a facekit run folder (left out)"
+    if is_report_folder(folder):
+        return "a folder of facekit report files (left out)"
     try:
         if folder.resolve() == cache_dir().resolve():
             return "facekit's cache folder (left out)"
@@ -392,7 +410,9 @@ class _Walker:
 
     def _claim(self, path: Path, files: list[str]) -> None:
         real, rel = os.path.realpath(path), self._rel(path)
-        if real in self._files:
+        if not os.path.isfile(real):  # a FIFO or device named x.png would block or never end when read
+            self.skipped.append(BadFile(rel, "not a regular file (left out)"))
+        elif real in self._files:
             self.skipped.append(BadFile(rel, f"the same file as {self._files[real]} (left out)"))
         else:
             self._files[real] = rel
@@ -427,13 +447,13 @@ class _Walker:
 
 
 def _cache_key(root: Path, candidates: dict[str, list[str]], unreadable: list[str], verify: bool) -> str:
-    digest = hashlib.sha256(f"v{_INDEX_VERSION}\0{root}\0{verify}\n".encode())
-    digest.update(f"unreadable\0{unreadable}\n".encode())
+    digest = hashlib.sha256(f"v{_INDEX_VERSION}\0{root}\0{verify}\n".encode("utf-8", "surrogateescape"))
+    digest.update(f"unreadable\0{unreadable}\n".encode("utf-8", "surrogateescape"))
     for name, rels in candidates.items():
-        digest.update(f"[{name}]\n".encode())
+        digest.update(f"[{name}]\n".encode("utf-8", "surrogateescape"))
         for rel in rels:
             stat = (root / rel).stat()
-            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32]
 
 
@@ -489,8 +509,9 @@ def _describes(index: DatasetIndex, root: Path, candidates: dict[str, list[str]]
     listed = [rel for rels in candidates.values() for rel in rels]
     if sorted(index.files + [bad.path for bad in index.bad]) != sorted(listed + unreadable):
         return False
-    if any(len(hashes) not in (0, len(index.files)) for hashes in (index.file_hashes, index.pixel_hashes)):
-        return False
+    for hashes in (index.file_hashes, index.pixel_hashes):
+        if hashes and (set(hashes) != set(index.files) or not all(isinstance(v, str) for v in hashes.values())):
+            return False
     # Each file belongs to the identity its label names, and every class keeps training data.
     owners = [rel.split("/", 1)[0] for rel in index.files]
     return owners == [index.classes[label] for label in labels] and set(owners) == set(index.classes)

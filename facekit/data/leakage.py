@@ -11,7 +11,7 @@ lists every case; ``facekit train`` warns, naming the files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,22 +30,27 @@ class Leak:
         return f"identical images in {self.where}: {names}"
 
 
-def identical_groups(pixel_hashes: Sequence[str]) -> list[np.ndarray]:
-    """Positions of files that share their pixels, a group per image that occurs more than once."""
-    if not pixel_hashes:
+def identical_groups(files: Sequence[str], pixel_hashes: Mapping[str, str]) -> list[np.ndarray]:
+    """Positions in ``files`` of files that share their pixels, a group per image that occurs more
+    than once (files without a hash, e.g. indexed without verifying, are in none)."""
+    hashed = [i for i, name in enumerate(files) if pixel_hashes.get(name)]
+    if not hashed:
         return []
-    _, inverse, counts = np.unique(np.asarray(pixel_hashes), return_inverse=True, return_counts=True)
+    keys = np.asarray([pixel_hashes[files[i]] for i in hashed])
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     order = np.argsort(inverse, kind="stable")
-    groups = np.split(order, np.cumsum(counts)[:-1])
+    groups = np.split(np.asarray(hashed, dtype=np.int64)[order], np.cumsum(counts)[:-1])
     return [group for group in groups if len(group) > 1]
 
 
-def find_leaks(files: Sequence[str], labels: np.ndarray, classes: Sequence[str], pixel_hashes: Sequence[str], plan: Any = None) -> list[Leak]:
+def find_leaks(
+    files: Sequence[str], labels: np.ndarray, classes: Sequence[str], pixel_hashes: Mapping[str, str], plan: Any = None
+) -> list[Leak]:
     """Every group of identical images that spans identities, or (given a split ``plan``) split parts."""
     labels = np.asarray(labels)
     parts = _parts(plan, len(files)) if plan is not None else None
     leaks = []
-    for group in identical_groups(pixel_hashes):
+    for group in identical_groups(files, pixel_hashes):
         names = [files[i] for i in group]
         owners = sorted({classes[int(labels[i])] for i in group})
         if len(owners) > 1:

@@ -18,9 +18,7 @@ from facekit.errors import UsageError
 from facekit.files import describe_contents, protected_reason
 
 FORMATS = ("png", "jpg", "bmp", "ppm")
-# Left in every set this module writes: --force replaces only a folder that has it (or looks exactly
-# like one written before the marker existed).
-MARKER = ".facekit-synthetic"
+# What this module writes, and all --force replaces: person_N/NNN.<format> files, nothing else.
 _IDENTITY = re.compile(r"^person_\d+$")
 _SHOT = re.compile(rf"^\d{{3}}\.({'|'.join(FORMATS)})$")
 
@@ -57,7 +55,6 @@ def make_synthetic_dataset(
             raise UsageError(f"--force: {reason}; --force replaces only such a set, so nothing was deleted: choose another folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by `facekit data synth`: `--force` may replace this folder\n")
 
     rng = np.random.default_rng(seed)
     width = max(2, len(str(identities - 1)))
@@ -123,13 +120,11 @@ def _photograph(face, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def is_synthetic_dataset(folder: Path) -> bool:
-    """``folder`` was written by :func:`make_synthetic_dataset`: it has the marker, or holds nothing but
-    ``person_N/NNN.<format>`` files (sets written before the marker existed)."""
+    """``folder`` looks exactly as :func:`make_synthetic_dataset` leaves it: nothing but
+    ``person_N/NNN.<format>`` files (so a set someone added their own images to is not replaced)."""
     folder = Path(folder)
     if folder.is_symlink() or not folder.is_dir():
         return False
-    if (folder / MARKER).is_file():
-        return True
     for identity in folder.iterdir():
         if not (_IDENTITY.match(identity.name) and identity.is_dir() and not identity.is_symlink()):
             return False

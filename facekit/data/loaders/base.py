@@ -43,6 +43,9 @@ class Loader:
         self._store: _MemoryStore | _DiskStore | None = None
         self._store_chosen = False
         self._rows = np.arange(len(self.files), dtype=np.int64)  # the cache row of each file
+        # Files that could not be decoded (or were marked so in the cache) in the epochs played so far:
+        # evaluation must know its results lack them.
+        self.undecodable: list[str] = []
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -98,6 +101,13 @@ class Loader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _note_undecodable(self, paths: Sequence[str], *, warn: bool = True) -> None:
+        """Record files skipped because they do not decode (and warn, once per file, when ``warn``)."""
+        new = [path for path in paths if path not in self.undecodable]
+        self.undecodable.extend(new)
+        if warn and new:
+            warn_skipped(new)
+
     # -- backend hooks ----------------------------------------------------------------------
     def _raw_batches(self, plan: EpochPlan) -> Iterator[RawBatch]:
         """(uint8 NCHW images on device, positions int64, per-step draws) per batch.
@@ -149,6 +159,7 @@ class Loader:
         for positions, samples in plan.batches(self.batch_size):
             if not written[positions].all():  # files that failed to decode stay skipped
                 keep = written[positions]
+                self._note_undecodable([self.files[p] for p in positions[~keep]], warn=False)
                 positions, samples = positions[keep], tuple(drawn[keep] for drawn in samples)
             if len(positions) == 0:
                 continue

@@ -27,6 +27,7 @@ a reader pads or wraps its last batch, while here the last batch is simply small
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -66,7 +67,8 @@ class _EpochNames:
     """
 
     def __init__(self, files: list[str], batch_size: int):
-        self.encoded = [np.frombuffer(f.encode("utf-8"), dtype=np.uint8) for f in files]
+        # The bytes the file system holds: a name that is not valid UTF-8 still opens.
+        self.encoded = [np.frombuffer(os.fsencode(f), dtype=np.uint8) for f in files]
         self.batch_size = batch_size
         self.plan: EpochPlan | None = None
         self.draws = False
@@ -138,10 +140,7 @@ class DaliLoader(Loader):
             try:
                 (images,) = pipe.run()
             except RuntimeError as err:
-                raise FacekitError(
-                    f"DALI could not decode a batch ({str(err).splitlines()[0]}); "
-                    "run `facekit data check` on the data set, or use --loader torch, which skips bad files"
-                ) from err
+                raise _decode_failure(err, [self.files[p] for p in positions.tolist()]) from err
             yield self._to_torch(images), torch.from_numpy(positions), None if self._in_graph else samples
         self._mid_epoch = False
 
@@ -176,3 +175,21 @@ class DaliLoader(Loader):
     def close(self) -> None:
         super().close()
         self._pipeline = None
+
+
+def _decode_failure(err: RuntimeError, files: list[str]) -> FacekitError:
+    """One line for a batch DALI could not decode: the file at fault when it can be found, and what to do."""
+    from facekit.data.index import image_problem
+
+    for path in files:
+        problem = image_problem(path)
+        if problem is not None:
+            return FacekitError(
+                f"{path}: DALI cannot decode it ({problem}); replace or remove the file (`facekit data check` "
+                "lists every such file), or use --loader torch, which skips it"
+            )
+    first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    return FacekitError(
+        f"DALI could not decode a batch of {len(files)} images starting with {files[0]} ({first}); "
+        "use --loader torch, which skips a file it cannot decode"
+    )

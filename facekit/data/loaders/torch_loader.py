@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facekit.data.loaders._common import EpochPlan, RawBatch, decode_resized
-from facekit.data.loaders.base import Loader, warn_skipped
+from facekit.data.loaders.base import Loader
 from facekit.data.loaders.options import LoaderOptions
 
 
@@ -88,7 +88,7 @@ class TorchLoader(Loader):
         self._sampler.plan = plan
         for images, positions, rows, failed in self._loader:
             if failed:
-                warn_skipped(failed)
+                self._note_undecodable(failed)
             if images is None:
                 continue
             # The draws of the images that decoded (a failed file drops its row).
