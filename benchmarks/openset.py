@@ -7,10 +7,12 @@ One run compares, on the same split and the same strangers:
   tolerance 0.6; and the same with the tolerance calibrated on validation data;
 - **centroid cosine** of the same frozen network: cosine to each identity's mean embedding (what
   a careful user writes next), threshold calibrated on validation data;
-- **facekit's recipes**: ``facekit train`` runs (dlib-resnet fine-tuned with each loss: plain,
-  weighted, arcface, cosface; the study's baseline CNN briefly), each judged by every rejection
-  score it has (max softmax, cosine to the class centroid, the margin head's cosine) and by the
-  one its validation data prefers.
+- **facekit's recipes**: the head of ``dlib-resnet`` trained with each loss (plain, weighted,
+  arcface, cosface) on the frozen network's embeddings (what ``facekit train --arch dlib-resnet``
+  trains without ``--finetune``, on embeddings computed once); ``facekit train`` runs of
+  dlib-resnet fine-tuned with each loss (``--epochs N``, N > 0) and of the study's baseline CNN
+  (briefly). Each is judged by every rejection score it has (max softmax, cosine to the class
+  centroid, the margin head's cosine) and by the one its validation data prefers.
 
 Protocol: the known data (aligned lfw_min8) is split by facekit's stratified holdout split
 (``--test-size 0.25``, ``--val-size 0.1``, seed 42): the test quarter are the known probes, the
