@@ -37,6 +37,17 @@ COMMAND_OPTIONS: dict[str, tuple[Any, Any]] = {
             help="Train data-parallel on N processes of this machine (one per GPU): starts torchrun for you.",
         ),
     ),  # fmt: skip
+    "config_file": (
+        Optional[Path],
+        typer.Option(
+            None, "--config", metavar="FILE", show_default="none",
+            help="Training settings from a YAML (or JSON) file, e.g. a run's config.json; options given here override it.",
+        ),
+    ),  # fmt: skip
+    "print_config": (
+        bool,
+        typer.Option(False, "--print-config", help="Print the settings this would train with, as YAML for --config, and exit."),
+    ),
     "quiet": (bool, typer.Option(False, "--quiet", "-q", help="Print only the result.")),
     "as_json": (bool, typer.Option(False, "--json", help="Print the result as JSON (implies --quiet).")),
 }
@@ -62,23 +73,43 @@ def train(ctx: typer.Context, **params: Any) -> None:
     from facekit.distributed import Distributed, launch
     from facekit.engine import Trainer
 
+    settings = {name: params[name] for name, option in options().items() if option.cli}
+    negated = _negations(ctx, params)
+    # Only what was typed counts over a --config file (and for --resume: the engine applies what a
+    # resume may change and refuses the rest).
+    given = {name: value for name, value in settings.items() if _typed(ctx, name)} | negated
+    from_file = params["config_file"] is not None or params["print_config"]
+    if from_file and params["resume"] is not None:
+        raise UsageError("--config and --print-config are for a new run; --resume continues a run with its own settings: drop them")
+    if params["print_config"]:
+        from facekit.config_files import printed_config
+
+        typer.echo(printed_config(params["config_file"], given, _note), nl=False)
+        return
     if params["nproc"] is not None:
         launch(params["nproc"], _typed_arguments(ctx, leave_out="nproc"))
         return
     as_json = params["as_json"]
     progress = ConsoleProgress(err_console if as_json else console, quiet=params["quiet"] or as_json)
-    settings = {name: params[name] for name, option in options().items() if option.cli}
-    negated = _negations(ctx, params)
     if params["resume"] is not None:
-        # Only what was typed counts: the engine applies what a resume may change and refuses the rest.
-        given = {name: value for name, value in settings.items() if _typed(ctx, name)} | negated
         run_dir = Trainer.resume(params["resume"], progress, **given)
-    elif settings["data"] is None:
-        raise UsageError("--data DIR is required (a folder with one sub-folder per identity), or --resume RUN")
     else:
-        run_dir = Trainer(TrainConfig(**(settings | negated)), progress).train()
+        if params["config_file"] is not None:
+            from facekit.config_files import configured
+
+            config = configured(params["config_file"], given, _note)
+        else:
+            config = TrainConfig(**(settings | negated))
+        if config.data is None:
+            raise UsageError("--data DIR is required (a folder with one sub-folder per identity, or data: in --config), or --resume RUN")
+        run_dir = Trainer(config, progress).train()
     if Distributed.from_env().is_main:  # under torchrun, rank 0 speaks for the job
         _print_result(run_dir, as_json)
+
+
+def _note(text: str) -> None:
+    """A line about the settings, on stderr (stdout may be the YAML of --print-config)."""
+    err_console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
 def _negations(ctx: typer.Context, params: dict[str, Any]) -> dict[str, Any]:
