@@ -192,7 +192,7 @@ def what_the_numbers_say(summaries: dict, runs: dict[str, Path], profile: str) -
             "- **The report's averages do not compare with ours as printed.** Its per-class \"accuracy\" (0.62-0.93)",
             "  is recall by its own definition (section 5.4), so its ResNet18 row, accuracy 0.93 beside recall 0.62,",
             "  cannot be per-class recall: it is probably a one-vs-rest accuracy, which a classifier that says",
-            "  \"no\" gets nearly right for 200 classes. facekit reports recall under that name, as SPEC.md says.",
+            "  \"no\" gets nearly right for 200 classes. facekit reports recall under that name, as the study defines it (docs/method.md).",
         ]
     tuned = [n for n in ("baseline-lr1e-3", "tronnet-lr1e-3", "tronnet-weighted-lr1e-3") if n in runs]
     if tuned:

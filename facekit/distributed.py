@@ -299,12 +299,16 @@ def launch(nproc: int, facekit_args: Sequence[str]) -> None:
     check_process_count(nproc, _option_value(facekit_args, "--device") or "auto")
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
     if nproc > 1:
         # torchrun sets this itself and prints a banner about it; facekit's --threads sets torch's threads.
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "facekit", *facekit_args])
+    parser = get_args_parser()
+    # Without abbreviations: argparse would read a facekit option that begins like one of
+    # torchrun's (--log: --log-dir, --logs-specs) as torchrun's, or refuse it as ambiguous.
+    parser.allow_abbrev = False
+    args = parser.parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "facekit", *facekit_args])
     oom_kills = _oom_kills()
     try:
         with _quiet_torchrun():

@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:  # annotations only: importing facekit stays cheap
     import typer
 
-    from facekit.specs import ArchitectureSpec, AugmentationSpec, LossSpec, ReporterSpec, SplitSpec
+    from facekit.specs import ArchitectureSpec, AugmentationSpec, LoggerSpec, LossSpec, ReporterSpec, SplitSpec
 
 hookspec = pluggy.HookspecMarker("facekit")
 hookimpl = pluggy.HookimplMarker("facekit")
@@ -49,3 +49,8 @@ def register_commands(cli: typer.Typer) -> None:
 @hookspec
 def register_augmentations(register: Callable[[AugmentationSpec], None]) -> None:
     """Register training-image augmentations: call ``register(AugmentationSpec(...))`` for each."""
+
+
+@hookspec
+def register_loggers(register: Callable[[LoggerSpec], None]) -> None:
+    """Register experiment trackers for ``facekit train --log NAME``: call ``register(LoggerSpec(...))`` for each."""

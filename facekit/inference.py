@@ -55,8 +55,15 @@ def readable_images(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def run_loader(run: "Run", files: Sequence[str | Path], *, device: "torch.device", batch_size: int = 32) -> "Loader":
-    """Batches of ``files`` in order, at the run's input size and with its kept fold's normalization, never augmented."""
+def run_loader(
+    run: "Run", files: Sequence[str | Path], *, device: "torch.device", batch_size: int = 32, backend: str = "auto"
+) -> "Loader":
+    """Batches of ``files`` in order, at the run's input size and with its kept fold's normalization, never augmented.
+
+    ``backend`` "auto" takes DALI where it works (the run's own --loader may not exist here, e.g.
+    DALI on macOS; results agree within tolerance); "torch" gives exactly the pixels an exported
+    bundle sees (:mod:`facekit.imaging`), what ``facekit predict`` uses.
+    """
     from facekit.specs import Normalization
     from facekit.data.loaders import make_loader
 
@@ -71,5 +78,6 @@ def run_loader(run: "Run", files: Sequence[str | Path], *, device: "torch.device
         train=False,
         rotate=0.0,
         device=device,
-        backend="auto",  # evaluation's choice on this device; the run's own --loader may not exist here (e.g. DALI on macOS); results agree within tolerance
+        backend=backend,
+        num_workers=0 if backend == "torch" and len(files) <= batch_size else None,  # one batch: no worker processes
     )

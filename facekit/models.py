@@ -1,4 +1,4 @@
-"""The study's networks (../SPEC.md, "Architectures"), and the ResNet18 transfer model."""
+"""The study's networks (docs/method.md, "Architectures"), and the ResNet18 transfer model."""
 
 from __future__ import annotations
 

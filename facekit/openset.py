@@ -45,6 +45,9 @@ SCORES = {
     "centroid": "cosine similarity of the image's embedding to the nearest class centroid (or enrolled person)",
     "margin": "the margin head's top-1 cosine (runs trained with a margin loss)",
 }
+# The calibration of the centroid score for people enrolled from a photo or two (``facekit enroll``),
+# not a score of its own: a gallery entry of one photo scores lower than a class's mean embedding.
+ENROLLED = "enrolled"
 # Scores that compare embeddings with the gallery: the ones that can name an enrolled person.
 GALLERY_SCORES = ("centroid",)
 OPENSET_FILE = "openset.json"
@@ -415,8 +418,13 @@ def decide(
         threshold_used = openset.threshold(score_name) if threshold is None else threshold
         scores, best = probe_scores(score_name, logits, embeddings, openset.gallery, openset.logit_scale)
         names = [openset.gallery.names[i] for i in best] if score_name in GALLERY_SCORES else [classes[i] for i in best]
+    # An image nearest to an enrolled person is held to the enrolled people's threshold (when calibrated).
+    per_image = [threshold_used] * len(names)
+    if openset is not None and threshold is None and score_name in GALLERY_SCORES and ENROLLED in openset.calibration:
+        enrolled_threshold = openset.threshold(ENROLLED)
+        per_image = [enrolled_threshold if openset.gallery.class_ids[i] < 0 else threshold_used for i in best]
     decisions = []
-    for name, score, top in zip(names, scores, tops):
+    for name, score, top, threshold_used in zip(names, scores, tops, per_image):
         accepted = threshold_used is None or bool(score >= threshold_used)
         decisions.append({
             "identity": name if accepted else "unknown",

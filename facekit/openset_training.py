@@ -165,8 +165,9 @@ def embedding_network(model: Any, arch_name: str) -> Any | None:
 
 
 def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size: int = 64,
-          with_embeddings: bool = True) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing."""
+          with_embeddings: bool = True, backend: str = "auto") -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Logits (N x C) and embeddings (N x D, or None) of ``paths`` through ``model`` with the run's preprocessing
+    (``backend``: the loader, see :func:`facekit.inference.run_loader`)."""
     import torch
 
     from facekit.inference import run_loader
@@ -174,7 +175,7 @@ def infer(run: Any, model: Any, paths: Sequence[str], *, device: Any, batch_size
     network = embedding_network(model, run.config["arch"]) if with_embeddings else None
     if not paths:
         return np.zeros((0, len(run.classes)), np.float32), (np.zeros((0, 0), np.float32) if network else None)
-    loader = run_loader(run, paths, device=device, batch_size=batch_size)
+    loader = run_loader(run, paths, device=device, batch_size=batch_size, backend=backend)
     logits, embeddings = [], []
     try:
         with torch.no_grad():
@@ -223,6 +224,17 @@ def head_logit_scale(model: Any, arch_name: str) -> float | None:
         return None
     scale = getattr(head, "logit_scale", None)
     return float(scale) if isinstance(scale, (int, float)) and scale > 0 else None
+
+
+def one_photo_gallery(train: _Probes) -> openset.Gallery:
+    """Each class as if enrolled from one photo: its first training image's embedding (a zero row for a class with none)."""
+    classes = int(train.logits.shape[1])
+    first = np.full(classes, -1)
+    for position in range(len(train.labels) - 1, -1, -1):
+        first[train.labels[position]] = position
+    embeddings = np.zeros((classes, train.embeddings.shape[1]), dtype=np.float32)
+    embeddings[first >= 0] = openset.l2_normalize(train.embeddings[first[first >= 0]])
+    return openset.Gallery([str(c) for c in range(classes)], embeddings, np.arange(classes), (first >= 0).astype(np.int64))
 
 
 def available_scores(embeddings: bool, logit_scale: float | None) -> list[str]:
@@ -285,6 +297,18 @@ def evaluate_openset(run: Any, *, device: Any, target_fpir: float, score: str = 
         arrays[f"{name}_known"] = test_values.astype(np.float64)
         arrays[f"{name}_correct"] = test_correct
         arrays[f"{name}_unknown"] = test_unknown.scores(name, gallery, logit_scale)[0].astype(np.float64)
+    if gallery is not None:
+        # People enrolled later have a photo or two, not a class's mean: their cosines run lower, so they
+        # get a threshold of their own, calibrated as if every class were enrolled from one training photo.
+        one_photo = one_photo_gallery(train)
+        known_values, known_correct = calibration_known.scores("centroid", one_photo, None)
+        calibration[openset.ENROLLED] = openset.calibrate_threshold(
+            known_values, calibration_unknown.scores("centroid", one_photo, None)[0], target_fpir,
+            known_correct=known_correct, score=openset.ENROLLED,
+        ).to_dict()  # fmt: skip
+        test_values, test_correct = test_known.scores("centroid", one_photo, None)
+        arrays[f"{openset.ENROLLED}_known"], arrays[f"{openset.ENROLLED}_correct"] = test_values, test_correct
+        arrays[f"{openset.ENROLLED}_unknown"] = test_unknown.scores("centroid", one_photo, None)[0]
     if test_known.embeddings is not None and len(test_known.labels):
         arrays["genuine"], arrays["impostor"] = openset.pair_scores(test_known.embeddings, test_known.labels, seed=0)
     data = openset.OpenSet(

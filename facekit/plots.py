@@ -139,8 +139,13 @@ def plot_confusion_matrix(
     axis.set_ylabel("True class")
     others = metrics.num_classes - len(chosen)
     subtitle = f"{len(chosen)} of {metrics.num_classes} classes" + (" (rows may not sum to 1: mistakes into other classes)" if others else "")
-    axis.set_title(f"{title}\n{subtitle}", fontsize=10)
-    figure.colorbar(image, ax=axis, shrink=0.8, label="Share of the true class (numbers: counts)")
+    # A figure-level title: constrained layout keeps it above the axes and the colour bar alike,
+    # so the bar's label never runs into it; wrapped to the figure's width.
+    import textwrap
+
+    wrap = max(30, int(figure.get_figwidth() * 11))
+    figure.suptitle(f"{title}\n{textwrap.fill(subtitle, wrap)}", fontsize=10)
+    figure.colorbar(image, ax=axis, shrink=0.8, label="Share of the true class\n(numbers: counts)")
     return save(figure, out_path)
 
 
@@ -160,25 +165,12 @@ def plot_score_vs_training_images(
     sizes = 25 + 120 * metrics.support[ids] / max(int(metrics.support.max()), 1)
     axis.scatter(counts, scores, s=sizes, c=scores, cmap="RdYlGn", vmin=0, vmax=1,
                  edgecolors="black", linewidths=0.5, alpha=0.85)
-    # Classes with the same training images and score sit on one point: name them together, and
-    # slant the names so that labels of neighbouring points do not run into each other.
+    # Classes with the same training images and score sit on one point: name them together.
     named: dict[tuple[float, float], list[str]] = {}
     for class_id in sorted(set(metrics.worst_k(annotate)) | set(metrics.top_k(annotate))):
         point = (float(train_counts[class_id]), round(float(metrics.aggregated[class_id]), 3))
         named.setdefault(point, []).append(readable(classes[class_id]))
-    # A label whose point is close to the previous label's point goes below it instead of above.
-    span = np.log10(max(counts.max(), 2) / max(counts.min(), 1)) if counts.size else 1.0
-    previous: tuple[float, float, bool] | None = None
-    for (x, y), names in sorted(named.items()):
-        below = bool(
-            previous and not previous[2]
-            and abs(np.log10(max(x, 1) / max(previous[0], 1))) < 0.06 * max(span, 0.5)
-            and abs(y - previous[1]) < 0.12
-        )
-        axis.annotate("\n".join(names), (x, y), xytext=(4, -4 if below else 4), textcoords="offset points",
-                      fontsize=7, rotation=-30 if below else 30, rotation_mode="anchor",
-                      va="top" if below else "bottom", linespacing=1.1)
-        previous = (x, y, below)
+    _label_points(axis, figure, named, counts)
     axis.axhline(metrics.macro("aggregated"), color="grey", linestyle="--", linewidth=1,
                  label=f"macro average {metrics.macro('aggregated'):.3f}")
     axis.legend(loc="lower right", fontsize=8, frameon=False)
@@ -198,9 +190,61 @@ def plot_score_vs_training_images(
     axis.set_xlabel("Training images of the class (log scale)")
     axis.set_ylabel("Aggregated score on the test split")
     axis.grid(alpha=0.3, which="both")
-    axis.set_title(f"{title}\nSpearman rank correlation {rho:+.2f} over {ids.size} classes"
-                   " (marker area: test images)", fontsize=10)
+    if counts.size and np.unique(counts).size == 1:
+        # One count for every class: imbalance cannot explain anything, and a rank correlation is undefined.
+        axis.set_xscale("linear")
+        axis.set_xlim(counts[0] - 1, counts[0] + 1)
+        axis.set_xticks([counts[0]], [f"{counts[0]:g}"])
+        axis.set_xlabel("Training images of the class")
+        correlation = f"every class has {counts[0]:g} training images: no imbalance to explain failures"
+    elif scores.size and np.unique(scores).size == 1:
+        correlation = f"every class scores {scores[0]:.3f}: rank correlation undefined"
+    elif ids.size < 3:
+        correlation = f"only {ids.size} measured classes: rank correlation undefined"
+    else:
+        correlation = f"Spearman rank correlation {rho:+.2f} over {ids.size} classes"
+    axis.set_title(f"{title}\n{correlation} (marker area: test images)", fontsize=10)
     return save(figure, out_path)
+
+
+def _label_points(axis, figure: Figure, named: dict[tuple[float, float], list[str]], counts: np.ndarray) -> None:
+    """Name the points beside them, never on one another: labels are stacked vertically with a
+    thin line to their point, to the right (to the left in the right part of the plot), and kept
+    within the axes' height so that none reaches the title. Heights are in axes fractions (the
+    y range is fixed), so the stacking holds whatever size the layout gives the axes."""
+    y_low, y_high = -0.05, 1.05
+    axes_pt = figure.get_figheight() * 72 * 0.62  # a low estimate of the axes' height: generous gaps
+    line = 8.5 / axes_pt  # one line of 7-pt text, in axes fraction
+    gap = 2.0 / axes_pt
+    low_x, high_x = (float(counts.min()), float(counts.max())) if counts.size else (1.0, 1.0)
+    span = np.log10(max(high_x, 1) / max(low_x, 1))
+    sides: dict[bool, list[tuple[float, float, str]]] = {False: [], True: []}
+    for (x, y), names in named.items():
+        on_left = bool(span > 0 and np.log10(max(x, 1) / max(low_x, 1)) > 0.6 * span)
+        sides[on_left].append((x, y, "\n".join(names)))
+    for on_left, labels in sides.items():
+        labels.sort(key=lambda item: -item[1])  # the highest point's label on top
+        heights = [line * (text.count("\n") + 1) for _, _, text in labels]
+        centres: list[float] = []
+        for i, ((x, y, text), height) in enumerate(zip(labels, heights)):
+            centre = min((y - y_low) / (y_high - y_low), 1.0 - height / 2)
+            # Only labels of points close by (about a label's width) can overlap this one.
+            for j in range(i):
+                near = abs(np.log10(max(x, 1) / max(labels[j][0], 1))) < 0.2 * max(span, 0.5)
+                reach = (heights[j] + height) / 2 + gap
+                if near and abs(centre - centres[j]) < reach:
+                    centre = centres[j] - reach
+            centres.append(centre)
+        lowest = min((c - h / 2 for c, h in zip(centres, heights)), default=0.0)
+        if lowest < 0:  # pushed below the axes: move the labels up together, as far as the top allows
+            room = min((1.0 - c - h / 2 for c, h in zip(centres, heights)), default=0.0)
+            centres = [c + min(-lowest, max(0.0, room)) for c in centres]
+        for (x, y, text), centre in zip(labels, centres):
+            axis.annotate(
+                text, (x, y), xytext=(-16 if on_left else 16, centre), textcoords=("offset points", "axes fraction"),
+                fontsize=7, va="center", ha="right" if on_left else "left", linespacing=1.1,
+                arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5, shrinkA=0, shrinkB=4),
+            )
 
 
 def plot_top_confusions(
@@ -296,7 +340,7 @@ def plot_det_curves(
     """FNIR against FPIR (log axes), one curve per score, the run's threshold marked on each.
 
     ``curves[name] = (fpir, fnir)``; ``marks[name] = (fpir, fnir)`` at the calibrated threshold.
-    Rates of 0 cannot sit on a log axis: they are drawn at the axis floor (half a probe)."""
+    Rates of 0 cannot sit on a log axis: they are drawn on the dotted floor lines (half the smallest rate measured)."""
     figure = Figure(figsize=(6.2, 5), layout="constrained")
     axis = figure.subplots()
     floor = 1.0
@@ -314,8 +358,12 @@ def plot_det_curves(
                       linestyle="none", color=style["color"], label=f"{name}: the run's threshold")
     axis.set_xscale("log")
     axis.set_yscale("log")
-    axis.set_xlim(floor, 1.0)
-    axis.set_ylim(floor, 1.0)
+    # The floor lines stand for a rate of 0; a little room below them keeps a curve lying there visible.
+    axis.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
+    axis.axvline(floor, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xlim(floor / 1.6, 1.05)
+    axis.set_ylim(floor / 1.6, 1.05)
+    axis.text(1.0, floor, "rate 0 ", fontsize=7, color="grey", ha="right", va="bottom")
     axis.set_xlabel("FPIR: share of unknown people named as someone")
     axis.set_ylabel("FNIR: share of known people rejected or misnamed")
     axis.grid(alpha=0.3, which="both")

@@ -33,6 +33,7 @@ REGISTRY_HOOKS = {
     "splits": "register_splits",
     "reporters": "register_reporters",
     "augmentations": "register_augmentations",
+    "loggers": "register_loggers",
 }
 
 T = TypeVar("T")
@@ -55,6 +56,7 @@ SPEC_CONTRACTS = {
     "splits": ("SplitSpec", ("split",)),
     "reporters": ("ReporterSpec", ("render",)),
     "augmentations": ("AugmentationSpec", ("parse", "sample", "apply_torch")),
+    "loggers": ("LoggerSpec", ("start",)),
 }
 
 
@@ -160,6 +162,7 @@ class PluginSet:
                 "splits": Registry("split", "--split"),
                 "reporters": Registry("reporter", "--reporter"),
                 "augmentations": Registry("augmentation", "--augment"),
+                "loggers": Registry("logger", "--log"),
             }
             for kind, hook in REGISTRY_HOOKS.items():
                 self._fill(kind, hook)
@@ -491,6 +494,10 @@ def reporters() -> Registry:
 
 def augmentations() -> Registry:
     return get_plugins().registries["augmentations"]
+
+
+def loggers() -> Registry:
+    return get_plugins().registries["loggers"]
 
 
 def hook_names() -> list[str]:

@@ -272,7 +272,9 @@ def openset_table(summary: dict[str, Any]) -> TableData:
         caption=(
             f"{figures[0]['known']} known and {figures[0]['unknown']} unknown test images. FNIR counts a known face "
             f"rejected or misnamed; '-': too few unknown images (or pairs) to measure that rate. TAR: pairs of known "
-            f"test images by embedding cosine (the same for every score). The threshold is calibrated on validation "
+            f"test images by embedding cosine (the same for every score). 'enrolled': the centroid score with every "
+            f"class as if enrolled from one training photo (the threshold facekit enroll's people get). The "
+            f"threshold is calibrated on validation "
             f"data for FPIR {summary['target_fpir']:g}."
         ),
     )

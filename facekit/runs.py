@@ -282,6 +282,13 @@ class RunWriter:
         return cls(path, lock)
 
     @classmethod
+    def for_config(cls, config: "TrainConfig") -> "RunWriter":
+        """The new run's folder: ``--out`` (replaced only with ``--force``), else a fresh default name."""
+        if config.out is not None:
+            return cls.create(config.out, config.force, data=config.data)
+        return cls.create_new(default_run_dir(config), data=config.data)
+
+    @classmethod
     def create_new(cls, path: Path, data: Path | None = None) -> "RunWriter":
         """A new run folder at ``path``, or at ``path-2``, ``path-3``... when that name is taken (default names).
 
@@ -471,7 +478,7 @@ class RunWriter:
         lines = ["file,true_id,true_name,pred_id,pred_name,confidence"]
         for i, t, p, confidence in zip(index, y_true, scores.y_pred, scores.top_probs[:, 0] if len(index) else []):
             lines.append(f"{_csv(files[i])},{t},{_csv(classes[t])},{p},{_csv(classes[p])},{confidence:.4f}")
-        atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode())
+        atomic_write(self.path / "predictions.csv", ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -27,13 +27,17 @@ __all__ = [
     "ArchitectureSpec",
     "AugmentationSpec",
     "Fold",
+    "LoggerContext",
+    "LoggerSpec",
     "LossOption",
     "LossSpec",
     "Normalization",
     "ReporterSpec",
+    "RunResults",
     "SplitOptions",
     "SplitPlan",
     "SplitSpec",
+    "TrainingLogger",
 ]
 
 
@@ -285,3 +289,51 @@ class AugmentationSpec:
     description: str = ""
     apply_dali: Callable[[Any, Any, Any], Any] | None = None
     geometric: bool = False
+
+
+@dataclass(frozen=True)
+class LoggerContext:
+    """What an experiment tracker is started with: the run it follows."""
+
+    run_dir: Path  # the run folder; a tracker's local files go under it
+    config: dict[str, Any]  # the run's settings, as its config.json holds them
+    folds: int = 1  # models the run trains (k for --split kfold); epoch rows say which fold
+    resumed: bool = False  # a `facekit train --resume` of an interrupted run
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """What an experiment tracker gets once the run is measured on its test split."""
+
+    run_dir: Path
+    metrics: dict[str, float]  # test figures: overall_accuracy, balanced_accuracy, macro_f1
+    files: list[Path]  # the report (report.md, report.json) and its figures (PNG), in RUN/report/
+
+
+class TrainingLogger(Protocol):
+    """What :attr:`LoggerSpec.start` returns: the engine calls these, on rank 0 only.
+
+    ``log_epoch(row)`` after every epoch: ``fold``, ``epoch``, ``train_loss``, ``val_loss``,
+    ``train_acc``, ``val_acc`` (NaN when the fold has no validation images), ``lr`` (the
+    learning rate the epoch started with), ``images_per_s`` and ``seconds``, among others.
+    ``log_results(results)`` once, after the test split is measured. ``close()`` at the end,
+    also after a failure or an interruption.
+    """
+
+    def log_epoch(self, row: dict[str, Any]) -> None: ...
+    def log_results(self, results: RunResults) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    """An experiment tracker, chosen with ``facekit train --log NAME``: ``start(context) -> TrainingLogger``.
+
+    ``start`` imports what the tracker needs (facekit's own import nothing until then). Any
+    exception from the tracker, in ``start`` or later, is one warning and the tracker is
+    dropped: training goes on without it.
+    """
+
+    name: str
+    start: Callable[[LoggerContext], TrainingLogger]
+    description: str = ""

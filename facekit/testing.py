@@ -9,7 +9,7 @@ Fixtures:
 
 Contract checks, one line each in a plugin's tests (each raises AssertionError saying what is
 wrong): :func:`check_architecture`, :func:`check_loss`, :func:`check_split`,
-:func:`check_reporter`. They take the registered name, so they also check the registration.
+:func:`check_reporter`, :func:`check_logger`. They take the registered name, so they also check the registration.
 
 Importing this module stays cheap (no torch): pytest loads it in every session.
 """
@@ -97,7 +97,7 @@ def _registered(kind: str, name: str) -> Any:
 
 
 def check_architecture(
-    name: str, *, input_size: int | None = None, num_classes: int = 3, batch: int = 4, steps: int = 5
+    name: str, *, input_size: int | None = None, num_classes: int = 3, batch: int = 4, steps: int = 5, export: bool = True
 ) -> None:
     """Check architecture ``name`` against its contract, without pretrained weights.
 
@@ -106,7 +106,7 @@ def check_architecture(
     that turns a flat (batch, D) embedding into exactly those logits (the embedding contract);
     it has trainable parameters, and a few Adam steps on
     one tiny batch lower the training loss without moving any frozen (``requires_grad=False``)
-    parameter.
+    parameter. With ``export`` (the default) it also exports, as :func:`check_export` checks.
     """
     import torch
     from torch import nn
@@ -157,6 +157,8 @@ def check_architecture(
     moved = [n for n, p in model.named_parameters() if n in frozen and not torch.equal(p, frozen[n])]
     assert not moved, f"architecture {name!r}: frozen parameters changed in training: {', '.join(moved[:5])}"
     _check_embedding(name, spec, model, images, num_classes)
+    if export:
+        check_export(name, input_size=size, num_classes=max(num_classes, 5))
 
 
 def _check_embedding(name: str, spec: Any, model: Any, images: Any, num_classes: int) -> None:
@@ -197,6 +199,94 @@ def _check_embedding(name: str, spec: Any, model: Any, images: Any, num_classes:
         f"architecture {name!r}: classifier {classifier!r} applied to its input does not give the model's output; "
         "the classifier must be the model's last step"
     )
+
+
+def check_export(
+    name: str,
+    *,
+    input_size: int | None = None,
+    num_classes: int = 7,
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    images: Any = None,
+    tolerance: float = 1e-4,
+) -> None:
+    """Check that architecture ``name`` exports as ``facekit export`` does, and that the export agrees.
+
+    Built with ``pretrained=False`` and its weights moved off their initial values (so that no
+    logit is trivially zero), put behind the exported preprocessing, it is exported to every
+    format in ``formats``; onnxruntime (or TorchScript) and the eager model then give the same
+    logits within ``tolerance`` and the same top-5 classes on ``images`` (uint8 RGB, (N, H, W, 3)
+    at the input size; default: a few synthetic faces, decoded and resized as a bundle does).
+    """
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from facekit.errors import FacekitError
+    from facekit.export import export_model, exportable_model, with_preprocessing
+    from facekit.factory import create_model
+    from facekit.specs import ArchitectureSpec, Normalization
+
+    spec = _registered("architectures", name)
+    assert isinstance(spec, ArchitectureSpec), f"architecture {name!r}: registered a {type(spec).__name__}, not an ArchitectureSpec"
+    size = input_size or spec.input_size
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, input_size=size, pretrained=False)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    network, embedding = exportable_model(model.eval(), name)  # what `facekit export` exports: logits (and embedding)
+    normalization = spec.normalization or Normalization((0.5, 0.45, 0.4), (0.25, 0.25, 0.25))
+    with tempfile.TemporaryDirectory(prefix="facekit-check-export-") as folder:
+        if images is None:
+            images = _synthetic_images(Path(folder) / "faces", size)
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        assert images.shape[1:] == (size, size, 3), f"check_export: images of shape {images.shape}, expected (N, {size}, {size}, 3)"
+        with torch.no_grad():
+            outputs = with_preprocessing(network, normalization)(torch.from_numpy(images))
+        outputs = [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
+        expected = outputs[0]
+        for fmt in formats:
+            path = Path(folder) / f"model.{fmt}"
+            try:
+                export_model(network, path, fmt=fmt, arch=name, input_size=size, normalization=normalization, embedding=embedding)
+            except FacekitError as exc:
+                raise AssertionError(str(exc)) from None
+            results = _run_exported(path, fmt, images)
+            for output, want, have in zip(("logits", "embedding"), outputs, results):
+                diff = float(np.abs(have - want).max())
+                assert diff <= tolerance, f"architecture {name!r}: {fmt} {output} differ from torch's by {diff:.3g} (> {tolerance:g})"
+            got = results[0]
+            k = min(5, num_classes)
+            top_expected, top_got = np.argsort(-expected, 1, kind="stable")[:, :k], np.argsort(-got, 1, kind="stable")[:, :k]
+            assert (top_expected == top_got).all(), f"architecture {name!r}: {fmt} and torch rank the top-{k} classes differently"
+
+
+def _synthetic_images(folder: Path, size: int) -> Any:
+    import numpy as np
+
+    from facekit.data.synth import make_synthetic_dataset
+    from facekit.imaging import load_resized
+
+    root = make_synthetic_dataset(folder, identities=3, per_identity=2, size=min(size, 96), seed=0)
+    return np.stack([load_resized(p, size) for p in sorted(root.rglob("*.png"))])
+
+
+def _run_exported(path: Path, fmt: str, images: Any) -> Any:
+    import warnings
+
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images})
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        outputs = torch.jit.load(str(path))(torch.from_numpy(images))
+    return [t.numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
 
 
 def check_loss(name: str, class_counts: tuple[int, ...] = (1, 3, 9, 27)) -> None:
@@ -312,3 +402,43 @@ def check_reporter(name: str, run_dir: Path, out_dir: Path) -> None:
     assert not unnamed, f"reporter {name!r} wrote files without listing them in context.written: {', '.join(unnamed)}"
     for path in context.written:
         assert Path(path).is_file() and Path(path).stat().st_size > 0, f"reporter {name!r}: {path} is missing or empty"
+
+
+def check_logger(name: str, run_dir: Path) -> None:
+    """Check experiment tracker ``name`` (``--log name``) the way a training calls it, on ``run_dir``
+    (a folder that must not exist yet; it is made).
+
+    ``start(context)`` returns an object with ``log_epoch``, ``log_results`` and ``close``; it takes
+    two epochs of two folds (a NaN validation loss among them, as a fold without validation
+    images has), the results with a Markdown report and a PNG figure, and closes: all without an
+    exception, whatever it writes wherever it writes. A tracker that needs a server or a store
+    set up (``MLFLOW_TRACKING_URI`` and the like) needs it here too.
+    """
+    import math
+
+    from PIL import Image
+
+    from facekit.specs import LoggerContext, LoggerSpec, RunResults
+
+    spec = _registered("loggers", name)
+    assert isinstance(spec, LoggerSpec), f"logger {name!r}: registered a {type(spec).__name__}, not a LoggerSpec"
+    run_dir = Path(run_dir)
+    assert not run_dir.exists(), f"check_logger needs a fresh run_dir; {run_dir} exists"
+    (run_dir / "report").mkdir(parents=True)
+    config = {"data": "faces", "arch": "baseline", "epochs": 2, "lr": 1e-3, "augment": ["rotate:15"], "weights": None}
+    logger = spec.start(LoggerContext(run_dir, config, folds=2))
+    missing = [m for m in ("log_epoch", "log_results", "close") if not callable(getattr(logger, m, None))]
+    assert not missing, f"logger {name!r}: start returned a {type(logger).__name__} without {', '.join(missing)}"
+    for fold in (0, 1):
+        for epoch in (1, 2):
+            logger.log_epoch({
+                "fold": fold, "epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": math.nan if fold else 1.5 / epoch,
+                "train_acc": 0.3 * epoch, "val_acc": math.nan if fold else 0.2 * epoch, "lr": 1e-3,
+                "images_per_s": 100.0, "seconds": 1.0, "loader": "torch", "device": "cpu", "compile": None,
+            })  # fmt: skip
+    figure = run_dir / "report" / "loss_curves.png"
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(figure)
+    report = run_dir / "report" / "report.md"
+    report.write_text("## Report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    logger.log_results(RunResults(run_dir, {"test_balanced_accuracy": 0.5}, [report, figure]))
+    logger.close()

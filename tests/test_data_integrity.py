@@ -91,6 +91,9 @@ def test_what_facekit_wrote_into_the_data_folder_is_no_identity(faces, facekit_r
     (faces / "runs" / "20261204-101500-baseline-plain" / "plot.png").write_bytes((faces / "person_00" / "000.png").read_bytes())
     shutil.copytree(facekit_run, faces / "person_01" / "my-run")  # a run folder nested in an identity
     (faces / "person_01" / "my-run" / "kernels.png").write_bytes((faces / "person_00" / "001.png").read_bytes())
+    (faces / "report").mkdir()  # `facekit report RUN --out faces/report`
+    for name in ("report.md", "loss_curves.png", "confusion_matrix.png"):
+        (faces / "report" / name).write_bytes((faces / "person_00" / "002.png").read_bytes())
     monkeypatch.setenv("FACEKIT_CACHE_DIR", str(faces / "cache"))
     (faces / "cache" / "stats").mkdir(parents=True)
     index = index_dataset(faces)
@@ -98,6 +101,7 @@ def test_what_facekit_wrote_into_the_data_folder_is_no_identity(faces, facekit_r
     reasons = {s.path: s.reason for s in index.skipped}
     assert "run folder" in reasons["runs/20261204-101500-baseline-plain/"]
     assert "run folder" in reasons["person_01/my-run/"] and "cache folder" in reasons["cache/"]
+    assert "report files" in reasons["report/"]
     assert "no problems found" not in _check_output(faces)
 
 
@@ -263,3 +267,33 @@ def test_a_duplicate_split_across_test_and_training_is_a_leak():
     assert leaks[0].where == "the training and validation parts"
     fold = SimpleNamespace(train=np.array([0, 1]), val=np.array([2]))
     assert find_leaks(files, labels, ["a", "b"], hashes, SimpleNamespace(test=np.array([3]), folds=[fold])) == []
+
+
+def test_a_fifo_named_like_an_image_is_left_out_not_read_forever(faces):
+    import os
+
+    os.mkfifo(faces / "person_00" / "pipe.png")
+    index = index_dataset(faces, cache=False)
+    assert "person_00/pipe.png" not in index.files
+    assert any(s.path == "person_00/pipe.png" and "not a regular file" in s.reason for s in index.skipped)
+
+
+@needs_dali
+def test_a_file_name_that_is_not_utf8_is_read_by_both_loaders(faces):
+    import os
+
+    from facekit.api import Normalization
+    from facekit.data.loaders import make_loader
+
+    odd = os.fsdecode(bytes(faces / "person_00") + b"/caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    Path(odd).write_bytes((faces / "person_00" / "000.png").read_bytes())
+    index = index_dataset(faces, cache=False)
+    assert any(name.endswith(os.fsdecode(b"caf\xe9.png")) for name in index.files)
+    pixels = Normalization((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
+    batches = []
+    for backend in ("dali", "torch"):
+        loader = make_loader([odd], [0], batch_size=1, input_size=32, normalization=pixels, train=False, rotate=0.0,
+                             backend=backend, num_workers=1)  # fmt: skip
+        batches.append(torch.cat([images for images, _ in loader]))
+        loader.close()
+    assert (batches[0] - batches[1]).abs().mean() <= 0.5

@@ -360,10 +360,11 @@ def two_process_run(plain_net_site, synthetic_dataset, tmp_path_factory) -> dict
         "predictions": interrupted.has_predictions,
     }
     done = subprocess.run(
-        [sys.executable, "-m", "facekit", "train", "--nproc", "2", "--resume", str(run_dir), "--json"],
+        [sys.executable, "-m", "facekit", "train", "--nproc", "2", "--resume", str(run_dir), "--json", "--log", "tensorboard"],
         cwd=workdir, env=facekit_env(plain_net_site), capture_output=True, text=True, timeout=BOUND_S,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "--log tensorboard" not in done.stderr, done.stderr[-3000:]  # the tracker did not fail
     assert "torch/distributed" not in done.stderr and "*****" not in done.stderr, "torchrun's log lines stay out of the way"
     return {"workdir": workdir, "run": run_dir, "killed": killed, "printed": json.loads(done.stdout)}
 
@@ -412,3 +413,11 @@ def test_rank_0_writes_the_test_predictions_once_in_test_split_order(single_proc
     assert two["y_pred"].tolist() == one["y_pred"].tolist()
     rows = (two_process_run["run"] / "predictions.csv").read_text().splitlines()[1:]
     assert [row.split(",")[0] for row in rows] == [run.split["files"][i] for i in test]
+
+
+@pytest.mark.distributed
+def test_only_rank_0_tracks(two_process_run):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (scripts/install.sh installs it)")
+    # Each process that tracked would have written its own event file (the file name holds its pid).
+    events = sorted((two_process_run["run"] / "tensorboard" / "fold-0").glob("events.out.tfevents.*"))
+    assert len(events) == 1, events

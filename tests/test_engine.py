@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from facekit.engine import Trainer, TrainConfig, resolve_device
+from facekit.engine import Trainer, resolve_device
 from facekit.errors import UsageError
 from facekit.runs import Run, load_checkpoint
-from _testutil import InterruptAt
+from _testutil import InterruptAt, config
 
 RUN_FILES = ["config.json", "classes.json", "split.json", "normalization.json", "history.json", "folds.json",
              "predictions.npz", "predictions.csv", "checkpoints/best.pt"]  # fmt: skip
-
-
-def config(data: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        data=data, out=out, arch="baseline", input_size=64, epochs=2, batch_size=8, lr=1e-3,
-        rotate=0.0, loader="torch", workers=0, test_size=0.25, val_size=0.25, seed=3,
-    )  # fmt: skip
-    return TrainConfig(**(settings | overrides))
 
 
 def test_training_lowers_the_loss_and_leaves_a_complete_run(synthetic_dataset, tmp_path):
@@ -103,7 +95,7 @@ LFW_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw
 
 @pytest.mark.skipif(not LFW_TINY.is_dir(), reason=f"real faces not found at {LFW_TINY}")
 def test_tronnet_weighted_on_real_faces_leaves_a_complete_run(tmp_path):
-    """The issue's command on lfw_tiny20, shrunk for CI (64 px, 1 epoch)."""
+    """The README's TronNet command on lfw_tiny20, shrunk for CI (64 px, 1 epoch)."""
     run_dir = Trainer(config(LFW_TINY, tmp_path / "run", arch="tronnet", loss="weighted", epochs=1, batch_size=32)).train()
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name

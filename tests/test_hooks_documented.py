@@ -18,7 +18,7 @@ from facekit.plugins import hook_names
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "plugins.md").read_text()
 SPECS = ["ArchitectureSpec", "ArchOptions", "Normalization", "LossSpec", "LossOption", "SplitSpec", "SplitOptions", "SplitPlan", "Fold",
-         "ReporterSpec", "ReportContext", "AugmentationSpec"]  # fmt: skip
+         "ReporterSpec", "ReportContext", "AugmentationSpec", "LoggerSpec", "LoggerContext", "RunResults"]  # fmt: skip
 
 
 def section(heading: str) -> str:

@@ -199,3 +199,15 @@ def test_openset_files_round_trip(tmp_path):
 def test_openset_module_imports_no_torch():
     code = "import sys, facekit.openset; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_an_image_nearest_an_enrolled_person_is_held_to_the_enrolled_threshold():
+    gallery = gallery_with_two_classes().with_people(["cy"], np.array([[1.0, 1.0]]), [1])
+    calibration = {"centroid": {"threshold": 0.99}, openset.ENROLLED: {"threshold": 0.9}}
+    data = openset.OpenSet("centroid", 0.01, calibration, gallery=gallery)
+    embeddings = np.array([[0.75, 0.66], [1.0, 0.3]])  # cos 0.997 to cy; cos 0.958 to ann (below 0.99)
+    decisions = openset.decide(np.zeros((2, 2)), ["ann", "bob"], embeddings=embeddings, openset=data)
+    assert [d["identity"] for d in decisions] == ["cy", "unknown"]
+    assert [d["threshold"] for d in decisions] == [0.9, 0.99]
+    overridden = openset.decide(np.zeros((2, 2)), ["ann", "bob"], embeddings=embeddings, openset=data, threshold=0.95)
+    assert [d["identity"] for d in overridden] == ["cy", "ann"] and {d["threshold"] for d in overridden} == {0.95}

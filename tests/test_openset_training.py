@@ -220,7 +220,8 @@ def test_predict_on_a_closed_set_run_names_everyone_and_says_so(faces, tmp_path)
 @pytest.mark.slow
 def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, strangers, tmp_path):
     data = openset.OpenSet.read(gallery_run)
-    assert data.gallery is not None and "centroid" in data.calibration
+    assert data.gallery is not None and "centroid" in data.calibration and openset.ENROLLED in data.calibration
+    assert "enrolled" in openset_summary(gallery_run)["scores"]  # one photo per class, on the test split
     assert data.gallery.names == Run(gallery_run).classes and data.gallery.embeddings.shape[0] == len(data.gallery.names)
     people = tmp_path / "people"
     (people / "zoe").mkdir(parents=True)
@@ -233,6 +234,7 @@ def test_enrolled_people_are_named_and_strangers_still_rejected(gallery_run, str
     # The enrolled photo itself matches its own gallery entry exactly: named, by the gallery score.
     [entry] = json.loads(invoke("predict", gallery_run, photo, "--json").stdout)
     assert entry["identity"] == "zoe" and entry["score_name"] == "centroid" and entry["score"] == pytest.approx(1.0, abs=1e-4)
+    assert entry["threshold"] == pytest.approx(data.threshold(openset.ENROLLED))
     # Enrolling the same name again, or a trained identity's name, is refused.
     again = invoke("enroll", gallery_run, people)
     assert again.exit_code == 2 and "zoe is already enrolled" in again.output

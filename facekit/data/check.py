@@ -191,21 +191,21 @@ def render_check_report(report: CheckReport, console) -> None:
             table.add_row(safe(bad.path), safe(bad.reason))
         console.print(table)
     if report.skipped:
-        table = Table(title=f"{len(report.skipped)} entries left out on purpose", title_justify="left")
+        table = Table(title=_count(len(report.skipped), "entry", "entries") + " left out on purpose", title_justify="left")
         table.add_column("file or folder")
         table.add_column("why")
         for skipped in report.skipped:
             table.add_row(safe(skipped.path), safe(skipped.reason))
         console.print(table)
     if report.notes:
-        table = Table(title=f"{len(report.notes)} files used, with a note", title_justify="left")
+        table = Table(title=_count(len(report.notes), "file", "files") + " used, with a note", title_justify="left")
         table.add_column("file")
         table.add_column("note")
         for note in report.notes:
             table.add_row(safe(note.path), safe(note.reason))
         console.print(table)
     if report.leaks:
-        table = Table(title=f"{len(report.leaks)} images present more than once (leakage)", title_justify="left")
+        table = Table(title=_count(len(report.leaks), "image", "images") + " present more than once (leakage)", title_justify="left")
         table.add_column("identical files")
         table.add_column("in")
         for leak in report.leaks:
@@ -237,3 +237,7 @@ def render_check_report(report: CheckReport, console) -> None:
     listed = report.bad or report.empty_classes or report.small_classes or report.skipped or report.notes or report.leaks
     if report.usable and not listed:
         console.print("[green]no problems found[/green]")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

@@ -34,10 +34,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from facekit.data.pixels import FORMAT_OF_SUFFIX, READABLE_FORMATS, rgb8
+from facekit.data.pixels import FORMAT_OF_SUFFIX, READABLE_FORMATS, WIDE_GREY_MODES
 from facekit.errors import FacekitError, UsageError
 from facekit.files import atomic_write, remove_stale_temporaries
-from facekit.run_files import is_run_folder
+from facekit.run_files import is_report_folder, is_run_folder
 
 IMAGE_EXTENSIONS = frozenset(FORMAT_OF_SUFFIX)
 
@@ -241,7 +241,11 @@ def inspect_image(path: str | Path) -> ImageFacts:
                 )
             try:
                 image.load()  # decode every pixel: a truncated file fails here, not mid-epoch
-                pixels = rgb8(image)
+                # What the hash of identical images sees: every stored value (16-bit ones too, so
+                # two bright 16-bit images never look alike), before the orientation is applied.
+                wide = image.mode in WIDE_GREY_MODES
+                pixels = image if wide or image.mode == "RGB" else image.convert("RGB")
+                shape, raw = (image.size, "wide" if wide else "RGB"), pixels.tobytes()
             except OSError as err:
                 if "truncated" in str(err).lower() or "broken data stream" in str(err).lower():
                     return ImageFacts(f"truncated {kind}")
@@ -253,7 +257,7 @@ def inspect_image(path: str | Path) -> ImageFacts:
     note = None
     if FORMAT_OF_SUFFIX.get(suffix) != kind:
         note = f"{kind} data in a {suffix} file (read by its content; rename it to match)"
-    pixel_hash = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()[:32]
+    pixel_hash = hashlib.sha256(f"{shape}".encode() + raw).hexdigest()[:32]
     return ImageFacts(None, note, hashlib.sha256(data).hexdigest()[:32], pixel_hash)
 
 
@@ -275,6 +279,17 @@ def image_files_under(folder: str | Path) -> tuple[list[Path], list[BadFile]]:
     walker.walk(root, found)
     walker.follow_links({"": found})
     return [root / rel for rel in sorted(found)], walker.skipped
+
+
+SHOWN_SKIPPED = 20  # lines `train` prints about files it leaves out before "and N more"
+
+
+def skipped_lines(entries: list[BadFile], shown: int = SHOWN_SKIPPED) -> list[str]:
+    """What `train` says of the files and folders it leaves out: the first ``shown``, then how many more."""
+    lines = [f"skipping {entry.path}: {entry.reason}" for entry in entries[:shown]]
+    if len(entries) > shown:
+        lines.append(f"skipping {len(entries) - shown} more files or folders (`facekit data check` lists them all)")
+    return lines
 
 
 def _check_root(root: str | Path) -> Path:
@@ -303,6 +318,8 @@ def _facekit_made(folder: Path) -> str | None:
     """Why ``folder`` holds what facekit wrote rather than images of a person, or None."""
     if is_run_folder(folder):
         return "a facekit run folder (left out)"
+    if is_report_folder(folder):
+        return "a folder of facekit report files (left out)"
     try:
         if folder.resolve() == cache_dir().resolve():
             return "facekit's cache folder (left out)"
@@ -393,7 +410,9 @@ class _Walker:
 
     def _claim(self, path: Path, files: list[str]) -> None:
         real, rel = os.path.realpath(path), self._rel(path)
-        if real in self._files:
+        if not os.path.isfile(real):  # a FIFO or device named x.png would block or never end when read
+            self.skipped.append(BadFile(rel, "not a regular file (left out)"))
+        elif real in self._files:
             self.skipped.append(BadFile(rel, f"the same file as {self._files[real]} (left out)"))
         else:
             self._files[real] = rel
@@ -428,13 +447,13 @@ class _Walker:
 
 
 def _cache_key(root: Path, candidates: dict[str, list[str]], unreadable: list[str], verify: bool) -> str:
-    digest = hashlib.sha256(f"v{_INDEX_VERSION}\0{root}\0{verify}\n".encode())
-    digest.update(f"unreadable\0{unreadable}\n".encode())
+    digest = hashlib.sha256(f"v{_INDEX_VERSION}\0{root}\0{verify}\n".encode("utf-8", "surrogateescape"))
+    digest.update(f"unreadable\0{unreadable}\n".encode("utf-8", "surrogateescape"))
     for name, rels in candidates.items():
-        digest.update(f"[{name}]\n".encode())
+        digest.update(f"[{name}]\n".encode("utf-8", "surrogateescape"))
         for rel in rels:
             stat = (root / rel).stat()
-            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:32]
 
 

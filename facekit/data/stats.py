@@ -21,6 +21,9 @@ from facekit.specs import ArchitectureSpec, Normalization, SplitPlan
 from facekit.errors import FacekitError
 from facekit.files import atomic_write, remove_stale_temporaries
 
+# How images are decoded (facekit.data.pixels); part of the cache key, so sums computed by an
+# older decoder (16-bit images clipped, EXIF orientation ignored) are never reused.
+_DECODING = "rgb8-v2"
 # Temporaries older than this were left by a killed writer.
 STALE_TEMPORARY_S = 3600.0
 # Slack for float rounding in the plausibility checks (sums of up to 224*224 values in [0, 1]).
@@ -38,10 +41,10 @@ def cached_channel_sums(paths: Sequence[str], input_size: int, progress: Message
     """
     from facekit.data.index import cache_dir
 
-    key = hashlib.sha256(str(input_size).encode())
+    key = hashlib.sha256(f"{_DECODING}\0{input_size}".encode())
     for path in paths:
         stat = os.stat(path)
-        key.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        key.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     cache = cache_dir() / "stats" / f"{key.hexdigest()[:32]}.npy"
     cached = _read_sums(cache, len(paths), input_size * input_size)
     if cached is not None:

@@ -27,6 +27,7 @@ a reader pads or wraps its last batch, while here the last batch is simply small
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -66,7 +67,8 @@ class _EpochNames:
     """
 
     def __init__(self, files: list[str], batch_size: int):
-        self.encoded = [np.frombuffer(f.encode("utf-8"), dtype=np.uint8) for f in files]
+        # The bytes the file system holds: a name that is not valid UTF-8 still opens.
+        self.encoded = [np.frombuffer(os.fsencode(f), dtype=np.uint8) for f in files]
         self.batch_size = batch_size
         self.plan: EpochPlan | None = None
         self.draws = False

@@ -182,6 +182,8 @@ def run_align(
     src_r, out_r = src.resolve(), out.resolve()
     if out_r == src_r or src_r in out_r.parents:
         raise UsageError(f"the output folder must not be inside the source folder: {out}")
+    if out_r in src_r.parents:  # its identity folders would sit beside the source, over whatever is there
+        raise UsageError(f"the output folder must not hold the source folder: {out}; choose a folder of its own")
     if out.exists() and not out.is_dir():
         raise UsageError(f"output is not a folder: {out}")
     _import_dlib()

@@ -12,8 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 DATA_CANDIDATES = [
     os.environ.get("FACEKIT_DATA", ""),
-    str(REPO.parent / "shared" / "data"),
-    "/work/shared/data",
+    str(REPO.parent / "shared" / "data"),  # a checkout beside the shared data (../shared/data)
 ]
 
 

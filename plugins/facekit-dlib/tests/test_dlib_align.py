@@ -54,6 +54,15 @@ def test_output_inside_source_is_refused(tmp_path):
     assert r.exit_code == 2 and "inside the source" in r.output
 
 
+def test_output_holding_the_source_is_refused(tmp_path):
+    (tmp_path / "src" / "A").mkdir(parents=True)
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "001.jpg").write_bytes(b"someone else's photo")
+    r = CliRunner().invoke(_app(), ["align", str(tmp_path / "src"), str(tmp_path)])
+    assert r.exit_code == 2 and "must not hold the source folder" in r.output and "Traceback" not in r.output
+    assert (tmp_path / "A" / "001.jpg").read_bytes() == b"someone else's photo"
+
+
 @needs_dlib
 @needs_models
 @needs_data
