@@ -606,7 +606,10 @@ def test_an_unforeseen_exception_is_one_line_unless_debugging(facekit_plugin, mo
     facekit_plugin(UNFORESEEN, package="facekit-explode").add_commands(cli)
     result = CliRunner().invoke(cli, ["explode"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert one_line_error(result, 1).startswith("Error: unexpected RuntimeError: the flux capacitor (rerun with FACEKIT_DEBUG=1")
+    assert one_line_error(result, 1).startswith(
+        "Error: unexpected RuntimeError: the flux capacitor (in plugin 'facekit_explode_plugin' from package facekit-explode) "
+        "(rerun with FACEKIT_DEBUG=1"
+    )  # the plugin at fault is named
     monkeypatch.setenv("FACEKIT_DEBUG", "1")
     result = CliRunner().invoke(cli, ["explode"])
     assert isinstance(result.exception, RuntimeError)  # the real exception, for a bug report

@@ -426,7 +426,7 @@ def plugins(
         registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
         if "register_commands" in row["hooks"]:
             registers = "; ".join(filter(None, [registers, "commands"]))
-        table.add_row(row["name"], row["package"] + (" (built-in)" if row["builtin"] else ""), row["version"], registers)
+        table.add_row(*map(rich_safe, (row["name"], row["package"] + (" (built-in)" if row["builtin"] else ""), row["version"], registers)))
     console.print(table)
 
 
