@@ -8,7 +8,8 @@ other photo of theirs is then decided as ``facekit predict`` decides it
 (:func:`facekit.openset.decide`, at the run's calibrated threshold). Reported:
 
 - ``rank1``: the share of those photos whose nearest gallery entry is the right person;
-- ``fnir``: the share not named correctly at the threshold (rejected or misnamed);
+- ``fnir``: the share not named correctly at the threshold (rejected or misnamed); an image
+  nearest an enrolled person is held to the run's ``enrolled`` threshold, as in ``facekit predict``;
 - ``fpir_single``: the share of the folder's one-photo people outside the calibration half
   (never enrolled) who are named as someone: strangers must still be rejected;
 - ``fnir_known``: the same FNIR for the run's own known test images, with everyone enrolled.
@@ -79,6 +80,7 @@ def measure(run_dir: Path, people_dir: Path, *, device: str = "cpu") -> dict:
         "arch": run.config.get("arch"),
         "score": openset.decision_score(with_people),
         "threshold": with_people.threshold(openset.decision_score(with_people)),
+        "enrolled_threshold": with_people.calibration.get(openset.ENROLLED, {}).get("threshold"),
         "enrolled_people": len(names),
         "probe_images": len(probe_rels),
         "rank1": rank1,

@@ -22,6 +22,7 @@ import re
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,9 @@ def _engines(arch: str, classes: int, threads: int, folder: Path) -> tuple[dict[
     for fmt, path in paths.items():
         export_model(network, path, fmt=fmt, arch=arch, input_size=size, normalization=normalization, embedding=embedding)
     eager = with_preprocessing(network, normalization)
-    scripted = torch.jit.load(str(paths["torchscript"])).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        scripted = torch.jit.load(str(paths["torchscript"])).eval()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -32,7 +32,7 @@ import torch
 from benchmarks.anchors import ANCHOR_COLUMNS, bench_anchors, repeated_files, synchronize, training_rate, training_setup
 from benchmarks.environment import describe_environment, markdown_table
 from facekit.api import Normalization
-from facekit.compiling import COMPILE_MODES
+from facekit.config import COMPILE_MODES
 from facekit.data.index import index_dataset
 from facekit.data.loaders import make_loader
 from facekit.engine import Trainer

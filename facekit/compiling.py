@@ -27,7 +27,6 @@ from torch import nn
 
 from facekit.errors import FacekitError, UsageError
 
-COMPILE_MODES = ("default", "reduce-overhead")
 
 # The mode the compiled graphs in this process were made with. torch.compile keeps graphs per
 # code object, whatever mode asked for them, so switching modes must drop the old ones.
@@ -56,13 +55,12 @@ def compile_problem(device: torch.device) -> str | None:
 def resolve_compile_mode(mode: str | None, device: torch.device) -> tuple[str | None, str | None]:
     """The torch.compile mode to use on ``device`` (None: eager) and a note for the user, if any.
 
-    Asking for a mode that cannot run here is a usage error: facekit never records a compiled
+    ``mode`` is one of :data:`facekit.config.COMPILE_MODES` (the run's settings checked it). Asking
+    for a mode that cannot run here is a usage error: facekit never records a compiled
     run that secretly trained eagerly.
     """
     if mode is None:
         return None, None
-    if mode not in COMPILE_MODES:
-        raise UsageError(f"--compile {mode!r} is not a compile mode: use {' or '.join(COMPILE_MODES)}")
     problem = compile_problem(device)
     if problem is not None:
         raise UsageError(f"--compile: {problem}; or train without it (--no-compile when resuming)")

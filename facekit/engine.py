@@ -29,13 +29,12 @@ from facekit.callbacks import BestKeeper, EarlyStopping
 from facekit.config import TrainConfig
 from facekit.data import fingerprints
 from facekit.data.augment import AugmentPipeline, augment_args
-from facekit.data.decoded_cache import cache_choice
 from facekit.data.stats import run_normalizations
 from facekit.devices import resolve_device
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
-from facekit.runs import FoldState, Run, RunWriter, TestScores, check_destination, default_run_dir, load_checkpoint
+from facekit.runs import FoldState, Run, RunWriter, TestScores, check_destination, load_checkpoint
 from facekit.schedules import Schedule, build_schedule
 from facekit.specs import LoggerContext, Normalization
 from facekit.tracking import Tracking, logger_specs
@@ -65,7 +64,7 @@ class Trainer:
         self.progress = (progress or SilentProgress()) if self.dist.is_main else SilentProgress()
         # Check every setting and name first: a typo or a bad number fails in a second, before any
         # file is written. The checks are deterministic, so every rank refuses alike.
-        config.validate()
+        config = config.validated()  # every option, once (facekit.config): what follows trusts the values
         self.arch = architectures().get(config.arch)
         self.loss_spec = losses().get(config.loss)
         self.loss_spec.check_label_smoothing(config.label_smoothing)
@@ -85,7 +84,7 @@ class Trainer:
         self.config = config = dataclasses.replace(config, rotate=None, augment=self.augment.to_args())
         self.input_size = self.arch.input_size if config.input_size is None else config.input_size
         self.rank_batch_size = self.dist.per_rank_batch(config.batch_size)
-        self.cache = cache_choice(config.cache)
+        self.cache = config.cache
         self._cache_files: tuple[str, ...] | None = None  # the data set's files: one disk cache for every split
         if config.threads is not None:
             torch.set_num_threads(config.threads)
@@ -121,7 +120,7 @@ class Trainer:
             config=config, classes=index.classes, root=Path(self.config.data), files=index.files, labels=index.labels,
             strategy=self.split_spec.name, plan=plan, openset=openset_split,
             normalization=run_normalizations(self.arch, index.paths(), plan, self.input_size, self.progress),
-            fingerprints=fingerprints.record(index.root, index.files, index.file_hashes),
+            fingerprints=fingerprints.record(index.root, index.files, index.file_hashes, openset_split),
         )  # fmt: skip
 
     def check_model(self) -> None:
@@ -171,7 +170,7 @@ class Trainer:
             def make_run() -> tuple[Path, dict[str, Any]]:
                 setup = self._setup()
                 self._check_loader(setup)
-                writer = held.enter_context(self._new_writer())  # locked until training ends
+                writer = held.enter_context(RunWriter.for_config(self.config))  # locked until training ends
                 try:
                     writer.write_setup(**setup)
                 except BaseException:
@@ -191,11 +190,6 @@ class Trainer:
         norm = Normalization.from_dict(setup["normalization"]["folds"][0])
         path = str(Path(self.config.data) / setup["files"][0])
         self._loader([path], setup["labels"][:1], norm, train=True, seed=self.config.seed).close()
-
-    def _new_writer(self) -> RunWriter:
-        if self.config.out is not None:
-            return RunWriter.create(self.config.out, self.config.force, data=self.config.data)
-        return RunWriter.create_new(default_run_dir(self.config), data=self.config.data)
 
     @classmethod
     def resume(cls, run_dir: Path, progress: Progress | None = None, **given: Any) -> Path:
@@ -219,7 +213,9 @@ class Trainer:
                 state = run.latest_state()
                 resume_rules.check_training_changes(run, state, changes)
                 resume_rules.check_data_present(run)
-                fingerprints.check_unchanged(run.path, run.split["root"], run.split["files"], run.fingerprints)
+                fingerprints.check_unchanged(
+                    run.path, run.split["root"], run.split["files"], run.fingerprints, run.split.get("openset")
+                )
                 return run.setup(), state, changes
 
             setup, state, changes = distributed.from_main(place, open_run)
@@ -249,18 +245,8 @@ class Trainer:
 
     def _train_folds(self, run: Run, resume_state: FoldState | None, writer: RunWriter | None) -> Path:
         split = run.split
-        files = [str(Path(split["root"]) / f) for f in split["files"]]
-        self._cache_files = tuple(files)
-        record = RunRecord(
-            files=files,
-            labels=np.asarray(split["labels"], dtype=np.int64),
-            classes=run.classes,
-            folds=split["folds"],
-            normalizations=[Normalization.from_dict(n) for n in run.normalization["folds"]],
-            history=list(resume_state.history) if resume_state else [],
-            fold_results=list(resume_state.fold_results) if resume_state else [],
-            writer=writer,
-        )
+        record = RunRecord.of(run, resume_state, writer)
+        self._cache_files = tuple(record.files)
         from facekit.data.loaders import describe_loaders
 
         self.progress.message(describe_loaders(self.config.loader, self.device))

@@ -340,7 +340,7 @@ def plot_det_curves(
     """FNIR against FPIR (log axes), one curve per score, the run's threshold marked on each.
 
     ``curves[name] = (fpir, fnir)``; ``marks[name] = (fpir, fnir)`` at the calibrated threshold.
-    Rates of 0 cannot sit on a log axis: they are drawn at the axis floor (half a probe)."""
+    Rates of 0 cannot sit on a log axis: they are drawn on the dotted floor lines (half the smallest rate measured)."""
     figure = Figure(figsize=(6.2, 5), layout="constrained")
     axis = figure.subplots()
     floor = 1.0
@@ -358,8 +358,12 @@ def plot_det_curves(
                       linestyle="none", color=style["color"], label=f"{name}: the run's threshold")
     axis.set_xscale("log")
     axis.set_yscale("log")
-    axis.set_xlim(floor, 1.0)
-    axis.set_ylim(floor, 1.0)
+    # The floor lines stand for a rate of 0; a little room below them keeps a curve lying there visible.
+    axis.axhline(floor, color="grey", linewidth=0.8, linestyle=":")
+    axis.axvline(floor, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xlim(floor / 1.6, 1.05)
+    axis.set_ylim(floor / 1.6, 1.05)
+    axis.text(1.0, floor, "rate 0 ", fontsize=7, color="grey", ha="right", va="bottom")
     axis.set_xlabel("FPIR: share of unknown people named as someone")
     axis.set_ylabel("FNIR: share of known people rejected or misnamed")
     axis.grid(alpha=0.3, which="both")

@@ -186,6 +186,10 @@ def _e(text: Any) -> str:
     return escape(str(text), quote=True)
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
 def _nav() -> str:
     links = [("summary", "Summary"), ("worst", "Worst classes"), ("confusions", "Most confused pairs"),
              ("plots", "Plots"), ("classes", "Every class")]  # fmt: skip
@@ -281,7 +285,8 @@ def _worst_classes(report: Report, images: Sequence[TestImage], thumbnails: Thum
         figures = ", ".join(f"{METRIC_LABELS[m].lower()} {number(row[m])}" for m in ("aggregated", "precision", "recall"))
         parts.append(
             f'<div class=worst><h3>{_e(row["class"])} <span class=id>(id {row["id"]})</span></h3>'
-            f'<p class=figures>{row["support"]} test images, {row["train_images"]} training images, {figures}</p>'
+            f'<p class=figures>{_count(row["support"], "test image")}, {_count(row["train_images"], "training image")}, '
+            f'{figures}</p>'
             + _thumbnail_strip(own, thumbnails, classes, THUMBNAILS_PER_CLASS) + "</div>"
         )
     return "\n".join(parts) + "</section>"

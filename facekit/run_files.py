@@ -1,7 +1,7 @@
 """The names a run folder holds, and how to recognise one: shared by the run writer and the data index.
 
-The index leaves a run folder found inside a data set out (its report plots are no identity),
-and ``--force`` empties only a folder recognised here; neither needs the run machinery itself.
+The index leaves a run folder (or a report folder) found inside a data set out (its plots are no
+identity), and ``--force`` empties only a folder recognised here; neither needs the run machinery.
 """
 
 from __future__ import annotations
@@ -40,3 +40,15 @@ def is_run_folder(path: str | Path) -> bool:
 
 def _is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file() and not path.is_symlink()
+
+
+# What `facekit report` writes into its folder (RUN/report/ or --out): any one of these marks it.
+REPORT_MARKERS = (
+    "report.md", "report.json", "report.csv", "comparison.md", "comparison.json", "comparison.csv", "loss_curves.png",
+)  # fmt: skip
+
+
+def is_report_folder(path: str | Path) -> bool:
+    """``path`` holds what `facekit report` writes (its tables or its plots), not photographs."""
+    path = Path(path)
+    return path.is_dir() and not path.is_symlink() and any((path / name).is_file() for name in REPORT_MARKERS)

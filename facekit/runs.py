@@ -282,6 +282,13 @@ class RunWriter:
         return cls(path, lock)
 
     @classmethod
+    def for_config(cls, config: "TrainConfig") -> "RunWriter":
+        """The new run's folder: ``--out`` (replaced only with ``--force``), else a fresh default name."""
+        if config.out is not None:
+            return cls.create(config.out, config.force, data=config.data)
+        return cls.create_new(default_run_dir(config), data=config.data)
+
+    @classmethod
     def create_new(cls, path: Path, data: Path | None = None) -> "RunWriter":
         """A new run folder at ``path``, or at ``path-2``, ``path-3``... when that name is taken (default names).
 

@@ -2,7 +2,59 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from facekit.config import TrainConfig
 from facekit.engine import SilentProgress
+
+# The quickest training a test can ask of `facekit train`: small images, one epoch, the torch
+# loader in this process, no rotation, one CPU thread (the machine is shared).
+FAST_SETTINGS = {
+    "input_size": 48, "epochs": 1, "batch_size": 8, "loader": "torch", "workers": 0, "rotate": 0, "threads": 1,
+}  # fmt: skip
+
+
+def fast(**changes: Any) -> list[str]:
+    """``facekit train`` arguments for a quick run: FAST_SETTINGS with ``changes`` (None leaves a setting out)."""
+    args: list[str] = []
+    for name, value in (FAST_SETTINGS | changes).items():
+        if value is not None:
+            args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
+FAST = fast()
+
+# The quick run the engine's tests train in Python: the baseline at 64 px for two epochs.
+QUICK_CONFIG = dict(
+    arch="baseline", input_size=64, epochs=2, batch_size=8, lr=1e-3, rotate=0.0, loader="torch", workers=0,
+    test_size=0.25, val_size=0.25, seed=3,
+)  # fmt: skip
+
+
+def config(data: Path, out: Path | None, **overrides: Any) -> TrainConfig:
+    """A quick :class:`TrainConfig` (QUICK_CONFIG) of ``data`` into ``out``, with ``overrides``."""
+    return TrainConfig(**({"data": data, "out": out} | QUICK_CONFIG | overrides))
+
+
+def invoke(*args: Any, **kwargs: Any):
+    """Run ``facekit ARGS`` in-process (arguments may be paths); a traceback in its output fails the test."""
+    from facekit.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], **kwargs)
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def one_line_error(result, code: int) -> str:
+    """The error line of a failed command: exactly one on stderr, starting with 'Error:', and exit ``code``."""
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
 
 
 class InterruptAt(SilentProgress):

@@ -21,15 +21,13 @@ from facekit.engine import Trainer, TrainConfig
 from facekit.errors import UsageError
 from facekit.plugins import augmentations
 from facekit.runs import Run, load_checkpoint
-from _testutil import INVERT_PLUGIN, InterruptAt
+import _testutil
+from _testutil import INVERT_PLUGIN, InterruptAt, fast
 
 
 def config(data: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        data=data, out=out, arch="baseline", input_size=64, epochs=2, batch_size=8, lr=1e-3,
-        loader="torch", workers=0, test_size=0.25, val_size=0.25, seed=3,
-    )  # fmt: skip
-    return TrainConfig(**(settings | overrides))
+    """The quick run, with the default augmentation (no --rotate 0) unless told."""
+    return _testutil.config(data, out, **({"rotate": None} | overrides))
 
 
 # ------------------------------------------------------------------ which steps a run uses
@@ -158,7 +156,7 @@ def test_label_smoothing_reaches_the_training_loss_only(synthetic_dataset, tmp_p
 
 # ------------------------------------------------------------------ the CLI
 runner = CliRunner()
-FAST = ["--input-size", "48", "--epochs", "1", "--batch-size", "8", "--loader", "torch", "--workers", "0", "--threads", "1"]
+FAST = fast(rotate=None)
 
 
 @pytest.mark.parametrize(

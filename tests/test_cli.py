@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from facekit.cli import app
 from facekit.runs import Run
+import _testutil
 
 runner = CliRunner()
-FAST = ["--input-size", "48", "--epochs", "1", "--batch-size", "8", "--loader", "torch", "--workers", "0", "--rotate", "0",
-        "--threads", "1"]  # fmt: skip
+FAST = _testutil.FAST
 
 SPLIT_AND_REPORTER_PLUGIN = """
 import numpy as np
@@ -36,10 +36,7 @@ def register_reporters(register):
 """
 
 
-def invoke(*args: str):
-    result = runner.invoke(app, list(map(str, args)))
-    assert "Traceback" not in result.output
-    return result
+invoke = _testutil.invoke
 
 
 @pytest.fixture(scope="module")

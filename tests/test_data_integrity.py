@@ -91,6 +91,9 @@ def test_what_facekit_wrote_into_the_data_folder_is_no_identity(faces, facekit_r
     (faces / "runs" / "20261204-101500-baseline-plain" / "plot.png").write_bytes((faces / "person_00" / "000.png").read_bytes())
     shutil.copytree(facekit_run, faces / "person_01" / "my-run")  # a run folder nested in an identity
     (faces / "person_01" / "my-run" / "kernels.png").write_bytes((faces / "person_00" / "001.png").read_bytes())
+    (faces / "report").mkdir()  # `facekit report RUN --out faces/report`
+    for name in ("report.md", "loss_curves.png", "confusion_matrix.png"):
+        (faces / "report" / name).write_bytes((faces / "person_00" / "002.png").read_bytes())
     monkeypatch.setenv("FACEKIT_CACHE_DIR", str(faces / "cache"))
     (faces / "cache" / "stats").mkdir(parents=True)
     index = index_dataset(faces)
@@ -98,6 +101,7 @@ def test_what_facekit_wrote_into_the_data_folder_is_no_identity(faces, facekit_r
     reasons = {s.path: s.reason for s in index.skipped}
     assert "run folder" in reasons["runs/20261204-101500-baseline-plain/"]
     assert "run folder" in reasons["person_01/my-run/"] and "cache folder" in reasons["cache/"]
+    assert "report files" in reasons["report/"]
     assert "no problems found" not in _check_output(faces)
 
 

@@ -62,7 +62,7 @@ def test_an_image_replaced_before_resume_is_refused_by_name(faces, tmp_path):
     original = victim.read_bytes()
     other = faces / run.split["files"][4]
     shutil.copy(other, victim)  # another picture under the same name
-    with pytest.raises(FacekitError, match=rf"images of .*run changed since the run started \(e\.g\. .*{victim.name}: its"):
+    with pytest.raises(FacekitError, match=rf"1 image of .*run changed since the run started \(e\.g\. .*{victim.name}: its"):
         Trainer.resume(run.path)
 
     # Same size, other bytes (an edit in place): found by the content hash once the time differs.
@@ -168,3 +168,27 @@ def test_dali_names_the_file_it_cannot_decode(faces):
     with pytest.raises(FacekitError, match=r"gif\.png: DALI cannot decode it \(GIF image named \.png"):
         list(loader)
     loader.close()
+
+
+def test_train_lists_at_most_twenty_left_out_files_then_counts_the_rest(faces, tmp_path):
+    for i in range(25):
+        (faces / "person_01" / f"empty{i:02d}.png").write_bytes(b"")
+    progress = Messages()
+    Trainer(config(faces, tmp_path / "run"), progress)._setup()
+    skipping = [line for line in progress.lines if line.startswith("skipping")]
+    assert len(skipping) == 21 and skipping[0] == "skipping person_01/empty00.png: zero-byte file"
+    assert skipping[-1] == "skipping 5 more files or folders (`facekit data check` lists them all)"
+
+
+def test_an_unknown_persons_image_replaced_before_resume_is_refused(tmp_path):
+    faces = make_synthetic_dataset(tmp_path / "faces", identities=6, per_identity=5, size=32)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(faces, out, unknown_identities=0.34, val_size=0.3), InterruptAt(2)).train()
+    run = Run(out)
+    held_out = run.split["openset"]["held_out"]
+    assert held_out and len(run.fingerprints["openset"]["held_out"]) == len(held_out["calibration"]) + len(held_out["test"])
+    victim = faces / held_out["test"][0]
+    Image.new("RGB", (32, 32), "white").save(victim)
+    with pytest.raises(FacekitError, match=rf"1 image of .*changed since the run started \(e\.g\. .*{victim.name}"):
+        Trainer.resume(out)

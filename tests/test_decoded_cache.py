@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facekit.config import TrainConfig
 from facekit.data import decoded_cache
 from facekit.data.decoded_cache import (
     MISSING,
@@ -325,7 +326,7 @@ def test_the_policy_counts_one_ram_copy_per_local_process(memory, monkeypatch):
 def test_the_policy_rejects_unknown_values_and_skips_empty_sets(memory):
     memory(cpu=GB)
     with pytest.raises(UsageError, match="--cache sometimes: choose one of auto, memory, disk, off"):
-        choose_cache(10, 224, "cpu", "sometimes")
+        TrainConfig(data=Path("faces"), cache="sometimes").validated()  # the run's settings check it, once
     assert choose_cache(0, 224, "cpu", "disk") == "off"
     assert (cache_choice(True), cache_choice(False), cache_choice("Disk")) == ("auto", "off", "disk")  # the old flag
 

@@ -91,6 +91,12 @@ def _synthetic_faces(folder: Path) -> None:
     make_synthetic_dataset(folder / "faces", identities=8, per_identity=20, size=64, seed=0)
 
 
+def _bad_config_files(folder: Path) -> None:
+    """train.md's config files with a mistake each."""
+    (folder / "epochs.yaml").write_text("data: faces\nepochs: ten\n")
+    (folder / "typo.yaml").write_text("data: faces\nlrr: 0.01\n")
+
+
 def _nothing(folder: Path) -> None:
     pass
 
@@ -106,6 +112,8 @@ CHECKED = {
     "facekit data synth demo --identities 4 --per-identity 6 --size 64": (_nothing, True),
     "facekit kernels runs/baseline-kfold3": (_baseline_run, True),
     "facekit train --data faces --epochs 6 --lr 1e-3 --input-size 64": (_synthetic_faces, False),
+    "facekit train --config epochs.yaml": (_bad_config_files, True),
+    "facekit train --config typo.yaml": (_bad_config_files, True),
 }
 
 

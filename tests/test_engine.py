@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from facekit.engine import Trainer, TrainConfig, resolve_device
+from facekit.engine import Trainer, resolve_device
 from facekit.errors import UsageError
 from facekit.runs import Run, load_checkpoint
-from _testutil import InterruptAt
+from _testutil import InterruptAt, config
 
 RUN_FILES = ["config.json", "classes.json", "split.json", "normalization.json", "history.json", "folds.json",
              "predictions.npz", "predictions.csv", "checkpoints/best.pt"]  # fmt: skip
-
-
-def config(data: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        data=data, out=out, arch="baseline", input_size=64, epochs=2, batch_size=8, lr=1e-3,
-        rotate=0.0, loader="torch", workers=0, test_size=0.25, val_size=0.25, seed=3,
-    )  # fmt: skip
-    return TrainConfig(**(settings | overrides))
 
 
 def test_training_lowers_the_loss_and_leaves_a_complete_run(synthetic_dataset, tmp_path):

@@ -93,12 +93,12 @@ def test_ctrl_c_prints_the_resume_command_on_its_own_line_after_the_bar(syntheti
     """On a terminal the epoch bar is live; the line after Ctrl-C must not be written into it (and the bar drawn again)."""
     from rich.console import Console
 
-    import facekit.cli
+    import facekit.cli.train_cmd
     from facekit.cli import progress
     from facekit.engine import Trainer
 
     screen = io.StringIO()
-    monkeypatch.setattr(facekit.cli, "console", Console(file=screen, force_terminal=True, width=100))
+    monkeypatch.setattr(facekit.cli.train_cmd, "console", Console(file=screen, force_terminal=True, width=100))
     real = Trainer.train_epoch
     calls = {"n": 0}
 

@@ -22,7 +22,7 @@ from facekit.data.augment import AugmentPipeline
 from facekit.data.index import index_dataset
 from facekit.data.loaders import LoaderOptions, available_backends, make_loader
 from facekit.data.loaders import _native
-from facekit.data.loaders.options import MIN_INPUT_SIZE, available_cores, default_workers
+from facekit.data.loaders.options import available_cores, default_workers
 from facekit.data.loaders._common import RotateNormalize, plan_epoch
 from facekit.data.stats import channel_sums, normalization_from_sums
 from facekit.data.synth import make_synthetic_dataset
@@ -198,12 +198,14 @@ def test_normalization_equals_numpy_over_the_training_images(synth):
     assert torch.allclose(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
 
 
-def test_unknown_backend_and_bad_options_are_usage_errors(synth):
-    files, labels = synth
+def test_unknown_backend_and_bad_options_are_usage_errors_of_the_run_settings(synth, tmp_path):
+    """The loader receives checked values: a bad --loader or --rotate is refused once, with the run's settings."""
+    from facekit.config import TrainConfig
+
     with pytest.raises(UsageError, match="auto, dali, torch"):
-        _loader(files, labels, "opencv")
+        TrainConfig(data=tmp_path, loader="opencv").validated()
     with pytest.raises(UsageError, match="--rotate"):
-        _loader(files, labels, "torch", rotate=-1)
+        TrainConfig(data=tmp_path, rotate=-1).validated()
 
 
 @pytest.mark.skipif(not LFW_TINY.is_dir(), reason=f"shared data set {LFW_TINY} is absent")
@@ -280,10 +282,6 @@ def test_options_object_and_keywords_give_the_same_loader(synth):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (dict(input_size=MIN_INPUT_SIZE - 1), "--input-size must be at least 32"),
-        (dict(batch_size=0), "--batch-size"),
-        (dict(rotate=181), "--rotate"),
-        (dict(num_workers=-1), "--workers"),
         (dict(shard_id=3, num_shards=3), "shard 3 of 3"),
         (dict(output_dtype=torch.int8), "output dtype"),
         (dict(hw_decoder_load=1.5), "hw_decoder_load 1.5: give a share between 0 and 1"),

@@ -10,20 +10,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import facekit.training.loops
-from facekit.cli import app
 from facekit.engine import SilentProgress, Trainer, TrainConfig
 from facekit.runs import DENSE_PROBS_LIMIT, TOP_K, Run, RunWriter
+from _testutil import invoke
 
 CLASSES, IMAGES, FEATURES = 20_000, 900, 8  # 18M probabilities: past DENSE_PROBS_LIMIT
-
-
-def invoke(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def fake_scores(tmp_path: Path):

@@ -15,37 +15,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from facekit.cli import app
 from facekit.engine import Trainer, TrainConfig, TrainingDiverged, TrainingInterrupted
 from facekit.errors import FacekitError, UsageError
 from facekit.runs import CHECKPOINTS, LOCK_FILE, Run, RunWriter, latest_run, load_checkpoint
-from _testutil import InterruptAt
+import _testutil
+from _testutil import InterruptAt, fast, invoke, one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--input-size", "48", "--epochs", "2", "--batch-size", "8", "--loader", "torch", "--workers", "0",
-        "--rotate", "0", "--threads", "1", "--lr", "1e-3"]  # fmt: skip
+FAST = fast(epochs=2, lr="1e-3")
 
 
 def config(data: Path, out: Path | None, **overrides) -> TrainConfig:
-    settings = dict(
-        data=data, out=out, arch="baseline", input_size=48, epochs=2, batch_size=8, lr=1e-3,
-        rotate=0.0, loader="torch", workers=0, test_size=0.25, val_size=0.25, seed=3, threads=1,
-    )  # fmt: skip
-    return TrainConfig(**(settings | overrides))
-
-
-def invoke(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    return result
-
-
-def one_line_error(result, code: int) -> str:
-    """The error line of a failed command: exactly one, starting with 'Error:'."""
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
+    return _testutil.config(data, out, **({"input_size": 48, "threads": 1} | overrides))
 
 
 def subprocess_env() -> dict[str, str]:
@@ -607,8 +588,8 @@ def test_an_unforeseen_exception_is_one_line_unless_debugging(facekit_plugin, mo
     result = CliRunner().invoke(cli, ["explode"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert one_line_error(result, 1).startswith(
-        "Error: unexpected RuntimeError: the flux capacitor (in plugin 'facekit_explode_plugin' from package facekit-explode) "
-        "(rerun with FACEKIT_DEBUG=1"
+        "Error: unexpected RuntimeError: the flux capacitor (in plugin 'facekit_explode_plugin' from package "
+        "facekit-explode) (rerun with FACEKIT_DEBUG=1"
     )  # the plugin at fault is named
     monkeypatch.setenv("FACEKIT_DEBUG", "1")
     result = CliRunner().invoke(cli, ["explode"])

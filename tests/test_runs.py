@@ -172,3 +172,24 @@ def test_write_setup_records_the_config_with_versions_and_the_split(tmp_path):
         "test": [3], "folds": [{"train": [0, 1], "val": [2]}], "notes": ["a rule"],
     }  # fmt: skip
     assert run.normalization == {"source": "training split", "folds": [{"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}]}
+
+
+def test_checkpoints_and_fold_pruning_never_write_through_or_remove_a_links_target(tmp_path):
+    """A checkpoint name that is a link to a user's file is replaced (the link), and pruning a finished
+    fold removes only facekit's own names in the run's checkpoints folder."""
+    victim = tmp_path / "precious.bin"
+    victim.write_bytes(b"keep me")
+    run = tmp_path / "run"
+    writer = RunWriter(run)
+    writer.checkpoints.mkdir(parents=True)
+    (writer.checkpoints / "fold-0-best.pt").symlink_to(victim)
+    (writer.checkpoints / "notes.txt").write_text("mine")
+    state = fold_state(fold=0)
+    writer.save_fold_state(state, best=True)
+    assert not (writer.checkpoints / "fold-0-best.pt").is_symlink()
+    (writer.checkpoints / "fold-1-best.pt").symlink_to(victim)
+    writer.save_fold_state(fold_state(fold=1), best=False)
+    results = [{"fold": 0, "val_loss": 0.1, "val_acc": 1.0, "best_epoch": 2}, {"fold": 1, "val_loss": 0.5, "val_acc": 0.5, "best_epoch": 2}]
+    writer.mark_fold_done(fold_state(fold=1), results, [])
+    assert victim.read_bytes() == b"keep me" and (writer.checkpoints / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in writer.checkpoints.iterdir()) == ["fold-0-best.pt", "fold-1-last.pt", "notes.txt"]

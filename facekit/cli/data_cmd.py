@@ -10,14 +10,8 @@ import typer
 from rich.console import Console
 
 from facekit.cli.help import ReadableTyper
-from facekit.errors import FacekitError
 
 app = ReadableTyper(help="Inspect a data set folder (one sub-folder per identity) or make a synthetic one.", no_args_is_help=True)
-
-
-def _fail(err: FacekitError) -> None:
-    typer.echo(f"Error: {err}", err=True)
-    raise typer.Exit(err.exit_code)
 
 
 @app.command()
@@ -35,10 +29,7 @@ def check(
     """
     from facekit.data.check import check_dataset, render_check_report
 
-    try:
-        report = check_dataset(data, split=split, folds=folds, test_size=test_size, val_size=val_size)
-    except FacekitError as err:
-        _fail(err)
+    report = check_dataset(data, split=split, folds=folds, test_size=test_size, val_size=val_size)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -60,8 +51,5 @@ def synth(
     """Make a small synthetic face data set (drawn faces that a CNN can tell apart)."""
     from facekit.data.synth import make_synthetic_dataset
 
-    try:
-        path = make_synthetic_dataset(out, identities, per_identity, size, seed, fmt, force=force)
-    except FacekitError as err:
-        _fail(err)
+    path = make_synthetic_dataset(out, identities, per_identity, size, seed, fmt, force=force)
     print(f"wrote {identities} identities x {per_identity} images ({size}x{size} {fmt}) to {path}", file=sys.stdout)

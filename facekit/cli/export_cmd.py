@@ -19,7 +19,9 @@ def export(
     """Export the run's kept model, classes and preprocessing as a bundle for `facekit predict BUNDLE`."""
     from facekit.export import export_run
 
-    result = export_run(run, format, out)
+    # Capturing and checking a large network takes up to a minute on a small CPU: say what is going on.
+    with Console(stderr=True).status(f"exporting {run} to {format} (capture, check against torch)", spinner="dots"):
+        result = export_run(run, format, out)
     if as_json:
         typer.echo(json.dumps({"bundle": str(result.path)} | result.manifest, indent=2))
         return

@@ -54,6 +54,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from facekit.config import CACHE_CHOICES, cache_choice  # noqa: F401 -- CACHE_CHOICES: also read from here
 from facekit.data.index import cache_dir
 from facekit.errors import FacekitError, UsageError
 from facekit.files import NOFOLLOW, atomic_write, write_json
@@ -61,7 +62,6 @@ from facekit.files import NOFOLLOW, atomic_write, write_json
 # Bump when the file layout or the key changes: old cache folders are then simply not found.
 # 2: checks.u32 (a CRC-32 per entry).
 FORMAT_VERSION = 2
-CACHE_CHOICES = ("auto", "memory", "disk", "off")
 
 MISSING, WRITTEN, UNDECODABLE = 0, 1, 2
 # Share of free device memory (or available RAM) a memory cache may take: the rest stays for
@@ -131,20 +131,11 @@ def _fits(size: int, free: int | None, copies: int = 1) -> bool:
     return free is not None and size * copies <= free * MEMORY_SHARE
 
 
-def cache_choice(value: str | bool) -> str:
-    """A ``--cache`` value, checked: one of :data:`CACHE_CHOICES`; True (the old flag) is "auto", False "off"."""
-    if isinstance(value, bool):
-        return "auto" if value else "off"
-    choice = str(value).lower()
-    if choice not in CACHE_CHOICES:
-        raise UsageError(f"--cache {value}: choose one of {', '.join(CACHE_CHOICES)}")
-    return choice
-
-
 def choose_cache(num_images: int, input_size: int, device, requested: str | bool) -> str:
     """Where the decoded images of a loader go: "device", "ram", "disk" or "off".
 
-    ``requested`` is the ``--cache`` value (see :func:`cache_choice`):
+    ``requested`` is a ``--cache`` value as :class:`facekit.config.TrainConfig` checked it (True and
+    False, the flag of earlier versions, are "auto" and "off"):
 
     - ``auto``: the device's memory when the images take at most half of what is free there,
       else host RAM on the same terms (a CUDA run copies each batch over), else the disk cache
@@ -157,7 +148,7 @@ def choose_cache(num_images: int, input_size: int, device, requested: str | bool
     (``LOCAL_WORLD_SIZE``), and the RAM check counts them all; the disk cache is one copy for
     all of them (the page cache shares it).
     """
-    choice = cache_choice(requested)
+    choice = cache_choice(requested)  # the spelling only: the value was checked with the run's settings
     if choice in ("off", "disk") or num_images == 0:
         return "off" if num_images == 0 else choice
     size = cache_bytes(num_images, input_size)

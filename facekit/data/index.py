@@ -37,7 +37,7 @@ import numpy as np
 from facekit.data.pixels import FORMAT_OF_SUFFIX, READABLE_FORMATS, WIDE_GREY_MODES
 from facekit.errors import FacekitError, UsageError
 from facekit.files import atomic_write, remove_stale_temporaries
-from facekit.run_files import is_run_folder
+from facekit.run_files import is_report_folder, is_run_folder
 
 IMAGE_EXTENSIONS = frozenset(FORMAT_OF_SUFFIX)
 
@@ -281,6 +281,17 @@ def image_files_under(folder: str | Path) -> tuple[list[Path], list[BadFile]]:
     return [root / rel for rel in sorted(found)], walker.skipped
 
 
+SHOWN_SKIPPED = 20  # lines `train` prints about files it leaves out before "and N more"
+
+
+def skipped_lines(entries: list[BadFile], shown: int = SHOWN_SKIPPED) -> list[str]:
+    """What `train` says of the files and folders it leaves out: the first ``shown``, then how many more."""
+    lines = [f"skipping {entry.path}: {entry.reason}" for entry in entries[:shown]]
+    if len(entries) > shown:
+        lines.append(f"skipping {len(entries) - shown} more files or folders (`facekit data check` lists them all)")
+    return lines
+
+
 def _check_root(root: str | Path) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
@@ -307,6 +318,8 @@ def _facekit_made(folder: Path) -> str | None:
     """Why ``folder`` holds what facekit wrote rather than images of a person, or None."""
     if is_run_folder(folder):
         return "a facekit run folder (left out)"
+    if is_report_folder(folder):
+        return "a folder of facekit report files (left out)"
     try:
         if folder.resolve() == cache_dir().resolve():
             return "facekit's cache folder (left out)"

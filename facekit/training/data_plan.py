@@ -16,14 +16,14 @@ from facekit.training.progress import Progress
 
 def plan_data(config: TrainConfig, split_spec: SplitSpec, progress: Progress) -> tuple[Any, SplitPlan, dict[str, Any] | None]:
     """The data set's index (less any people held out as unknowns), its split plan, and the open-set split (or None)."""
-    from facekit.data.index import index_dataset
+    from facekit.data.index import index_dataset, skipped_lines
     from facekit.data.leakage import find_leaks, leak_lines
     from facekit.openset_training import openset_setup
 
     progress.message(f"indexing {config.data}")
     index = index_dataset(config.data)
-    for bad in index.bad + index.skipped:
-        progress.message(f"skipping {bad.path}: {bad.reason}")
+    for line in skipped_lines(index.bad + index.skipped):
+        progress.message(line)
     index, openset_split = openset_setup(index, fraction=config.unknown_identities, strangers=config.strangers, seed=config.seed)
     options = SplitOptions(seed=config.seed, test_size=config.test_size, val_size=config.val_size, folds=config.folds)
     plan = split_spec.split(index.labels, options)

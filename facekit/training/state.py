@@ -7,6 +7,7 @@ The engine's fold loop passes these instead of a dozen positional values; a chec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from facekit.callbacks import BestKeeper, EarlyStopping
-from facekit.runs import FoldState, RunWriter
+from facekit.runs import FoldState, Run, RunWriter
 from facekit.schedules import Schedule
 from facekit.specs import Normalization
 
@@ -31,6 +32,21 @@ class RunRecord:
     history: list[dict[str, Any]]  # one row per fold and epoch
     fold_results: list[dict[str, Any]]  # one per finished fold
     writer: RunWriter | None  # rank 0's; None on the other ranks
+
+    @classmethod
+    def of(cls, run: Run, resume_state: FoldState | None, writer: RunWriter | None) -> "RunRecord":
+        """The record of ``run`` as its setup files say, continued from ``resume_state`` when resuming."""
+        split = run.split
+        return cls(
+            files=[str(Path(split["root"]) / f) for f in split["files"]],
+            labels=np.asarray(split["labels"], dtype=np.int64),
+            classes=run.classes,
+            folds=split["folds"],
+            normalizations=[Normalization.from_dict(n) for n in run.normalization["folds"]],
+            history=list(resume_state.history) if resume_state else [],
+            fold_results=list(resume_state.fold_results) if resume_state else [],
+            writer=writer,
+        )
 
     def val_acc(self, fold: int, epoch: int) -> float:
         """The validation accuracy of ``fold`` at ``epoch``, as history.json records it (NaN when absent)."""

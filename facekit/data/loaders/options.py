@@ -7,12 +7,13 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from facekit.specs import Normalization
+from facekit.config import BACKENDS, MIN_INPUT_SIZE, cache_choice
 from facekit.data.augment import AugmentPipeline, augment_args
-from facekit.data.decoded_cache import cache_choice
-from facekit.config import BACKENDS, MAX_ROTATE, MIN_INPUT_SIZE
 from facekit.errors import UsageError
 from facekit.plugins import augmentations
+from facekit.specs import Normalization
+
+__all__ = ["BACKENDS", "MIN_INPUT_SIZE", "LoaderOptions", "available_cores", "default_workers"]
 
 # More decoding threads than this stop paying off for one GPU and crowd the training process.
 MAX_DEFAULT_THREADS = 8
@@ -69,19 +70,14 @@ class LoaderOptions:
     hw_decoder_load: float | None = None
 
     def validate(self) -> "LoaderOptions":
-        """The same options, checked (UsageError naming the option), with device and workers resolved."""
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size}: give a positive number")
-        if self.input_size < MIN_INPUT_SIZE:
-            raise UsageError(f"--input-size must be at least {MIN_INPUT_SIZE} pixels (got {self.input_size})")
-        if self.rotate is not None and not 0 <= self.rotate <= MAX_ROTATE:
-            raise UsageError(f"--rotate {self.rotate}: give a range in degrees between 0 and 180 (0 turns rotation off)")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise UsageError(f"--workers {self.num_workers}: give 0 or more")
+        """The same options with device, workers, cache spelling and augmentation pipeline resolved.
+
+        The values a user gives (batch size, input size, rotation, workers, backend, cache) arrive
+        checked by the run's settings (:meth:`facekit.config.TrainConfig.validated`) and are not
+        checked again here; only what facekit itself sets (shards, output dtype, decoder share) is.
+        """
         if not 0 <= self.shard_id < self.num_shards:
             raise UsageError(f"shard {self.shard_id} of {self.num_shards} does not exist")
-        if self.backend.lower() not in ("auto", *BACKENDS):
-            raise UsageError(f"unknown loader {self.backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
         if self.hw_decoder_load is not None and not 0 <= self.hw_decoder_load <= 1:
             raise UsageError(f"hw_decoder_load {self.hw_decoder_load}: give a share between 0 and 1")
         if self.output_dtype not in (torch.float32, torch.bfloat16, torch.float16):
