@@ -7,8 +7,8 @@ import json
 import typer
 from rich.table import Table
 
-from facekit.text import rich_safe
 from facekit.cli.output import console
+from facekit.text import rich_safe
 
 
 def plugins(
