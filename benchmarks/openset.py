@@ -7,10 +7,12 @@ One run compares, on the same split and the same strangers:
   tolerance 0.6; and the same with the tolerance calibrated on validation data;
 - **centroid cosine** of the same frozen network: cosine to each identity's mean embedding (what
   a careful user writes next), threshold calibrated on validation data;
-- **facekit's recipes**: ``facekit train`` runs (dlib-resnet fine-tuned with each loss: plain,
-  weighted, arcface, cosface; the study's baseline CNN briefly), each judged by every rejection
-  score it has (max softmax, cosine to the class centroid, the margin head's cosine) and by the
-  one its validation data prefers.
+- **facekit's recipes**: the head of ``dlib-resnet`` trained with each loss (plain, weighted,
+  arcface, cosface) on the frozen network's embeddings (what ``facekit train --arch dlib-resnet``
+  trains without ``--finetune``, on embeddings computed once); ``facekit train`` runs of
+  dlib-resnet fine-tuned with each loss (``--epochs N``, N > 0) and of the study's baseline CNN
+  (briefly). Each is judged by every rejection score it has (max softmax, cosine to the class
+  centroid, the margin head's cosine) and by the one its validation data prefers.
 
 Protocol: the known data (aligned lfw_min8) is split by facekit's stratified holdout split
 (``--test-size 0.25``, ``--val-size 0.1``, seed 42): the test quarter are the known probes, the
@@ -69,15 +71,29 @@ class Recipe:
     args: tuple[str, ...] = ()
 
 
+LOSSES = (("plain", ()), ("weighted", ()), ("arcface", ("s=32", "m=0.3")), ("cosface", ("s=32", "m=0.25")))
+
+
 def full_recipes(finetune_epochs: int, baseline_epochs: int) -> list[Recipe]:
-    dlib = ("--finetune", "--epochs", str(finetune_epochs))
-    return [
-        Recipe("dlib-resnet fine-tuned, plain", "dlib-resnet", "plain", dlib),
-        Recipe("dlib-resnet fine-tuned, weighted", "dlib-resnet", "weighted", dlib),
-        Recipe("dlib-resnet fine-tuned, arcface", "dlib-resnet", "arcface", dlib + ("--loss-option", "s=32", "--loss-option", "m=0.3")),
-        Recipe("dlib-resnet fine-tuned, cosface", "dlib-resnet", "cosface", dlib + ("--loss-option", "s=32", "--loss-option", "m=0.25")),
-        Recipe("baseline CNN, plain", "baseline", "plain", ("--epochs", str(baseline_epochs), "--input-size", "112", "--lr", "1e-3")),
-    ]
+    """dlib-resnet fine-tuned with each loss (none when ``finetune_epochs`` is 0), and the study's baseline CNN."""
+    recipes = []
+    for loss, options in LOSSES if finetune_epochs > 0 else ():
+        args = ("--finetune", "--epochs", str(finetune_epochs)) + tuple(a for o in options for a in ("--loss-option", o))
+        recipes.append(Recipe(f"dlib-resnet fine-tuned, {loss}", "dlib-resnet", loss, args))
+    if baseline_epochs > 0:
+        recipes.append(Recipe("baseline CNN, plain", "baseline", "plain", ("--epochs", str(baseline_epochs), "--input-size", "112", "--lr", "1e-3")))
+    return recipes
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadRecipe:
+    """The head of architecture ``arch`` with ``loss`` trained on the frozen network's embeddings (the backbone frozen)."""
+
+    name: str
+    arch: str
+    loss: str
+    options: tuple[str, ...] = ()
+    epochs: int = 10
 
 
 def quick_recipes() -> list[Recipe]:
@@ -231,10 +247,11 @@ def frozen_embeddings(arch: str, split: Split, *, pretrained: bool, input_size: 
     path = cache / f"frozen-{key}.npz"
     if path.is_file():
         saved = np.load(path, allow_pickle=False)
-        if all(name in saved for name in parts):
+        if all(name in saved for name in parts) and all(len(saved[name]) == len(files) for name, files in parts.items()):
             return {name: saved[name] for name in parts}
     spec = architectures().get(arch)
     size = input_size or spec.input_size
+    torch.manual_seed(0)  # a network without pretrained weights (--quick) is the same in every run
     model = create_model(arch, num_classes=2, input_size=size, pretrained=pretrained).eval()
     network = embedding_model(model, spec).eval()
     norm = spec.normalization or Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -274,6 +291,70 @@ def train_recipe(recipe: Recipe, data: Path, out: Path, *, seed: int, threads: i
     return {"seconds": time.perf_counter() - start, "reused": False, "command": " ".join(command[2:])}
 
 
+def train_head(recipe: HeadRecipe, frozen: dict[str, np.ndarray], split: Split, *, seed: int, input_size: int | None, batch_size: int = 32,
+               lr: float = 1e-4, weight_decay: float = 5e-3) -> tuple[dict[str, Scores], dict[str, Any]]:  # fmt: skip
+    """What ``facekit train --arch ARCH --loss LOSS`` (backbone frozen, --rotate 0) trains, on cached embeddings.
+
+    With the backbone frozen (and in eval mode, as the engine keeps it) training changes only
+    the classifier, and the classifier sees only the embeddings: so the architecture's own
+    classifier, or the loss's head in its place, built by facekit exactly as for a run, is
+    trained here on the embeddings the frozen network gave once, with the engine's optimizer
+    (Adam, --lr 1e-4, --weight-decay 5e-3), batch size and seed, keeping the epoch of lowest
+    validation cross-entropy as the engine does. The loop is this benchmark's; no image passes
+    through the backbone again.
+    """
+    import torch
+
+    from facekit.factory import create_model
+    from facekit.heads import classifier_of, logit_scale
+    from facekit.plugins import architectures, losses
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    classes = len(split.classes)
+    spec = architectures().get(recipe.arch)
+    loss_spec = losses().get(recipe.loss)
+    options = loss_spec.resolve_options(list(recipe.options))
+    model = create_model(recipe.arch, num_classes=classes, input_size=input_size, pretrained=False, loss=recipe.loss,
+                         loss_options=options)  # fmt: skip
+    head = classifier_of(model, spec)
+    labels = {name: torch.as_tensor(split.labels[getattr(split, name)]) for name in ("gallery", "val", "test")}
+    features = {name: torch.as_tensor(values, dtype=torch.float32) for name, values in frozen.items()}
+    counts = np.bincount(split.labels[split.gallery], minlength=classes)
+    loss_fn = loss_spec.make(counts.tolist(), options=options)
+    optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state, history = math.inf, None, []
+    for epoch in range(1, recipe.epochs + 1):
+        head.train()
+        order = torch.randperm(len(labels["gallery"]), generator=generator)
+        for batch in order.split(batch_size):
+            loss = loss_fn(head(features["gallery"][batch]), labels["gallery"][batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        head.eval()
+        with torch.no_grad():
+            val_loss = float(torch.nn.functional.cross_entropy(head(features["val"]), labels["val"]))
+        history.append(val_loss)
+        if val_loss < best:
+            best, best_state = val_loss, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    head.eval()
+    with torch.no_grad():
+        logits = {name: head(features[name]).numpy() for name in ("gallery", "val", "test", "strangers")}
+    score_labels = {"val": split.labels[split.val], "test": split.labels[split.test]}
+    scores = {"softmax": softmax_scores(logits, score_labels)}
+    centroids = openset.class_centroids(frozen["gallery"], split.labels[split.gallery], classes)
+    scores["centroid"] = similarity_scores(centroids, np.arange(classes), frozen, score_labels, "cosine")
+    scale = logit_scale(model, spec)
+    if scale:
+        scores["margin"] = softmax_scores(logits, score_labels, scale=scale)
+    info = {"seconds": time.perf_counter() - start, "best_epoch": int(np.argmin(history)) + 1, "val_loss": history,
+            "loss_options": options}  # fmt: skip
+    return scores, info
+
+
 def recipe_scores(run_dir: Path, split: Split) -> dict[str, Scores]:
     """Every rejection score the run has, over the benchmark's split (which must be the run's own)."""
     import torch
@@ -287,11 +368,20 @@ def recipe_scores(run_dir: Path, split: Split) -> dict[str, Scores]:
     if not np.array_equal(np.asarray(run.split["test"]), split.test):
         raise SystemExit(f"{run_dir}: its test split is not the benchmark's (same --seed, --test-size, --val-size?)")
     model = run.load_model(device=torch.device("cpu"))
-    parts = {"gallery": split.gallery, "val": split.val, "test": split.test}
+    parts = {"gallery": split.paths(split.gallery), "val": split.paths(split.val), "test": split.paths(split.test),
+             "strangers": split.strangers}  # fmt: skip
+    # Kept beside the run (keyed by its best checkpoint's time), so a rerun of the benchmark infers nothing twice.
+    cache = run_dir.parent / f".{run_dir.name}-outputs-{int(run.checkpoint_path('best').stat().st_mtime)}.npz"
     logits, embeddings = {}, {}
-    for name, indices in parts.items():
-        logits[name], embeddings[name] = infer(run, model, split.paths(indices), device=torch.device("cpu"))
-    logits["strangers"], embeddings["strangers"] = infer(run, model, split.strangers, device=torch.device("cpu"))
+    if cache.is_file():
+        saved = np.load(cache, allow_pickle=False)
+        logits = {name: saved[f"logits_{name}"] for name in parts}
+        embeddings = {name: saved[f"embeddings_{name}"] if f"embeddings_{name}" in saved else None for name in parts}
+    else:
+        for name, files in parts.items():
+            logits[name], embeddings[name] = infer(run, model, files, device=torch.device("cpu"))
+        arrays = {f"logits_{n}": v for n, v in logits.items()} | {f"embeddings_{n}": v for n, v in embeddings.items() if v is not None}
+        np.savez(cache, **arrays)
     labels = {"val": split.labels[split.val], "test": split.labels[split.test]}
     scores = {"softmax": softmax_scores(logits, labels)}
     if embeddings["gallery"] is not None:
@@ -318,13 +408,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         known = make_synthetic_dataset(work / "quick-known", identities=6, per_identity=12, size=40, seed=1, force=True)
         strangers = make_synthetic_dataset(work / "quick-strangers", identities=40, per_identity=1, size=40, seed=2, force=True)
         recipes, anchor_arch, pretrained, anchor_size = quick_recipes(), "baseline", False, 48
+        head_recipes = [HeadRecipe("baseline frozen + arcface head", "baseline", "arcface", ("s=16", "m=0.2"), epochs=5)]
     else:
         known = aligned(Path(args.data), args.aligned_data, work, args.threads)
         strangers = aligned(Path(args.strangers), args.aligned_strangers, work, args.threads)
         recipes = full_recipes(args.epochs, args.baseline_epochs)
+        head_recipes = [HeadRecipe(f"dlib-resnet frozen + {loss} head", "dlib-resnet", loss, options, epochs=args.head_epochs)
+                        for loss, options in LOSSES]  # fmt: skip
         anchor_arch, pretrained, anchor_size = "dlib-resnet", True, None
     if args.recipes:
         recipes = [r for r in recipes if any(word in r.name for word in args.recipes)]
+        head_recipes = [r for r in head_recipes if any(word in r.name for word in args.recipes)]
     split = make_split(known, strangers, args.seed, args.test_size, args.val_size)
     print(f"known: {len(split.files)} images of {len(split.classes)} people (gallery {len(split.gallery)}, validation "
           f"{len(split.val)}, test {len(split.test)}); strangers: {len(split.strangers)} images", flush=True)  # fmt: skip
@@ -348,24 +442,38 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         centroids = openset.class_centroids(frozen["gallery"], split.labels[split.gallery], len(split.classes))
         centroid = similarity_scores(centroids, np.arange(len(split.classes)), frozen, labels, "cosine")
         anchor_seconds = time.perf_counter() - anchor_start
+        nearest_curve, centroid_curve = f"nearest image (frozen {anchor_arch})", f"centroid cosine (frozen {anchor_arch})"
+        curves[nearest_curve], curves[centroid_curve] = nearest, centroid
         anchors = [
-            (f"face_recognition (frozen {anchor_arch}, nearest image, tolerance {TOLERANCE})", nearest, -TOLERANCE),
-            (f"face_recognition, tolerance calibrated (frozen {anchor_arch}, nearest image)", nearest, None),
-            (f"centroid cosine (frozen {anchor_arch})", centroid, None),
+            (f"face_recognition (frozen {anchor_arch}, nearest image, tolerance {TOLERANCE})", nearest_curve, -TOLERANCE),
+            (f"face_recognition, tolerance calibrated (frozen {anchor_arch}, nearest image)", nearest_curve, None),
+            (f"centroid cosine (frozen {anchor_arch})", centroid_curve, None),
         ]
-        for name, scores, threshold in anchors:
-            rows.append({"recipe": name, "kind": "anchor", "score": "distance" if scores is nearest else "centroid",
-                         "seconds": anchor_seconds} | judge(scores, args.target_fpir, threshold))  # fmt: skip
-            curves[name] = scores
+        for name, curve, threshold in anchors:
+            rows.append({"recipe": name, "kind": "anchor", "score": "distance" if curve == nearest_curve else "centroid",
+                         "curve": curve, "threshold_kind": "calibrated" if threshold is None else "default",
+                         "seconds": anchor_seconds} | judge(curves[curve], args.target_fpir, threshold))  # fmt: skip
+        for head_recipe in head_recipes:
+            per_score, info = train_head(head_recipe, frozen, split, seed=args.seed, input_size=anchor_size)
+            judged = {score: judge(scores, args.target_fpir) for score, scores in per_score.items()}
+            chosen = min(judged, key=lambda s: (judged[s]["val_fnir"], list(judged).index(s)))
+            curve = f"{head_recipe.name} ({chosen})"
+            rows.append({"recipe": head_recipe.name, "kind": "facekit head on frozen embeddings", "score": chosen, "curve": curve,
+                         "threshold_kind": "calibrated", "seconds": info["seconds"], "training": info,
+                         "all_scores": judged} | judged[chosen])  # fmt: skip
+            curves[curve] = per_score[chosen]
+            print(f"trained: {head_recipe.name} ({info['seconds']:.0f} s)", flush=True)
         for recipe in recipes:
             info = trainings[recipe.name].result()
             per_score = recipe_scores(Path(info["run"]), split)
             judged = {score: judge(scores, args.target_fpir) for score, scores in per_score.items()}
             # The score validation prefers: the lowest FNIR at the target FPIR on the validation data.
             chosen = min(judged, key=lambda s: (judged[s]["val_fnir"], list(judged).index(s)))
-            rows.append({"recipe": recipe.name, "kind": "facekit", "score": chosen, "seconds": info["seconds"], "run": info["run"],
-                         "command": info.get("command"), "all_scores": judged} | judged[chosen])  # fmt: skip
-            curves[recipe.name] = per_score[chosen]
+            curve = f"{recipe.name} ({chosen})"
+            rows.append({"recipe": recipe.name, "kind": "facekit", "score": chosen, "curve": curve, "threshold_kind": "calibrated",
+                         "seconds": info["seconds"], "run": info["run"], "command": info.get("command"),
+                         "all_scores": judged} | judged[chosen])  # fmt: skip
+            curves[curve] = per_score[chosen]
     result = {
         "benchmark": "openset",
         "quick": bool(args.quick),
@@ -381,29 +489,38 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
     }
     if args.plot:
-        plot_det(curves, args.target_fpir, Path(args.plot))
+        plot_det(curves, rows, args.target_fpir, Path(args.plot))
         result["plot"] = str(args.plot)
     return result
 
 
-def plot_det(curves: dict[str, Scores], target_fpir: float, path: Path) -> None:
-    """FNIR against FPIR (test quarter against the strangers), log-log, one line per row."""
+def plot_det(curves: dict[str, Scores], rows: list[dict[str, Any]], target_fpir: float, path: Path) -> None:
+    """FNIR against FPIR (test quarter against the strangers), log-log, one line per way of scoring;
+    each row's operating point (its calibrated threshold, or face_recognition's tolerance) marked on its line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5.5))
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    colors = {}
     for name, scores in curves.items():
         curve = openset.det_curve(scores.test, scores.strangers, scores.test_correct)
         keep = curve.fpir > 0
-        axes.plot(curve.fpir[keep], np.maximum(curve.fnir[keep], 1e-4), label=name, linewidth=1.4)
+        (line,) = axes.plot(curve.fpir[keep], np.maximum(curve.fnir[keep], 1e-3), label=name, linewidth=1.4)
+        colors[name] = line.get_color()
+    floor = 0.5 / max(len(next(iter(curves.values())).strangers), 1)
+    for row in rows:
+        marker = "x" if row.get("threshold_kind") == "default" else "o"
+        axes.plot(max(row["fpir_strangers"], floor), max(row["fnir"], 1e-3), marker, color=colors[row["curve"]], markersize=7,
+                  markerfacecolor="none" if marker == "o" else None)  # fmt: skip
     axes.axvline(target_fpir, color="grey", linestyle=":", linewidth=1)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("FPIR (strangers named as someone)")
-    axes.set_ylabel("FNIR (known people rejected or misnamed)")
-    axes.set_title("Open-set identification: DET on the test quarter and the strangers")
+    axes.set_ylabel("FNIR (known test images rejected or misnamed)")
+    axes.set_title("DET on the test quarter and the strangers; o: threshold calibrated on validation, x: tolerance 0.6")
+    axes.title.set_fontsize(9)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
@@ -423,6 +540,17 @@ COLUMNS = [
 ]
 
 
+def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per row and score: a recipe's scores other than the one validation prefers follow it, marked so."""
+    lines = []
+    for row in rows:
+        lines.append(row | {"score": row["score"] + (" (preferred)" if "all_scores" in row and len(row["all_scores"]) > 1 else "")})
+        for score, figures in row.get("all_scores", {}).items():
+            if score != row["score"]:
+                lines.append(figures | {"recipe": "", "score": score, "seconds": None})
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/lfw_min8", help="Known people: one folder each (aligned below).")
@@ -432,8 +560,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work", default="~/.cache/facekit-openset", help="Aligned copies, embeddings and training runs (reused).")
     parser.add_argument("--out", required=True, help="JSON results.")
     parser.add_argument("--plot", help="DET plot (PNG).")
-    parser.add_argument("--epochs", type=int, default=2, help="Fine-tuning epochs of the dlib-resnet recipes.")
-    parser.add_argument("--baseline-epochs", type=int, default=5, help="Epochs of the baseline CNN.")
+    parser.add_argument("--epochs", type=int, default=2, help="Fine-tuning epochs of the dlib-resnet recipes (0: none).")
+    parser.add_argument("--head-epochs", type=int, default=10, help="Epochs of the heads trained on the frozen network's embeddings.")
+    parser.add_argument("--baseline-epochs", type=int, default=5, help="Epochs of the baseline CNN (0: none).")
     parser.add_argument("--recipes", nargs="*", help="Only the facekit recipes whose name contains one of these words.")
     parser.add_argument("--jobs", type=int, default=2, help="Trainings at once.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process.")
@@ -445,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = measure(args)
     write_json(args.out, result)
-    print(markdown_table(result["rows"], COLUMNS))
+    print(markdown_table(table_rows(result["rows"]), COLUMNS))
     print(f"load average: start {result['environment']['load_average']}, end {result['load_average_end']}; {result['seconds']:.0f} s")
 
 

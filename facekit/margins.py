@@ -25,27 +25,50 @@ from torch import nn
 # sin(theta)^2 is kept at least this: sqrt's gradient at 0 is infinite (cos = +-1 exactly, which
 # bf16 rounding makes common).
 MIN_SIN_SQUARED = 1e-6
+INIT_NORM = 0.01  # of each class's weight vector at initialisation
 
 
 class CosineHead(nn.Module):
     """``logits = logit_scale * cos(embedding, w_c)`` over L2-normalized embeddings and class weights (float32)."""
 
-    def __init__(self, embedding_dim: int, num_classes: int, scale: float):
+    def __init__(self, embedding_dim: int, num_classes: int, scale: float, center: bool = True, momentum: float = 0.05):
         super().__init__()
-        # insightface's initialisation: small normal weights (their norm does not matter, only their direction).
-        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (num_classes, embedding_dim)))
+        # center: subtract a running mean of the embeddings (updated in training mode, like batch
+        # norm's) before normalizing. Embeddings that share a large common component otherwise
+        # leave every class a sliver of the sphere: dlib's descriptors (any two faces have a cosine
+        # near 0.84), and any embedding after a ReLU (non-negative: one orthant of the sphere).
+        # Measured on lfw_min8 with dlib's frozen descriptors: rank-1 0.969 without, 0.996 with.
+        self.center, self.momentum = bool(center), float(momentum)
+        if self.center:
+            self.register_buffer("running_mean", torch.zeros(embedding_dim))
+            self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        # Only the weights' directions count. A small norm (0.01 per class) makes Adam's steps, about
+        # the learning rate per component whatever the gradient, large turns: the head converges in
+        # an epoch or two at facekit's default --lr 1e-4, as the dlib plugin's cosine head does.
+        self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim) * (INIT_NORM / math.sqrt(embedding_dim)))
         self.logit_scale = float(scale)
 
     def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Each embedding's cosine to each class's weight, (N, C), in float32."""
         with torch.autocast(embeddings.device.type, enabled=False):
-            return F.linear(F.normalize(embeddings.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+            embeddings = embeddings.float()
+            if self.center:
+                if self.training:
+                    with torch.no_grad():
+                        batch_mean = embeddings.detach().mean(0)
+                        if int(self.num_batches_tracked) == 0:
+                            self.running_mean.copy_(batch_mean)
+                        else:
+                            self.running_mean.lerp_(batch_mean, self.momentum)
+                        self.num_batches_tracked += 1
+                embeddings = embeddings - self.running_mean
+            return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight.float(), dim=1))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * self.cosines(embeddings)
 
     def extra_repr(self) -> str:
-        return f"embedding_dim={self.weight.shape[1]}, num_classes={self.weight.shape[0]}, logit_scale={self.logit_scale}"
+        return f"embedding_dim={self.weight.shape[1]}, num_classes={self.weight.shape[0]}, logit_scale={self.logit_scale}, center={self.center}"
 
 
 def arcface_target(cos: torch.Tensor, margin: float) -> torch.Tensor:

@@ -16,9 +16,9 @@ HAS_DALI = "dali" in available_backends()
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
-def test_on_a_cpu_auto_trains_with_dali_and_evaluates_with_torch():
-    assert auto_backend("cpu", train=True, dali_works=True) == "dali"
-    assert auto_backend("cpu", train=False, dali_works=True) == "torch"
+def test_on_a_cpu_auto_trains_with_torch_and_evaluates_with_dali():
+    assert auto_backend("cpu", train=True, dali_works=True) == "torch"
+    assert auto_backend("cpu", train=False, dali_works=True) == "dali"
 
 
 def test_on_cuda_auto_uses_dali_for_both():
@@ -40,7 +40,7 @@ def test_an_explicit_loader_is_kept_for_both_uses():
 
 def test_the_line_names_both_uses_and_why():
     assert describe_backends("auto", "cpu", dali_works=True) == (
-        "loader: dali for training, torch for evaluation (--loader auto: the faster measured on cpu)"
+        "loader: torch for training, dali for evaluation (--loader auto: the faster measured on cpu)"
     )
     assert describe_backends("torch", "cpu", dali_works=True) == "loader: torch for training and evaluation (--loader torch)"
     assert "DALI does not work here" in describe_backends("auto", "cpu", dali_works=False)

@@ -73,9 +73,26 @@ def test_cosines_of_exactly_one_and_bf16_rounding_stay_finite(kind):
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
 
+def test_a_centred_head_subtracts_the_running_mean_of_the_embeddings_it_trained_on():
+    torch.manual_seed(0)
+    head = CosineHead(8, 3, scale=10.0)
+    batches = [torch.randn(16, 8) + 5 for _ in range(3)]
+    for batch in batches:
+        head(batch)  # training mode: the running mean follows the batches
+    expected = batches[0].mean(0)
+    for batch in batches[1:]:
+        expected = expected + 0.05 * (batch.mean(0) - expected)
+    assert torch.allclose(head.running_mean, expected, atol=1e-5)
+    head.eval()
+    probe = torch.randn(4, 8) + 5
+    cos = F.normalize(probe - expected, dim=1) @ F.normalize(head.weight, dim=1).T
+    assert torch.allclose(head(probe), 10 * cos, atol=1e-5)
+    assert {"running_mean", "num_batches_tracked"} <= set(head.state_dict())
+
+
 def test_the_head_is_a_scaled_cosine_in_float32_even_under_bf16_autocast():
     torch.manual_seed(0)
-    head = CosineHead(16, 5, scale=30.0)
+    head = CosineHead(16, 5, scale=30.0, center=False)
     embeddings = torch.randn(4, 16)
     expected = 30.0 * F.normalize(embeddings, dim=1) @ F.normalize(head.weight, dim=1).T
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -108,11 +125,11 @@ def test_margin_losses_keep_the_loss_contract(name):
 
 def test_options_are_typed_checked_and_named():
     spec = losses().get("arcface")
-    assert spec.resolve_options(None) == {"s": 64.0, "m": 0.5, "weighted": False}
-    assert spec.resolve_options(["s=30", "weighted=yes"]) == {"s": 30.0, "m": 0.5, "weighted": True}
-    assert spec.resolve_options({"s": 30, "m": 0.2}) == {"s": 30.0, "m": 0.2, "weighted": False}  # as config.json holds them
+    assert spec.resolve_options(None) == {"s": 64.0, "m": 0.5, "weighted": False, "center": True}
+    assert spec.resolve_options(["s=30", "weighted=yes", "center=off"]) == {"s": 30.0, "m": 0.5, "weighted": True, "center": False}
+    assert spec.resolve_options({"s": 30, "m": 0.2}) == {"s": 30.0, "m": 0.2, "weighted": False, "center": True}  # as config.json holds them
     for given, message in [
-        (["q=1"], "--loss-option q=1: loss 'arcface' has no option 'q'; it takes m \\(default 0.5\\), s \\(default 64.0\\)"),
+        (["q=1"], "--loss-option q=1: loss 'arcface' has no option 'q'; it takes center \\(default True\\), m \\(default 0.5\\)"),
         (["s=abc"], "--loss-option s=abc: expected a number above 0 and at most 1024"),
         (["s=-1"], "--loss-option s=-1.0: expected a number above 0"),
         (["s=nan"], "--loss-option s=nan: expected a number above 0"),
@@ -143,7 +160,7 @@ def config(data, out, **overrides) -> TrainConfig:
 
 def test_arcface_trains_a_run_whose_head_is_the_model_classifier(synthetic_dataset, facekit_run, tmp_path):
     run = Run(Trainer(config(synthetic_dataset, tmp_path / "run", epochs=4)).train())
-    assert run.config["loss_options"] == {"s": 16.0, "m": 0.2, "weighted": False}
+    assert run.config["loss_options"] == {"s": 16.0, "m": 0.2, "weighted": False, "center": True}
     history = run.history
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     weights = load_checkpoint(run.checkpoint_path("best"))["model"]

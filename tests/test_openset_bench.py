@@ -60,7 +60,8 @@ def test_quick_benchmark_runs_every_row_and_draws_the_det_plot(tmp_path):
     bench.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out), "--plot", str(plot), "--jobs", "1"])
     result = json.loads(out.read_text())
     names = [row["recipe"] for row in result["rows"]]
-    assert len(names) == 5 and names[0].startswith("face_recognition") and names[-1] == "baseline, arcface"
+    assert len(names) == 6 and names[0].startswith("face_recognition") and names[-1] == "baseline, arcface"
+    assert result["rows"][3]["kind"] == "facekit head on frozen embeddings"
     for row in result["rows"]:
         assert 0 <= row["rank1"] <= 1 and 0 <= row["fnir"] <= 1 and 0 <= row["fpir_strangers"] <= 1
     arcface = result["rows"][-1]

@@ -35,7 +35,7 @@ def build_weighted(class_counts: Sequence[int], label_smoothing: float = 0.0):
 
 
 def build_margin(kind: str):
-    def build(class_counts: Sequence[int], *, s: float, m: float, weighted: bool):
+    def build(class_counts: Sequence[int], *, s: float, m: float, weighted: bool, center: bool):
         from facekit.margins import MarginLoss
 
         return MarginLoss(kind, s, m, inverse_frequency_weights(class_counts) if weighted else None)
@@ -46,7 +46,7 @@ def build_margin(kind: str):
 def build_cosine_head(embedding_dim: int, num_classes: int, options: dict):
     from facekit.margins import CosineHead
 
-    return CosineHead(embedding_dim, num_classes, options["s"])
+    return CosineHead(embedding_dim, num_classes, options["s"], center=options["center"])
 
 
 def margin_options(margin: float, margin_kind: str) -> dict:
@@ -54,6 +54,7 @@ def margin_options(margin: float, margin_kind: str) -> dict:
         "s": LossOption(64.0, "scale: logits = s * cos", lambda v: 0 < v <= 1024, "a number above 0 and at most 1024"),
         "m": LossOption(margin, f"margin on the true class's {margin_kind}", lambda v: 0 <= v < 1.5, "a number from 0 up to 1.5"),
         "weighted": LossOption(False, "weight classes by 1/n_c, as --loss weighted", None, "true or false"),
+        "center": LossOption(True, "subtract a running mean of the embeddings before normalizing them", None, "true or false"),
     }
 
 
@@ -68,14 +69,14 @@ def register_losses(register):
     register(
         LossSpec(
             "arcface", build_margin("arcface"),
-            "ArcFace: cosine head, additive angular margin on the true class (options s=64, m=0.5, weighted=false).",
+            "ArcFace: cosine head, additive angular margin on the true class (options s=64, m=0.5, weighted=false, center=true).",
             options=margin_options(0.5, "angle (radians)"), head=build_cosine_head,
         )
     )
     register(
         LossSpec(
             "cosface", build_margin("cosface"),
-            "CosFace: cosine head, additive cosine margin on the true class (options s=64, m=0.35, weighted=false).",
+            "CosFace: cosine head, additive cosine margin on the true class (options s=64, m=0.35, weighted=false, center=true).",
             options=margin_options(0.35, "cosine"), head=build_cosine_head,
         )
     )  # fmt: skip
