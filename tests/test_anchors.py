@@ -31,6 +31,7 @@ def _epoch(loader):
     return torch.cat(images), torch.cat(labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["imagefolder", pytest.param("dali_reference", marks=pytest.mark.skipif(not HAS_DALI, reason="needs DALI"))])
 def test_each_anchor_yields_every_image_once_per_epoch(tiny, name):
     _, index = tiny

@@ -52,6 +52,7 @@ def train(mode: str | None, data, epochs: int = 2, seed: int = 0):
     return torch.tensor(losses), model, train_step, eval_step
 
 
+@pytest.mark.slow
 def test_compiled_steps_match_eager_and_compile_two_graphs_in_all():
     data = batches([BATCH, BATCH, BATCH, 3])  # the last, smaller batch runs eagerly
     eager_losses, eager_model, *_ = train(None, data)
@@ -133,6 +134,7 @@ def compiled_config(data: Path, out: Path, **overrides) -> TrainConfig:
 
 
 
+@pytest.mark.slow
 def test_a_compiled_run_records_its_compile_time_and_resumes_to_the_same_history(synthetic_dataset, tmp_path):
     torch._dynamo.reset()  # graphs live as long as the process: start without any
     straight = Run(Trainer(compiled_config(synthetic_dataset, tmp_path / "straight")).train())

@@ -103,6 +103,7 @@ def expected_images(files: list[str]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- reuse
+@pytest.mark.slow
 def test_written_once_then_read_by_another_process_without_decoding(tmp_path):
     files = make_files(tmp_path / "data", 20)
     with DiskImageCache.open(files, SIZE, decoder="fake") as cache:
@@ -136,6 +137,7 @@ def test_entries_are_marked_only_when_committed(tmp_path):
     reader.close()
 
 
+@pytest.mark.slow
 def test_two_processes_filling_at_once_give_one_complete_correct_cache(tmp_path):
     files = make_files(tmp_path / "data", 120)
     decoded = run_processes(files, [1, 2])

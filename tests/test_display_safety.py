@@ -47,6 +47,7 @@ def _assert_no_raw(output: str) -> None:
     assert "\x1b" not in output and "\x9b" not in output, repr(output)
 
 
+@pytest.mark.slow
 def test_terminal_output_never_carries_a_names_escape_sequences(hostile_run, tmp_path):
     data, run, train_output = hostile_run
     _assert_no_raw(train_output)

@@ -239,6 +239,7 @@ def test_two_processes_sum_share_gather_and_a_dead_peer_ends_the_other_with_one_
     assert "\n" not in survivor["error"] and "pair.cc" not in survivor["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_silent_peer_times_out_instead_of_hanging(tmp_path):
     (waiting, late), _ = run_pair(tmp_path, "stalls", timeout_s=3)
@@ -373,6 +374,7 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= TOLERANCE * max(1.0, abs(a), abs(b))
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_a_killed_torchrun_job_resumes_with_facekit_train_nproc(two_process_run):
     from facekit.runs import Run

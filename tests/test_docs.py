@@ -126,6 +126,7 @@ def _normalized(lines: list[str]) -> list[str]:
     return [line.rstrip() for line in "\n".join(lines).strip("\n").splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "page, line, command, expected",
     [pytest.param(*example, id=f"{example[0]}:{example[1]}") for example in examples() if _key(example[2]) in CHECKED],

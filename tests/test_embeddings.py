@@ -98,6 +98,7 @@ def trained_run(facekit_run):
     return facekit_run
 
 
+@pytest.mark.slow
 def test_embed_files_preprocesses_as_predict_does(trained_run, synthetic_dataset):
     run = Run(trained_run)
     files = sorted((synthetic_dataset / "person_01").iterdir())[:3] + sorted((synthetic_dataset / "person_02").iterdir())[:2]
@@ -127,6 +128,7 @@ def test_embed_files_refuses_folders_and_unreadable_files(trained_run, synthetic
         embed_files(trained_run, [bad])
 
 
+@pytest.mark.slow
 def test_facekit_embed_writes_npy_and_the_file_names(trained_run, synthetic_dataset, tmp_path):
     out = tmp_path / "faces"
     result = runner.invoke(app, ["embed", str(trained_run), str(synthetic_dataset / "person_00"), str(synthetic_dataset / "person_03"),

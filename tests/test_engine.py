@@ -15,6 +15,7 @@ RUN_FILES = ["config.json", "classes.json", "split.json", "normalization.json", 
              "predictions.npz", "predictions.csv", "checkpoints/best.pt"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_leaves_a_complete_run(synthetic_dataset, tmp_path):
     run_dir = Trainer(config(synthetic_dataset, tmp_path / "run", epochs=4)).train()
     for name in RUN_FILES:
@@ -38,6 +39,7 @@ def test_training_lowers_the_loss_and_leaves_a_complete_run(synthetic_dataset, t
     assert run.load_model()(torch.zeros(1, 3, 64, 64)).shape == (1, len(run.classes))
 
 
+@pytest.mark.slow
 def test_kfold_trains_k_models_and_keeps_the_best(synthetic_dataset, tmp_path):
     run_dir = Trainer(config(synthetic_dataset, tmp_path / "run", split="kfold", folds=3, epochs=1)).train()
     run = Run(run_dir)
@@ -55,6 +57,7 @@ def test_kfold_trains_k_models_and_keeps_the_best(synthetic_dataset, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_epoch_with_the_same_history(synthetic_dataset, tmp_path):
     straight = Run(Trainer(config(synthetic_dataset, tmp_path / "straight", epochs=3)).train())
     with pytest.raises(KeyboardInterrupt):
@@ -175,6 +178,7 @@ def test_architecture_param_groups_set_the_optimizer_groups(facekit_plugin, synt
     assert all(g["weight_decay"] == 5e-3 for g in groups)
 
 
+@pytest.mark.slow
 def test_without_param_groups_every_trainable_parameter_is_one_group():
     from facekit.engine import build_optimizer
     from facekit.factory import create_model

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -70,6 +71,7 @@ main(["plugins", "--all", "--json"])
 """
 
 
+@pytest.mark.slow
 def test_a_late_ctrl_c_while_libraries_shut_down_is_quiet(tmp_path):
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(

@@ -93,6 +93,7 @@ def register_architectures(register):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_an_architecture_that_cannot_export_says_so_in_one_line(facekit_plugin, fmt):
     facekit_plugin(BATCH_DEPENDENT, package="facekit-batchy")
@@ -115,6 +116,7 @@ def bundles(facekit_run, tmp_path_factory):
     return made
 
 
+@pytest.mark.slow
 def test_bundle_files_and_manifest(bundles, facekit_run):
     import onnx
 
@@ -158,6 +160,7 @@ def test_predict_bundle_gives_the_runs_output(bundles, facekit_run, synthetic_da
         assert invoke("predict", bundle, *images, "--device", "cpu").stdout == text, fmt
 
 
+@pytest.mark.slow
 def test_a_bundle_predicts_where_torch_cannot_be_imported(bundles, facekit_run, synthetic_dataset):
     images = [str(p) for p in sorted(synthetic_dataset.rglob("*.png"))[:3]]
     expected = json.loads(invoke("predict", facekit_run, *images, "--json").stdout)
@@ -187,6 +190,7 @@ def test_a_bundle_predicts_where_torch_cannot_be_imported(bundles, facekit_run, 
     )
 
 
+@pytest.mark.slow
 def test_a_torchscript_bundle_without_torch_says_what_to_do(bundles, synthetic_dataset):
     image = str(next(synthetic_dataset.rglob("*.png")))
     script = textwrap.dedent(

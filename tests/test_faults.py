@@ -58,6 +58,7 @@ def test_a_plugin_that_exits_or_interrupts_at_import_is_a_broken_plugin(facekit_
         facekit_plugin(source, package="facekit-rude", strict=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook", ["register_architectures", "register_commands"])
 @pytest.mark.parametrize("statement", ["raise SystemExit(0)", "raise KeyboardInterrupt", "raise ValueError('no')"])
 def test_a_plugin_hook_that_exits_is_a_broken_plugin(facekit_plugin, hook, statement):

@@ -80,6 +80,7 @@ def test_missing_packages_are_named_with_what_needs_them(monkeypatch):
     assert gpu.missing_packages() == {"surely_not_installed_pkg": "a feature"}
 
 
+@pytest.mark.slow
 def test_a_failing_part_is_one_line_and_the_next_part_runs(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -93,6 +94,7 @@ def test_a_failing_part_is_one_line_and_the_next_part_runs(tmp_path):
         assert part["status"] == "failed" and "\n" not in part["error"] and "empty" in part["error"], part
 
 
+@pytest.mark.slow
 def test_a_part_past_its_time_cap_is_stopped_and_recorded(tmp_path, synthetic_dataset):
     out = tmp_path / "gpu.json"
     done = run_command("--quick", "--data", synthetic_dataset, "--parts", "loader", "hw-decoder", "--budget", "12", "--out", out,

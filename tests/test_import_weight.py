@@ -21,6 +21,7 @@ print(",".join(sorted(name for name in lazy if name in sys.modules)))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "imports",
     [

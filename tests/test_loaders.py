@@ -87,6 +87,7 @@ def test_training_reshuffles_by_seed_and_epoch(synth, backend):
     assert first.tolist() == plan_epoch(20, epoch=0, seed=4, train=True, augment=AugmentPipeline(), shard_id=0, num_shards=1).indices.tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_shards_split_an_epoch(synth, backend):
     files, labels = synth
@@ -241,6 +242,7 @@ def test_native_rotate_normalize_equals_grid_sample(shape):
     assert torch.allclose(native(store[:2], torch.zeros(2)), reference(store[:2], torch.zeros(2)), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_every_shard_and_epoch_follows_the_shared_plan(synth, backend):
     files, _ = synth

@@ -103,6 +103,7 @@ def test_training_past_the_limit_writes_top_k_alone_and_reports(synthetic_datase
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_report_on_a_fabricated_run_of_many_classes_without_probs(tmp_path):
     from benchmarks.scale import fabricate_run
 

@@ -112,6 +112,7 @@ def test_two_plugins_cannot_take_the_same_command_name(facekit_plugin):
     assert {"greet", "greet2", "fresh-command"} <= _command_names(cli.registered_commands, cli.registered_groups)
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_replaced_command_end_to_end(tmp_path):
     """The real path: ``facekit report`` with an installed plugin that registers `report`."""
     site = make_fake_distribution(

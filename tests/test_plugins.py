@@ -131,6 +131,7 @@ def register_commands(cli):
     assert result.exit_code == 0 and "hello world" in result.output
 
 
+@pytest.mark.slow
 def test_example_plugin_installs_with_pip_and_is_found(tmp_path, synthetic_dataset):
     """The real path: pip installs plugins/facekit-example; facekit sees it by entry point alone."""
     target = tmp_path / "site"
@@ -162,6 +163,7 @@ def _builtin(kind: str) -> list[str]:
     return [name for name in registry.names() if registry.owner[name] == "facekit"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _builtin("architectures"))
 def test_builtin_architecture_keeps_the_contract(name):
     check_architecture(name)

@@ -217,6 +217,7 @@ def headless(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_a_browser_renders_the_page_sorts_and_filters_the_table_and_shows_the_thumbnails(tmp_path):
     browser()
     run_dir = make_image_run(tmp_path / "run", wrong_every=3)

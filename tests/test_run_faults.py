@@ -45,6 +45,7 @@ def test_a_run_folder_has_one_owner_at_a_time(tmp_path):
     RunWriter.open(out).close()
 
 
+@pytest.mark.slow
 def test_two_trainings_into_one_out_never_mix(synthetic_dataset, tmp_path):
     """While one `facekit train` trains into --out, a second one (even with --force) and a resume exit 2
     naming its pid; once it is killed (kill -9), the folder is free again."""
@@ -315,6 +316,7 @@ def test_a_full_disk_while_the_setup_is_written_leaves_no_folder(synthetic_datas
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_real_write_failure_from_torch_is_one_line(synthetic_dataset, tmp_path):
     """The file-size limit makes the kernel refuse the checkpoint's bytes, as a full disk does."""
     script = (
@@ -442,6 +444,7 @@ def test_resume_applies_more_epochs_and_refuses_other_changes_by_name(synthetic_
     assert resumed.folds["folds"][0]["best_epoch"] >= 1
 
 
+@pytest.mark.slow
 def test_resume_refuses_fewer_epochs_than_trained_and_changes_after_a_fold_finished(synthetic_dataset, tmp_path):
     run = interrupted_run(synthetic_dataset, tmp_path / "run", epochs=4, at=4)
     assert "has already trained 3 epochs" in one_line_error(invoke("train", "--resume", run, "--epochs", "2"), 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import scale
 from facekit.runs import Run
@@ -34,6 +35,7 @@ def test_update_doc_replaces_only_the_table(tmp_path):
     assert doc.read_text() == f"# Bench\n\nkept\n\n{scale.TABLE_START}\n| new |\n{scale.TABLE_END}\n\nafter\n"
 
 
+@pytest.mark.slow
 def test_quick_mode_measures_every_step(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "scale.json"

@@ -9,9 +9,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from facekit.cli.errors import FacekitGroup
 from facekit.cli.help import ReadableTyper
 
-app = ReadableTyper(help="Inspect a data set folder (one sub-folder per identity) or make a synthetic one.", no_args_is_help=True)
+# Its own errors group too: the same one line and exit code when the group runs on its own (tests, embedding).
+app = ReadableTyper(
+    cls=FacekitGroup,
+    help="Inspect a data set folder (one sub-folder per identity) or make a synthetic one.",
+    no_args_is_help=True,
+)
 
 
 @app.command()
