@@ -71,6 +71,7 @@ def _invoke(*args):
     return result.exit_code, lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pickled object", "old-format pickle", "garbage", "truncated", "empty", "other network"])
 def test_a_bad_trusted_weights_file_names_the_file_without_torchs_advice(kind, synthetic_dataset, tmp_path):
     path = _bad_files(tmp_path / "w")[kind]
@@ -92,6 +93,7 @@ def test_bad_cached_weights_with_trust_are_called_bad_weights(kind, synthetic_da
     assert "delete the file to download it again" in line and "input-size" not in line
 
 
+@pytest.mark.slow
 def test_a_missing_weights_file_is_a_usage_error_naming_it(synthetic_dataset, tmp_path):
     for trust in ([], ["--trust-weights"]):
         code, line = _invoke("train", "--data", synthetic_dataset, *FAST, "--arch", "resnet18", "--weights", "nofile.pth", *trust)

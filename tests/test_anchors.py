@@ -55,6 +55,7 @@ def test_anchors_feed_the_engine_training_step(tiny):
     assert set(row) == expected and all(rate > 0 for rate in row.values())
 
 
+@pytest.mark.slow
 def test_loader_benchmark_leaves_the_docs_alone_unless_asked(tiny, tmp_path, monkeypatch):
     root, _ = tiny
     before = loader_bench.DOC.read_bytes()

@@ -8,6 +8,7 @@ from facekit.plugins import architectures
 from facekit.models import BaselineNet, TronNet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", architectures().names())
 @pytest.mark.parametrize("input_size", [224, 96])
 def test_architecture_builds_and_outputs_one_logit_per_class(name, input_size):

@@ -88,6 +88,7 @@ def _last_lrs(run_dir: Path) -> list[float]:
     return [g["lr"] for g in load_checkpoint(run_dir / "checkpoints" / "fold-0-last.pt")["optimizer"]["param_groups"]]
 
 
+@pytest.mark.slow
 def test_config_records_the_options_and_a_resumed_augmented_cosine_run_matches_an_uninterrupted_one(synthetic_dataset, tmp_path):
     options = dict(epochs=3, augment=["color:0.3", "rotate:10", "flip", "crop:0.8"], label_smoothing=0.1, schedule="cosine")
     straight = Run(Trainer(config(synthetic_dataset, tmp_path / "straight", **options)).train())

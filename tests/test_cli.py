@@ -49,6 +49,7 @@ def trained_run(synthetic_dataset, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_refuses_to_overwrite_and_report_reads_the_run(trained_run, synthetic_dataset):
     again = invoke("train", "--data", synthetic_dataset, "--out", trained_run, *FAST)
     assert again.exit_code == 2 and "already exists" in again.output

@@ -73,6 +73,7 @@ def test_compiled_steps_match_eager_and_compile_two_graphs_in_all():
     assert train_step.compile_seconds == 0 and eval_step.compile_seconds == 0
 
 
+@pytest.mark.slow
 def test_batches_of_another_size_run_eagerly_without_compiling():
     data = batches([5, 3])  # smaller than the batch size: nothing to compile for
     before = graphs_compiled()
@@ -153,6 +154,7 @@ def test_a_compiled_run_records_its_compile_time_and_resumes_to_the_same_history
     assert np.array_equal(straight.predictions()["probs"], resumed.predictions()["probs"])
 
 
+@pytest.mark.slow
 def test_cli_compiles_on_request_and_a_resume_may_turn_it_off(synthetic_dataset, tmp_path):
     from typer.testing import CliRunner
 

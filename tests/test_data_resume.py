@@ -55,6 +55,7 @@ def interrupted_run(faces: Path, out: Path) -> Run:
 
 
 # ------------------------------------------------------------------------------- replaced images
+@pytest.mark.slow
 def test_an_image_replaced_before_resume_is_refused_by_name(faces, tmp_path):
     run = interrupted_run(faces, tmp_path / "run")
     assert json.loads((run.path / "fingerprints.json").read_text())["files"][0][0] > 0
@@ -78,6 +79,7 @@ def test_an_image_replaced_before_resume_is_refused_by_name(faces, tmp_path):
     assert Run(run.path).has_predictions
 
 
+@pytest.mark.slow
 def test_a_run_from_before_fingerprints_still_resumes(faces, tmp_path):
     run = interrupted_run(faces, tmp_path / "run")
     (run.path / "fingerprints.json").unlink()
@@ -106,6 +108,7 @@ class BreakAtTheEnd(SilentProgress):
             self.victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)
 
 
+@pytest.mark.slow
 def test_a_test_image_that_stops_decoding_leaves_no_damaged_predictions_and_resume_does_not_loop(faces, tmp_path):
     from facekit.data.index import index_dataset
     from facekit.plugins import splits
@@ -180,6 +183,7 @@ def test_train_lists_at_most_twenty_left_out_files_then_counts_the_rest(faces, t
     assert skipping[-1] == "skipping 5 more files or folders (`facekit data check` lists them all)"
 
 
+@pytest.mark.slow
 def test_an_unknown_persons_image_replaced_before_resume_is_refused(tmp_path):
     faces = make_synthetic_dataset(tmp_path / "faces", identities=6, per_identity=5, size=32)
     out = tmp_path / "run"

@@ -462,6 +462,7 @@ def test_the_loader_says_which_cache_it_uses(faces, cache, kind):
     loader.close()
 
 
+@pytest.mark.slow
 def test_a_run_records_its_cache(synthetic_dataset, tmp_path):
     from facekit.engine import SilentProgress, Trainer, TrainConfig
 

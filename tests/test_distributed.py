@@ -225,6 +225,7 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_sum_share_gather_and_a_dead_peer_ends_the_other_with_one_clear_line(tmp_path):
     (survivor, dead), codes = run_pair(tmp_path, "dies")
@@ -388,6 +389,7 @@ def test_a_killed_torchrun_job_resumes_with_facekit_train_nproc(two_process_run)
     assert sorted(p.name for p in two_process_run["workdir"].iterdir()) == ["run"]  # one run folder, nothing under runs/
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_processes_learn_what_one_process_learns_with_the_same_global_batch(single_process_run, two_process_run):
     from facekit.runs import Run
@@ -402,6 +404,7 @@ def test_two_processes_learn_what_one_process_learns_with_the_same_global_batch(
     assert two.folds["kept"] == one.folds["kept"] and two.folds["folds"][0]["best_epoch"] == one.folds["folds"][0]["best_epoch"]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_rank_0_writes_the_test_predictions_once_in_test_split_order(single_process_run, two_process_run):
     from facekit.runs import Run

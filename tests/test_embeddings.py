@@ -22,6 +22,7 @@ EXPECTED_DIMS = {"baseline": 300, "tronnet": 300, "resnet18": 512, "tinycnn": 16
                  "dlib-resnet": 128, "dlib-resnet-linear": 128}  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", architectures().names())
 def test_every_architecture_gives_its_embedding_and_the_same_logits(name):
     spec = architectures().get(name)

@@ -80,6 +80,7 @@ def test_existing_run_is_never_overwritten_without_force(synthetic_dataset, tmp_
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_after_patience_epochs_without_improvement(synthetic_dataset, tmp_path, monkeypatch):
     real_evaluate = Trainer.evaluate
 
@@ -114,6 +115,7 @@ def test_run_files_are_readable_by_others(tmp_path):
     assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044
 
 
+@pytest.mark.slow
 def test_training_proceeds_on_the_good_files_of_a_broken_data_set(synthetic_dataset, tmp_path):
     import shutil
 
@@ -169,6 +171,7 @@ def register_architectures(register):
 """
 
 
+@pytest.mark.slow
 def test_architecture_param_groups_set_the_optimizer_groups(facekit_plugin, synthetic_dataset, tmp_path):
     facekit_plugin(TWO_SPEED, package="facekit-two-speed")
     run_dir = Trainer(config(synthetic_dataset, tmp_path / "run", arch="two-speed", epochs=1, lr=1e-3)).train()

@@ -37,6 +37,7 @@ class _InterruptedHandle(io.RawIOBase):
         return self.handle.write(data)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_checkpoint_write_says_interrupted_not_disk_full(synthetic_dataset, tmp_path, monkeypatch):
     real_save = torch.save
 
@@ -91,6 +92,7 @@ def test_a_late_ctrl_c_while_libraries_shut_down_is_quiet(tmp_path):
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_the_resume_command_on_its_own_line_after_the_bar(synthetic_dataset, tmp_path, monkeypatch):
     """On a terminal the epoch bar is live; the line after Ctrl-C must not be written into it (and the bar drawn again)."""
     from rich.console import Console

@@ -139,6 +139,7 @@ def test_bundle_files_and_manifest(bundles, facekit_run):
     assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
 
+@pytest.mark.slow
 def test_predict_bundle_gives_the_runs_output(bundles, facekit_run, synthetic_dataset):
     images = sorted(synthetic_dataset.rglob("*.png"))[:5]
     from_run = invoke("predict", facekit_run, *images, "--json")
@@ -298,6 +299,7 @@ def test_export_refuses_what_it_cannot_or_must_not_do(facekit_run, tmp_path, bun
     one_line_error(invoke("predict", tmp_path / "my-things", next(facekit_run.rglob("*.json"))), 2, "neither a run")
 
 
+@pytest.mark.slow
 def test_export_replaces_its_own_bundle_and_copies_open_set_files(facekit_run, tmp_path):
     run = Path(shutil.copytree(facekit_run, tmp_path / "run"))
     (run / "openset.json").write_text('{"score": "softmax", "calibration": {"softmax": {"threshold": 0.5}}}\n')

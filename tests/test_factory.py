@@ -9,6 +9,7 @@ from facekit.models import BaselineNet
 from facekit.plugins import architectures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", architectures().names())
 def test_every_architecture_builds_at_its_declared_size_and_outputs_logits(name):
     spec = architectures().get(name)

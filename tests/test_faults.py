@@ -211,6 +211,7 @@ def _symlinked_library(target, sidecar):
     sidecar.write_text(_hash(moved) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tamper", [_no_sidecar, _wrong_hash, _group_writable_library, _world_writable_sidecar, _foreign_owner, _symlinked_library]
 )
@@ -644,6 +645,7 @@ def test_the_readme_tour_says_how_to_reach_the_facekit_command():
     assert "docs/method.md" in readme and (Path(__file__).resolve().parents[1] / "docs" / "method.md").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["import sys\nsys.exit(0)\n", "raise KeyboardInterrupt\n"])
 def test_the_real_command_survives_a_plugin_that_exits_at_import(tmp_path, source):
     """In a fresh process, as a user runs it: one warning line, and the command still does its work."""

@@ -60,6 +60,7 @@ def test_out_of_range_layer_names_the_range(model, tmp_path):
         plot_kernels(nn.Linear(2, 2), 1, tmp_path / "k.png")
 
 
+@pytest.mark.slow
 def test_first_layer_writes_weight_grid_and_rgb(model, tmp_path):
     written = write_kernel_maps(model, 1, tmp_path)
     assert [p.name for p in written] == ["kernels-layer-1.png", "kernels-layer-1-rgb.png"]
@@ -73,6 +74,7 @@ def test_deeper_layer_writes_one_grid(model, tmp_path):
         plot_rgb_kernels(model, 2, tmp_path / "rgb.png")
 
 
+@pytest.mark.slow
 def test_wide_grouped_layer_is_capped(model, tmp_path):
     weights = model.wide.weight.detach().numpy()  # 80 outputs x 2 inputs per group
     shown = capped_kernels(weights)

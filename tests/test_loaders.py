@@ -61,6 +61,7 @@ def _loader(files, labels, backend, **kw):
     return make_loader(files, labels, **(options | kw))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_validation_sees_every_image_once_with_a_partial_last_batch(synth, backend):
     files, labels = synth
@@ -75,6 +76,7 @@ def test_validation_sees_every_image_once_with_a_partial_last_batch(synth, backe
     loader.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_training_reshuffles_by_seed_and_epoch(synth, backend):
     files, _ = synth
@@ -97,6 +99,7 @@ def test_shards_split_an_epoch(synth, backend):
     assert {t.num_samples for t in train} == {7}
 
 
+@pytest.mark.slow
 @needs_dali
 @pytest.mark.parametrize("rotate", [0.0, 15.0])
 def test_dali_and_torch_agree(synth, rotate):
@@ -143,6 +146,7 @@ def _orientation(image: torch.Tensor) -> tuple[float, float, float]:
     return float(np.degrees(0.5 * np.arctan2(2 * c11, c20 - c02))), float(cx), float(cy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "backend,cache", [("torch", False), ("torch", True), pytest.param("dali", False, marks=needs_dali)]
 )
@@ -162,6 +166,7 @@ def test_rotation_is_about_the_centre_by_an_angle_in_range(tmp_path, backend, ca
             assert abs(angle - expected) < 0.5 and abs(cx) < 0.3 and abs(cy) < 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali)])
 def test_cache_gives_the_same_batches(synth, backend):
     files, labels = synth
@@ -266,6 +271,7 @@ def test_an_epoch_left_early_does_not_leak_into_the_next(synth, backend):
     loader.close()
 
 
+@pytest.mark.slow
 def test_options_object_and_keywords_give_the_same_loader(synth):
     files, labels = synth
     options = LoaderOptions(batch_size=6, input_size=32, normalization=PIXELS, train=True, rotate=10.0, seed=1, backend="torch")

@@ -32,6 +32,7 @@ def fake_scores(tmp_path: Path):
     return Trainer(TrainConfig(data=tmp_path, device="cpu")), model, batches, labels.numpy(), dense
 
 
+@pytest.mark.slow
 def test_evaluate_many_classes_keeps_the_top_k_of_the_dense_softmax(tmp_path):
     trainer, model, batches, labels, dense = fake_scores(tmp_path)
     assert IMAGES * CLASSES > DENSE_PROBS_LIMIT
@@ -83,6 +84,7 @@ def test_small_run_writes_probs_and_their_top_k(facekit_run):
     assert np.array_equal(saved["y_pred"], saved["top_ids"][:, 0])
 
 
+@pytest.mark.slow
 def test_training_past_the_limit_writes_top_k_alone_and_reports(synthetic_dataset, facekit_run, tmp_path, monkeypatch):
     monkeypatch.setattr(facekit.training.loops, "DENSE_PROBS_LIMIT", 8)  # a few images x 4 classes pass it
     # facekit_run's configuration: the same model, so the same predictions.

@@ -158,6 +158,7 @@ def config(data, out, **overrides) -> TrainConfig:
     return TrainConfig(**(settings | overrides))
 
 
+@pytest.mark.slow
 def test_arcface_trains_a_run_whose_head_is_the_model_classifier(synthetic_dataset, facekit_run, tmp_path):
     run = Run(Trainer(config(synthetic_dataset, tmp_path / "run", epochs=4)).train())
     assert run.config["loss_options"] == {"s": 16.0, "m": 0.2, "weighted": False, "center": True}
@@ -175,6 +176,7 @@ def test_arcface_trains_a_run_whose_head_is_the_model_classifier(synthetic_datas
     assert np.allclose(predictions["probs"].sum(1), 1, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_margin_run_resumes_bit_identically(synthetic_dataset, tmp_path):
     straight = Run(Trainer(config(synthetic_dataset, tmp_path / "straight")).train())
     with pytest.raises(KeyboardInterrupt):

@@ -62,6 +62,7 @@ def test_score_vs_training_images_names_stay_apart_and_below_the_title(drawn, tm
             assert not _overlap(box, boxes[j]), f"{labels[i].get_text()!r} lies on {labels[j].get_text()!r}"
 
 
+@pytest.mark.slow
 def test_no_correlation_is_claimed_where_it_is_undefined(drawn, tmp_path):
     metrics = _metrics(Y_TRUE, Y_PRED)
     plots.plot_score_vs_training_images(metrics, CLASSES, np.full(8, 14), tmp_path / "p.png")

@@ -179,6 +179,7 @@ def test_builtin_split_keeps_the_contract(name):
     check_split(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _builtin("reporters"))
 def test_builtin_reporter_keeps_the_contract(name, facekit_run, tmp_path):
     check_reporter(name, facekit_run, tmp_path / "report")

@@ -97,6 +97,7 @@ LIBRARY_FILES = sorted(
 )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", LIBRARY_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_library_never_imports_a_concrete_plugin_or_the_cli(path):
     offending = [f"{path.relative_to(ROOT)}:{line} imports {module}" for line, module in facekit_imports(path)

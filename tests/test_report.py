@@ -196,6 +196,7 @@ def test_missing_predictions_is_a_clear_error(tmp_path):
         build_report(Run.open(path))
 
 
+@pytest.mark.slow
 def test_reporters_render_tables_and_plots(run, tmp_path):
     console = Console(record=True, width=140)
     context = ReportContext(run=run, report=build_report(run), console=console, out_dir=tmp_path / "plots")
@@ -210,6 +211,7 @@ def test_reporters_render_tables_and_plots(run, tmp_path):
     assert context.written == written
 
 
+@pytest.mark.slow
 def test_many_classes_get_distribution_plots_and_no_probs_read(tmp_path):
     from benchmarks.scale import fabricate_run
 
@@ -277,6 +279,7 @@ def test_cli_report_latest_run_with_format(tmp_path, builtin_reporters_only):
     assert "report.json" in output.replace("\n", "")
 
 
+@pytest.mark.slow
 def test_cli_report_default_reporters_list_their_files(tmp_path, builtin_reporters_only):
     run = make_run(tmp_path / "run-a", Y_TRUE, Y_PRED, folds=3)
     code, output = run_cli(["report", str(run), "--top", "2", "--worst", "2", "--format", "markdown"])

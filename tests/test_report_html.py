@@ -125,6 +125,7 @@ def html_of(run_dir: Path, out: Path, *, draw: bool = False, **report_options) -
     return report_html.write_html_report(context, out).read_text()
 
 
+@pytest.mark.slow
 def test_the_page_has_the_table_the_thumbnails_and_the_figures_and_escapes_every_name(tmp_path):
     run_dir = make_image_run(tmp_path / "run")
     text = html_of(run_dir, tmp_path / "page.html", draw=True, worst=3, confusions=4)
@@ -163,6 +164,7 @@ def test_images_moved_since_training_show_their_names_and_a_note(tmp_path):
     assert "could not be read" in text and "not found" in text
 
 
+@pytest.mark.slow
 def test_many_classes_keep_the_page_small_and_say_what_was_left_out(tmp_path, monkeypatch):
     classes = [f"id_{i:04d}" for i in range(1200)]
     run_dir = make_image_run(tmp_path / "run", classes, per_class_test=2, train_per_class=1, image_size=8)
@@ -184,6 +186,7 @@ def test_a_folder_or_a_path_under_a_file_is_refused_before_anything_is_written(t
         report_html.check_html_target(tmp_path / "file" / "page.html")
 
 
+@pytest.mark.slow
 def test_the_command_writes_the_page_and_lists_it(tmp_path):
     run_dir = make_image_run(tmp_path / "run")
     refused = CliRunner().invoke(app, ["report", str(run_dir), "--html", str(tmp_path)])

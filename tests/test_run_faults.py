@@ -196,6 +196,7 @@ def test_a_diverging_kfold_run_keeps_its_finished_folds(synthetic_dataset, tmp_p
 
 
 # ------------------------------------------------------------------------------------------ 6
+@pytest.mark.slow
 def test_weights_problems_fail_before_any_folder_is_made(synthetic_dataset, tmp_path, monkeypatch):
     import pickle
 
@@ -237,6 +238,7 @@ def test_input_size_below_an_architectures_real_minimum_names_it(arch, smallest,
     Trainer(config(synthetic_dataset, tmp_path / "ok", arch=arch, input_size=smallest)).check_model()
 
 
+@pytest.mark.slow
 def test_latest_is_the_newest_run_with_results(synthetic_dataset, tmp_path, monkeypatch):
     finished = Trainer(config(synthetic_dataset, tmp_path / "runs" / "a-finished", epochs=1)).train()
     time.sleep(0.01)
@@ -489,6 +491,7 @@ def test_kfold_keeps_only_the_checkpoints_resume_and_the_kept_fold_need(syntheti
     assert sorted(p.name for p in (run.path / CHECKPOINTS).iterdir()) == sorted({"best.pt", f"fold-{kept}-best.pt", "fold-2-last.pt"})
 
 
+@pytest.mark.slow
 def test_kfold_resume_after_pruning_matches_an_uninterrupted_run(synthetic_dataset, tmp_path):
     straight = Run(Trainer(config(synthetic_dataset, tmp_path / "straight", split="kfold", folds=3, epochs=2)).train())
 

@@ -71,6 +71,7 @@ def recorder(facekit_plugin):
     return sys.modules["facekit_recorder"].CALLS
 
 
+@pytest.mark.slow
 def test_the_engine_gives_a_tracker_every_epoch_the_results_and_closes_it(recorder, synthetic_dataset, tmp_path):
     run_dir = train(synthetic_dataset, tmp_path / "run", log=["recorder"])
     methods = [method for _, method, _ in recorder]
@@ -94,6 +95,7 @@ def test_the_engine_gives_a_tracker_every_epoch_the_results_and_closes_it(record
     assert all(p.is_file() for p in results.files)
 
 
+@pytest.mark.slow
 def test_a_failing_tracker_warns_once_and_training_goes_on(recorder, synthetic_dataset, tmp_path):
     with pytest.warns(TrackerWarning) as caught:
         run_dir = train(synthetic_dataset, tmp_path / "run", log=["full-disk", "no-package", "recorder"])
@@ -115,6 +117,7 @@ def test_an_unknown_tracker_is_refused_before_anything_is_written(recorder, synt
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_the_command_takes_log_repeated(recorder, synthetic_dataset, tmp_path):
     from typer.testing import CliRunner
 
@@ -145,6 +148,7 @@ def test_nproc_hands_log_to_facekit_not_to_torchrun(monkeypatch):
 # The built-in trackers ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_every_epoch_and_the_report(synthetic_dataset, tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (scripts/install.sh installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -35,6 +35,7 @@ def test_random_init_builds_at_any_size(size):
     assert y.shape == (2, 5) and torch.isfinite(y).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dlib-resnet", "dlib-resnet-linear"])
 def test_keeps_the_architecture_contract(name):
     check_architecture(name)

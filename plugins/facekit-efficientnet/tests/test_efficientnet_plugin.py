@@ -33,6 +33,7 @@ def photo(name: str = "chelsea", size: int = 224) -> torch.Tensor:
     return (x - torch.tensor(norm.mean).view(1, 3, 1, 1)) / torch.tensor(norm.std).view(1, 3, 1, 1)
 
 
+@pytest.mark.slow
 def test_keeps_the_architecture_contract():
     check_architecture("efficientnet-lite0")
 
