@@ -291,7 +291,7 @@ def test_export_refuses_what_it_cannot_or_must_not_do(facekit_run, tmp_path, bun
 
     one_line_error(invoke("export", facekit_run, "--format", "tflite", "--out", tmp_path / "x"), 2, "--format tflite")
     assert not (tmp_path / "x").exists()
-    one_line_error(invoke("predict", tmp_path / "my-things", next(facekit_run.rglob("*.json"))), 2, "neither a run")
+    one_line_error(invoke("predict", tmp_path / "my-things", next(facekit_run.rglob("*.json"))), 2, "not a facekit run or bundle")
 
 
 def test_export_replaces_its_own_bundle_and_copies_open_set_files(facekit_run, tmp_path):
