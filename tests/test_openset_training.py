@@ -156,6 +156,7 @@ def test_report_shows_the_openset_figures(openset_run, tmp_path):
     result = invoke("report", openset_run, "--out", tmp_path / "report", "--html", tmp_path / "report.html")
     assert result.exit_code == 0, result.output
     assert "Open-set identification (test split)" in result.output and "FNIR at FPIR 0.1" in result.output
+    assert "cannot measure an FPIR of 0.01" in " ".join(result.output.split())  # the calibration's note is told
     assert (tmp_path / "report" / "det_curve.png").is_file()
     assert 'alt="det_curve.png"' in (tmp_path / "report.html").read_text()  # the web page has it too
     as_json = json.loads(invoke("report", openset_run, "--json").stdout)
