@@ -157,8 +157,30 @@ def joined(place: Distributed) -> Iterator[Distributed]:
         torch.distributed.init_process_group(backend, timeout=timeout(), rank=place.rank, world_size=place.world_size)
     try:
         yield place
-    finally:
+    except BaseException:
         torch.distributed.destroy_process_group()
+        raise
+    _leave_together()
+
+
+def _leave_together() -> None:
+    """Tear the process group down once every rank is done with it, and while Python is fully alive.
+
+    A rank that destroys its group while a peer still has messages in flight, or a group kept
+    alive past the command by an object in a reference cycle (a DistributedDataParallel reducer),
+    leaves gloo's worker threads to be torn down during interpreter shutdown: the process then
+    aborts (SIGABRT, "terminate called without an active exception"), more often the busier the
+    machine. So: a barrier (a peer that is gone already just ends it), the cyclic garbage that
+    may hold the group collected, then the group destroyed.
+    """
+    import gc
+
+    try:
+        torch.distributed.barrier()
+    except Exception:  # noqa: BLE001 -- a peer that failed or left: nothing to wait for
+        pass
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 def _lost_peer(exc: BaseException) -> bool:

@@ -34,7 +34,7 @@ from facekit.devices import resolve_device
 from facekit.distributed import Distributed
 from facekit.errors import FacekitError, UsageError
 from facekit.factory import create_model
-from facekit.runs import FoldState, Run, RunWriter, TestScores, check_destination, load_checkpoint
+from facekit.runs import FoldState, Run, RunWriter, TestScores, check_destination, default_run_dir, load_checkpoint
 from facekit.schedules import Schedule, build_schedule
 from facekit.specs import LoggerContext, Normalization
 from facekit.tracking import Tracking, logger_specs
@@ -162,8 +162,9 @@ class Trainer:
         the other ranks learn the folder and its setup from it, so they need no --out.
         """
         with distributed.joined(self.dist), distributed.translate_failures(self.dist, self.config.out), ExitStack() as held:
-            if self.dist.is_main and self.config.out is not None:  # an --out that would lose data fails before any work
-                check_destination(self.config.out, force=self.config.force, data=self.config.data)
+            if self.dist.is_main:  # an --out that would lose or mix with the data fails before any work
+                check_destination(self.config.out or default_run_dir(self.config), force=self.config.force,
+                                  data=self.config.data, default=self.config.out is None)  # fmt: skip
             self.check_model()  # on every rank: it is deterministic, so each refuses alike
             writers: list[RunWriter] = []  # rank 0's, once make_run made the folder
 

@@ -181,10 +181,11 @@ def _contents(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
 
 
-def check_destination(path: Path, *, force: bool, data: Path | None = None) -> None:
+def check_destination(path: Path, *, force: bool, data: Path | None = None, default: bool = False) -> None:
     """Refuse an ``--out`` that would lose something, before any work is done.
 
-    Never a folder inside, equal to or holding the data (``data``); and an existing non-empty
+    Never a folder inside, equal to or holding the data (``data``); and (unless ``default``, the
+    ``runs/...`` name :meth:`RunWriter.create_new` makes free by a suffix) an existing non-empty
     folder only with ``force``, and only when it is recognisably a run (:func:`is_run_folder`),
     never the root, the home folder or a folder that holds the current one.
     """
@@ -192,11 +193,18 @@ def check_destination(path: Path, *, force: bool, data: Path | None = None) -> N
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {path} exists and is not a folder")
     overlap = None if data is None else data_overlap(path, [data])
+    if overlap is not None and default:
+        raise UsageError(
+            f"the run folder {path} would be inside the data folder {data} (training from inside it?): "
+            "pass an --out outside the data folder"
+        )
     if overlap is not None:
         raise UsageError(
             f"--out {path}: {overlap} (--data {data}); a run folder there would mix with the images, "
             "so nothing was deleted or written: choose an --out outside the data folder"
         )
+    if default:
+        return
     try:
         contents = _contents(path)
     except OSError as exc:

@@ -75,6 +75,8 @@ def test_default_run_folder_inside_the_data_folder_is_refused(faces, monkeypatch
     monkeypatch.chdir(faces)
     with pytest.raises(UsageError, match="inside the data folder"):
         RunWriter.create_new(Path("runs") / "x", data=Path("."))
+    line = refused("train", "--data", ".", *FAST)  # before any indexing: one line, nothing written
+    assert "would be inside the data folder" in line
     assert not (faces / "runs").exists()
 
 

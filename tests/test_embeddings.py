@@ -151,3 +151,17 @@ def test_facekit_embed_names_a_missing_image(trained_run, tmp_path):
     result = runner.invoke(app, ["embed", str(trained_run), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "e")])
     assert result.exit_code == 2 and "nope.jpg: no such file or folder" in result.output
     assert not (tmp_path / "e.npy").exists()
+
+
+@pytest.mark.parametrize("loss", ["plain", "arcface"])
+def test_the_embedding_model_traces_for_export_with_and_without_a_loss_head(loss):
+    from facekit.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("baseline", num_classes=5, input_size=48, pretrained=False, loss=loss).eval()
+    network = embedding_model(model, architectures().get("baseline")).eval()
+    images = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        traced = torch.jit.trace(network, images)
+        for eager, exported in zip(network(images), traced(torch.flip(images, [0]).flip(0))):
+            assert torch.allclose(eager, exported, atol=1e-5)

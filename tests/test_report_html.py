@@ -247,3 +247,12 @@ def test_a_browser_renders_the_page_sorts_and_filters_the_table_and_shows_the_th
 
 
 TABLE_COLUMN = {key: position for position, key in enumerate(report_html.TABLE_COLUMNS)}
+
+
+@pytest.mark.slow
+def test_the_demo_writes_the_web_page_and_says_where_to_open_it(synthetic_dataset, tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--data", str(synthetic_dataset), "--out", str(tmp_path / "demo"), "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "demo" / "report" / "report.html"
+    assert page.is_file() and Page(page.read_text()).images("jpeg")
+    assert f"Open the report in a browser: {page.resolve().as_uri()}" in " ".join(result.output.split())

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from facekit.cli.output import console
+from facekit.text import rich_safe
 
 
 def plugins(
@@ -30,5 +31,5 @@ def plugins(
         registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items())
         if "register_commands" in row["hooks"]:
             registers = "; ".join(filter(None, [registers, "commands"]))
-        table.add_row(row["name"], row["package"] + (" (built-in)" if row["builtin"] else ""), row["version"], registers)
+        table.add_row(*map(rich_safe, (row["name"], row["package"] + (" (built-in)" if row["builtin"] else ""), row["version"], registers)))
     console.print(table)
