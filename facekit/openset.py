@@ -363,6 +363,8 @@ class OpenSet:
 def probe_scores(score: str, logits: Any, embeddings: Any = None, gallery: Gallery | None = None,
                  logit_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Each image's ``score`` and its best index: a class id, or a gallery row for gallery scores."""
+    if len(logits) == 0:  # no images: nothing to score (an empty batch has no embedding width either)
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
     if score == "softmax":
         probs = softmax(logits)
         return probs.max(axis=1), probs.argmax(axis=1)
@@ -402,7 +404,7 @@ def decide(
     as in closed-set classification) and ``top``: the classifier's ``top_k`` classes with their
     softmax probabilities. ``threshold`` overrides the run's calibrated one.
     """
-    probs = softmax(logits)
+    probs = softmax(np.asarray(logits, dtype=np.float64).reshape(len(logits), len(classes)))
     k = min(top_k, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     tops = [

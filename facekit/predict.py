@@ -48,7 +48,7 @@ def predict(
         source = Run.open(run_dir)
     else:
         raise UsageError(
-            f"{run_dir} is neither a run folder (no config.json) nor a bundle (no bundle.json): "
+            f"{run_dir} is not a facekit run or bundle (no config.json, no bundle.json): "
             "pass a folder made by `facekit train` or `facekit export`"
         )
     data = OpenSet.read(source.path)

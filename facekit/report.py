@@ -276,6 +276,7 @@ def openset_table(summary: dict[str, Any]) -> TableData:
             f"class as if enrolled from one training photo (the threshold facekit enroll's people get). The "
             f"threshold is calibrated on validation "
             f"data for FPIR {summary['target_fpir']:g}."
+            + "".join(f" Note ({name}): {f['calibration']['note']}." for name, f in scores.items() if f.get("calibration", {}).get("note"))
         ),
     )
 

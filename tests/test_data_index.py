@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from facekit.cli.data_cmd import app
+from facekit.cli import app  # the whole CLI, as a user runs it: its error handling sets the exit codes
 from facekit.data.check import check_dataset
 from facekit.data.index import index_dataset
 from facekit.data.synth import make_synthetic_dataset
@@ -105,29 +105,29 @@ def test_check_names_every_problem(tmp_path):
 def test_cli_check_and_exit_codes(tmp_path):
     runner = CliRunner()
     root = _broken_dataset(tmp_path / "ds")
-    result = runner.invoke(app, ["check", str(root)])
+    result = runner.invoke(app, ["data", "check", str(root)])
     assert result.exit_code == 0, result.output
     for name in ("cut.jpg", "empty.jpg", "notes.jpg", "zz_nobody", "truncated JPEG"):
         assert name in result.output
-    data = json.loads(runner.invoke(app, ["check", str(root), "--json"]).output)
+    data = json.loads(runner.invoke(app, ["data", "check", str(root), "--json"]).output)
     assert data["usable"] and len(data["bad"]) == 3
 
     (tmp_path / "hollow" / "a").mkdir(parents=True)
     (tmp_path / "hollow" / "a" / "x.jpg").write_text("no")
-    assert runner.invoke(app, ["check", str(tmp_path / "hollow")]).exit_code == 1
-    missing = runner.invoke(app, ["check", str(tmp_path / "nope")])
+    assert runner.invoke(app, ["data", "check", str(tmp_path / "hollow")]).exit_code == 1
+    missing = runner.invoke(app, ["data", "check", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "Error:" in missing.output and "Traceback" not in missing.output
-    assert runner.invoke(app, ["check", str(root), "--split", "bogus"]).exit_code == 2
+    assert runner.invoke(app, ["data", "check", str(root), "--split", "bogus"]).exit_code == 2
 
 
 def test_cli_synth(tmp_path):
     runner = CliRunner()
     out = tmp_path / "synth"
-    result = runner.invoke(app, ["synth", str(out), "--identities", "3", "--per-identity", "2", "--size", "32"])
+    result = runner.invoke(app, ["data", "synth", str(out), "--identities", "3", "--per-identity", "2", "--size", "32"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["person_00", "person_01", "person_02"]
-    assert runner.invoke(app, ["synth", str(out), "--identities", "3"]).exit_code == 2
-    assert runner.invoke(app, ["synth", str(out), "--identities", "2", "--force"]).exit_code == 0
+    assert runner.invoke(app, ["data", "synth", str(out), "--identities", "3"]).exit_code == 2
+    assert runner.invoke(app, ["data", "synth", str(out), "--identities", "2", "--force"]).exit_code == 0
     assert len([p for p in out.iterdir() if p.is_dir()]) == 2
 
 
@@ -200,7 +200,7 @@ def test_check_accepts_a_split_from_a_plugin(tmp_path, facekit_plugin):
     facekit_plugin(PLUGIN_SPLIT, package="facekit-firstsplit")
     root = make_synthetic_dataset(tmp_path / "ds", identities=3, per_identity=3, size=16, seed=0)
     (root / "person_02" / sorted(p.name for p in (root / "person_02").iterdir())[0]).unlink()
-    result = CliRunner().invoke(app, ["check", str(root), "--split", "first-image", "--json"])
+    result = CliRunner().invoke(app, ["data", "check", str(root), "--split", "first-image", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["split"] == "first-image"

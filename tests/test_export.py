@@ -296,7 +296,7 @@ def test_export_refuses_what_it_cannot_or_must_not_do(facekit_run, tmp_path, bun
 
     one_line_error(invoke("export", facekit_run, "--format", "tflite", "--out", tmp_path / "x"), 2, "--format tflite")
     assert not (tmp_path / "x").exists()
-    one_line_error(invoke("predict", tmp_path / "my-things", next(facekit_run.rglob("*.json"))), 2, "neither a run")
+    one_line_error(invoke("predict", tmp_path / "my-things", next(facekit_run.rglob("*.json"))), 2, "not a facekit run or bundle")
 
 
 @pytest.mark.slow
@@ -383,3 +383,41 @@ def test_an_open_set_bundle_rejects_and_names_like_its_run(tmp_path):
             k: theirs[k] for k in ("file", "identity", "accepted", "score_name", "threshold")
         }
         assert mine["score"] == pytest.approx(theirs["score"], abs=1e-4)
+
+
+def test_the_base_install_stays_the_light_prediction_install():
+    """`pip install facekit` (no extra) is what predicts from a bundle; torch & co. belong in [train]."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]}
+    assert base <= {"typer", "pluggy", "rich", "numpy", "pillow", "onnxruntime"}, (
+        f"{sorted(base)}: a new base dependency makes the prediction-only install heavier; "
+        "put it in an extra ([train], [export]...) unless `facekit predict BUNDLE` needs it"
+    )
+    assert {"torch", "onnx", "onnxscript"} <= {
+        re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in project["optional-dependencies"]["export"]
+    } | {"torch"} and any(r.startswith("torch") for r in project["optional-dependencies"]["train"])
+
+
+def test_training_where_only_the_base_is_installed_says_which_extra(synthetic_dataset):
+    script = textwrap.dedent(
+        f"""
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {NOT_IN_THE_BASE_INSTALL!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+        sys.meta_path.insert(0, NoTorch())
+        from facekit.cli import main
+        main(["train", "--data", {str(synthetic_dataset)!r}])
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: facekit train needs the training tools (torch is not installed): pip install 'facekit[train]'"
+    ), result.stderr

@@ -211,3 +211,8 @@ def test_an_image_nearest_an_enrolled_person_is_held_to_the_enrolled_threshold()
     assert [d["threshold"] for d in decisions] == [0.9, 0.99]
     overridden = openset.decide(np.zeros((2, 2)), ["ann", "bob"], embeddings=embeddings, openset=data, threshold=0.95)
     assert [d["identity"] for d in overridden] == ["cy", "ann"] and {d["threshold"] for d in overridden} == {0.95}
+
+
+def test_no_images_no_decisions():
+    data = openset.OpenSet("centroid", 0.01, {"centroid": {"threshold": 0.5}}, gallery=gallery_with_two_classes())
+    assert openset.decide(np.zeros((0, 2)), ["ann", "bob"], embeddings=np.zeros((0, 0)), openset=data) == []

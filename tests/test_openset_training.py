@@ -156,6 +156,7 @@ def test_report_shows_the_openset_figures(openset_run, tmp_path):
     result = invoke("report", openset_run, "--out", tmp_path / "report", "--html", tmp_path / "report.html")
     assert result.exit_code == 0, result.output
     assert "Open-set identification (test split)" in result.output and "FNIR at FPIR 0.1" in result.output
+    assert "cannot measure an FPIR of 0.01" in " ".join(result.output.split())  # the calibration's note is told
     assert (tmp_path / "report" / "det_curve.png").is_file()
     assert 'alt="det_curve.png"' in (tmp_path / "report.html").read_text()  # the web page has it too
     as_json = json.loads(invoke("report", openset_run, "--json").stdout)
@@ -305,3 +306,16 @@ def test_a_score_the_run_cannot_give_is_refused_before_training(faces, strangers
     result = invoke("train", "--data", faces, "--out", tmp_path / "run", *extra, *FAST)
     assert result.exit_code == 2 and words in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_enrollment_benchmark_measures_people_outside_the_calibration(gallery_run, strangers):
+    from benchmarks.enrollment import measure
+
+    result = measure(gallery_run, strangers)
+    calibration_people = {f.split("/")[0] for f in Run(gallery_run).split["openset"]["strangers"]["calibration"]}
+    assert result["enrolled_people"] == 4 - len(calibration_people)  # every test-half stranger has 3 photos
+    assert result["probe_images"] == 2 * result["enrolled_people"] and result["single_photo_strangers"] == 0
+    assert 0 <= result["fnir"] <= 1 and 0 <= result["rank1"] <= 1
+    assert result["enrolled_threshold"] == pytest.approx(openset.OpenSet.read(gallery_run).threshold(openset.ENROLLED))
+    assert openset.OpenSet.read(gallery_run).gallery.enrolled == []  # measuring enrolls nobody in the run

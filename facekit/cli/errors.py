@@ -76,9 +76,10 @@ class FacekitGroup(ReadableGroup):
             missing = (exc.name or "").partition(".")[0]
             if missing not in TRAINING_MODULES or os.environ.get(DEBUG_ENV):
                 raise
+            command = getattr(getattr(self, "_invoked", (None, []))[0], "name", None)
             typer.echo(
-                f"Error: facekit {ctx.invoked_subcommand or ''} needs the training tools ({missing} is not installed): "
-                "pip install 'facekit[train]'",
+                f"Error: {' '.join(filter(None, ['facekit', command]))} needs the training tools "
+                f"({missing} is not installed): pip install 'facekit[train]'",
                 err=True,
             )
             raise typer.Exit(1) from None

@@ -9,19 +9,19 @@ process, alternating rounds; figures and load averages in docs/benchmarks.md, "W
 
 - CPU, training -> ``torch``: feeding the baseline's training step (the cheapest built-in
   network, the one that waits most for data; 224 px, batch 32, one torch thread) on 2 shared
-  cores, the torch loader was ahead from the files in two runs: torch / DALI per round, median
-  1.64 (range 0.93-2.44, 7 rounds, load average 10-17) and 1.12 (0.88-1.26, 5 rounds, load
-  12-18). The step and the loader share the cores, so the loader's CPU cost per batch counts:
-  DALI's CPU decode and antialiased resize cost ~60 CPU-ms per batch of 64 against ~40 for
-  torchvision's. On a quiet
+  cores, the two were even at load 3 (torch / DALI per round, median 0.96, range 0.53-1.31, 5
+  rounds) and the torch loader was ahead from the files in two busier runs: 1.64 (0.93-2.44, 7
+  rounds, load average 10-17) and 1.12 (0.88-1.26, 5 rounds, load 12-18). The step and the
+  loader share the cores, so the loader's CPU cost per batch counts: DALI's CPU decode and
+  antialiased resize cost ~60 CPU-ms per batch of 64 against ~40 for torchvision's. On a quiet
   machine (load 0.7, three alternating runs) the two were even: DALI 201-205 images/s against
   torch 161-206. For the slower networks the model is the bottleneck and both keep up.
-- CPU, evaluation -> ``dali``: with no backward pass the loader sets the pace; in the same two
-  runs the evaluation pass was faster fed by DALI: torch / DALI 0.66 (0.44-1.11) and 0.86
-  (0.42-1.16). Both differences, training's and evaluation's, are of the size the load alone
-  makes: from a warm cache, where both backends run the same code, the ratio was 1.43 and 0.90.
-  The loader alone, with nothing consuming it, was even under that load (0.94, 0.42-1.56), while
-  on the quiet machine it favoured torch (1,847 against 1,000 images/s): on an idle machine the
+- CPU, evaluation -> ``dali``: with no backward pass the loader sets the pace; in the same three
+  runs the evaluation pass was faster fed by DALI: torch / DALI 0.62 (0.46-0.89, every round),
+  0.66 (0.44-1.11) and 0.86 (0.42-1.16). The training differences are of the size the load alone
+  makes: from a warm cache, where both backends run the same code, the ratio was 0.95, 1.43 and
+  0.90. The loader alone, with nothing consuming it, was near even (1.14, 0.94, 1.15), while on
+  the quiet machine it favoured torch (1,847 against 1,000 images/s): on an idle machine the
   evaluation entry may flip, and ``python -m benchmarks.backends`` is the measurement to rerun.
 - CUDA, both -> ``dali``: decoding on the GPU (nvJPEG, the hardware JPEG decoder) against the
   torch loader's CPU decoding; on an H200 DALI's file pipeline fed ResNet18 at 19.8k images/s
