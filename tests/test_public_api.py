@@ -75,7 +75,7 @@ def test_verify_sha256_accepts_the_published_file_and_refuses_others(tmp_path):
     assert message.startswith(f"--weights {path}: sha256 {digest[:16]}... does not match the published net-0000.pth")
     assert message.endswith("pass --trust-weights to use a file of your own")
     assert facekit.api.verify_sha256(path, "0" * 64, trust=True) == path
-    with pytest.raises(FacekitError, match=r"^model .*missing.pth: no such file$"):
+    with pytest.raises(FacekitError, match=r"^model .*missing.pth: no such file; check the path$"):
         facekit.api.verify_sha256(tmp_path / "missing.pth", digest, trust=True, option="model")
 
 
