@@ -183,34 +183,18 @@ def render_check_report(report: CheckReport, console) -> None:
     from facekit.text import rich_safe as safe  # folder and file names reach the terminal escaped
 
     console.print(f"[bold]{safe(report.root)}[/bold]: {report.images} usable images in {report.classes} identities")
-    if report.bad:
-        table = Table(title=f"{len(report.bad)} bad files (left out)", title_justify="left")
-        table.add_column("file")
-        table.add_column("problem")
-        for bad in report.bad:
-            table.add_row(safe(bad.path), safe(bad.reason))
-        console.print(table)
-    if report.skipped:
-        table = Table(title=_count(len(report.skipped), "entry", "entries") + " left out on purpose", title_justify="left")
-        table.add_column("file or folder")
-        table.add_column("why")
-        for skipped in report.skipped:
-            table.add_row(safe(skipped.path), safe(skipped.reason))
-        console.print(table)
-    if report.notes:
-        table = Table(title=_count(len(report.notes), "file", "files") + " used, with a note", title_justify="left")
-        table.add_column("file")
-        table.add_column("note")
-        for note in report.notes:
-            table.add_row(safe(note.path), safe(note.reason))
-        console.print(table)
+    listings = [
+        (report.bad, f"{len(report.bad)} bad files (left out)", ("file", "problem")),
+        (report.skipped, _count(len(report.skipped), "entry", "entries") + " left out on purpose", ("file or folder", "why")),
+        (report.notes, _count(len(report.notes), "file", "files") + " used, with a note", ("file", "note")),
+    ]
+    for entries, title, columns in listings:
+        if entries:
+            _print_table(console, title, columns, [(entry.path, entry.reason) for entry in entries])
     if report.leaks:
-        table = Table(title=_count(len(report.leaks), "image", "images") + " present more than once (leakage)", title_justify="left")
-        table.add_column("identical files")
-        table.add_column("in")
-        for leak in report.leaks:
-            table.add_row("\n".join(map(safe, leak["files"])), safe(leak["where"]))
-        console.print(table)
+        title = _count(len(report.leaks), "image", "images") + " present more than once (leakage)"
+        rows = [(list(leak["files"]), leak["where"]) for leak in report.leaks]
+        _print_table(console, title, ("identical files", "in"), rows)
     if report.empty_classes:
         console.print(
             f"[yellow]{len(report.empty_classes)} identity folders without a usable image (no class id):[/yellow] "
@@ -241,3 +225,21 @@ def render_check_report(report: CheckReport, console) -> None:
 
 def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
+
+
+def _print_table(console: Any, title: str, columns: tuple[str, str], rows: list[tuple[Any, Any]]) -> None:
+    """One titled two-column table; every cell made safe for the terminal (names may hold escape
+    codes), a list one line per item."""
+    from rich.table import Table
+
+    from facekit.text import rich_safe as safe
+
+    def cell(value: Any) -> str:
+        return "\n".join(map(safe, value)) if isinstance(value, list) else safe(value)
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*map(cell, row))
+    console.print(table)
