@@ -362,7 +362,7 @@ def render_report(context: ReportContext, reporter_specs: Sequence) -> list[Path
 def print_written(console: Console, paths: Sequence[Path]) -> None:
     if paths:
         console.print("\n[bold]Wrote[/bold]")
-        for path in paths:
+        for path in dict.fromkeys(paths):  # once each, though two reporters may name the same figure
             console.print(f"  {path}", highlight=False, soft_wrap=True)  # paths stay copyable
 
 
