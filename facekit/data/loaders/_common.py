@@ -34,7 +34,11 @@ def read_rgb(path: str | Path) -> torch.Tensor:
 
     if Path(path).suffix.lower() in _TORCHVISION_SUFFIXES:
         try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            # Also where a caller turned warnings into errors: the deprecation notice must not make
+            # a good image count as undecodable (the loaders skip what raises).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
         except RuntimeError:
             pass  # a file torchvision does not decode: PIL below decodes it or says why not
         else:
