@@ -25,6 +25,29 @@ NOT_IN_THE_BASE_INSTALL = (
     "torch", "torchvision", "nvidia", "sklearn", "scipy", "matplotlib", "onnx", "onnxscript", "onnx_ir", "yaml",
     "tensorboard", "mlflow", "sqlalchemy", "alembic",
 )
+
+
+def _facekit_without(blocked, args: list) -> subprocess.CompletedProcess:
+    """``facekit ARGS`` in a fresh interpreter where the top-level packages ``blocked`` cannot be
+    imported (as on a machine with only the base install); torch must never end up loaded."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+
+        class Blocked:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {set(blocked)!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+        sys.meta_path.insert(0, Blocked())
+        from facekit.cli import main
+        try:
+            main({[str(a) for a in args]!r})
+        finally:
+            assert not any(m.split(".")[0] == "torch" for m in sys.modules)
+        """
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -165,24 +188,7 @@ def test_predict_bundle_gives_the_runs_output(bundles, facekit_run, synthetic_da
 def test_a_bundle_predicts_where_torch_cannot_be_imported(bundles, facekit_run, synthetic_dataset):
     images = [str(p) for p in sorted(synthetic_dataset.rglob("*.png"))[:3]]
     expected = json.loads(invoke("predict", facekit_run, *images, "--json").stdout)
-    script = textwrap.dedent(
-        f"""
-        import sys
-
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {NOT_IN_THE_BASE_INSTALL!r}:
-                    raise ModuleNotFoundError(f"{{name}} is blocked in this test", name=name)
-
-        sys.meta_path.insert(0, NoTorch())
-        from facekit.cli import main
-        try:
-            main({["predict", str(bundles["onnx"]), *images, "--json"]!r})
-        finally:
-            assert not any(m.split(".")[0] == "torch" for m in sys.modules)
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = _facekit_without(NOT_IN_THE_BASE_INSTALL, ["predict", bundles["onnx"], *images, "--json"])
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
     assert [[t["id"] for t in r["top"]] for r in got] == [[t["id"] for t in r["top"]] for r in expected]
@@ -194,21 +200,7 @@ def test_a_bundle_predicts_where_torch_cannot_be_imported(bundles, facekit_run, 
 @pytest.mark.slow
 def test_a_torchscript_bundle_without_torch_says_what_to_do(bundles, synthetic_dataset):
     image = str(next(synthetic_dataset.rglob("*.png")))
-    script = textwrap.dedent(
-        f"""
-        import sys
-
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "torch":
-                    raise ModuleNotFoundError("no torch here", name=name)
-
-        sys.meta_path.insert(0, NoTorch())
-        from facekit.cli import main
-        main({["predict", str(bundles["torchscript"]), image]!r})
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = _facekit_without({"torch"}, ["predict", bundles["torchscript"], image])
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "TorchScript bundle, which needs PyTorch" in result.stderr and "--format onnx" in result.stderr
 
@@ -361,21 +353,7 @@ def test_an_open_set_bundle_rejects_and_names_like_its_run(tmp_path):
     images = [str(photo)] + [str(p) for p in sorted(strangers.rglob("*.png"))[3:6]] + [str(p) for p in sorted(faces.rglob("*.png"))[::9]]
     expected = json.loads(invoke("predict", run, *images, "--json").stdout)
     assert expected[0]["identity"] == "zoe" and expected[0]["score_name"] == "centroid"
-    script = textwrap.dedent(
-        f"""
-        import sys
-
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {NOT_IN_THE_BASE_INSTALL!r}:
-                    raise ModuleNotFoundError(f"{{name}} is blocked in this test", name=name)
-
-        sys.meta_path.insert(0, NoTorch())
-        from facekit.cli import main
-        main({["predict", str(tmp_path / "bundle"), *images, "--json"]!r})
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = _facekit_without(NOT_IN_THE_BASE_INSTALL, ["predict", tmp_path / "bundle", *images, "--json"])
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
     for mine, theirs in zip(got, expected, strict=True):
@@ -402,21 +380,7 @@ def test_the_base_install_stays_the_light_prediction_install():
 
 
 def test_training_where_only_the_base_is_installed_says_which_extra(synthetic_dataset):
-    script = textwrap.dedent(
-        f"""
-        import sys
-
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {NOT_IN_THE_BASE_INSTALL!r}:
-                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-
-        sys.meta_path.insert(0, NoTorch())
-        from facekit.cli import main
-        main(["train", "--data", {str(synthetic_dataset)!r}])
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = _facekit_without(NOT_IN_THE_BASE_INSTALL, ["train", "--data", synthetic_dataset])
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "Error: facekit train needs the training tools (torch is not installed): pip install 'facekit[train]'"
