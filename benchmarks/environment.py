@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -50,3 +52,17 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
         cells = [fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def replace_marked_table(doc: Path, start: str, end: str, table: str) -> None:
+    """Put ``table`` between the ``start`` and ``end`` marker lines of ``doc`` (appended with its
+    markers where they are missing), written atomically."""
+    from facekit.files import atomic_write
+
+    block = f"{start}\n{table}\n{end}"
+    text = doc.read_text() if doc.exists() else ""
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write(doc, text.encode())

@@ -13,14 +13,13 @@ their later epochs (warm cache); the others on the mean of all epochs. Writes JS
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import torch
 
 from benchmarks.anchors import anchor_loaders, loader_alone
-from benchmarks.environment import describe_environment, load_average
-from facekit.files import atomic_write, write_json
+from benchmarks.environment import describe_environment, load_average, replace_marked_table
+from facekit.files import write_json
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 TABLE_START, TABLE_END = "<!-- loader-table:start -->", "<!-- loader-table:end -->"
@@ -101,13 +100,7 @@ def markdown_table(report: dict) -> str:
 
 def update_doc(report: dict, doc: Path = DOC) -> None:
     """Replace the loader table between its markers in ``doc``."""
-    block = f"{TABLE_START}\n{markdown_table(report)}\n{TABLE_END}"
-    text = doc.read_text() if doc.exists() else ""
-    if TABLE_START in text and TABLE_END in text:
-        text = re.sub(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    atomic_write(doc, text.encode())
+    replace_marked_table(doc, TABLE_START, TABLE_END, markdown_table(report))
 
 
 def main(argv: list[str] | None = None) -> dict:
